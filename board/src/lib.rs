@@ -1,0 +1,2 @@
+//! Board support for the glasses.
+#![no_std]

@@ -1,0 +1,1 @@
+//! Architecture configs, weight-name maps and chat templates.

@@ -1,0 +1,1 @@
+//! Import, pack and write .glint files.
