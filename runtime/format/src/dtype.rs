@@ -80,7 +80,7 @@ impl DType {
         match self {
             Self::F32 => 32.0,
             Self::F16 => 16.0,
-            Self::Q4G32A => 4.0 + 32.0 / 32.0,
+            Self::Q4G32A => 4.0 + 1.0, // f16 scale + f16 min per 32
             Self::Q4G32 => 4.0 + 16.0 / 32.0,
             Self::Q4G64 => 4.0 + 16.0 / 64.0,
             Self::Q4G128 => 4.0 + 16.0 / 128.0,
@@ -165,18 +165,26 @@ pub struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     /// Splits the bytes of a whole tensor into planes; checks the length matches.
-    pub fn from_bytes(dtype: DType, rows: usize, cols: usize, bytes: &'a [u8]) -> Result<Self, FormatError> {
-        if let Some(g) = dtype.group() {
-            if cols % g != 0 || cols % BLOCK != 0 {
-                return Err(FormatError::BadShape("quantized row length is not a multiple of its group"));
+    pub fn from_bytes(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        bytes: &'a [u8],
+    ) -> Result<Self, FormatError> {
+        if let Some(g) = dtype.group()
+            && (!cols.is_multiple_of(g) || !cols.is_multiple_of(BLOCK)) {
+                return Err(FormatError::BadShape(
+                    "quantized row length is not a multiple of its group",
+                ));
             }
-        }
         let n = (rows as u64)
             .checked_mul(cols as u64)
             .ok_or(FormatError::BadShape("element count overflows"))?;
         let l = dtype.plane_layout(n);
         if l.total != bytes.len() as u64 {
-            return Err(FormatError::BadShape("tensor length disagrees with its dtype and shape"));
+            return Err(FormatError::BadShape(
+                "tensor length disagrees with its dtype and shape",
+            ));
         }
         let plane = |(at, len): (u64, u64)| &bytes[at as usize..(at + len) as usize];
         Ok(Self {

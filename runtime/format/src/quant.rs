@@ -72,9 +72,18 @@ impl Planes {
     /// Concatenates the planes with the alignment padding the format puts between them.
     pub fn into_bytes(self, dtype: DType, n: u64) -> Vec<u8> {
         let l = dtype.plane_layout(n);
-        let mut out = no_std_compat::vec![0u8; l.total as usize];
-        for ((at, len), plane) in [(l.values, &self.values), (l.scales, &self.scales), (l.mins, &self.mins)] {
-            assert_eq!(len as usize, plane.len(), "plane length for {}", dtype.name());
+        let mut out = alloc::vec![0u8; l.total as usize];
+        for ((at, len), plane) in [
+            (l.values, &self.values),
+            (l.scales, &self.scales),
+            (l.mins, &self.mins),
+        ] {
+            assert_eq!(
+                len as usize,
+                plane.len(),
+                "plane length for {}",
+                dtype.name()
+            );
             out[at as usize..(at + len) as usize].copy_from_slice(plane);
         }
         out
@@ -114,7 +123,9 @@ pub fn quantize(dtype: DType, data: &[f32]) -> Vec<u8> {
     let n = data.len() as u64;
     let mut p = Planes::default();
     match dtype {
-        DType::F32 => data.iter().for_each(|x| p.values.extend_from_slice(&x.to_le_bytes())),
+        DType::F32 => data
+            .iter()
+            .for_each(|x| p.values.extend_from_slice(&x.to_le_bytes())),
         DType::F16 => data.iter().for_each(|&x| {
             push_f16(&mut p.values, x);
         }),
@@ -124,7 +135,8 @@ pub fn quantize(dtype: DType, data: &[f32]) -> Vec<u8> {
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 push_f16(&mut p.scales, d);
-                p.values.extend(block.iter().map(|x| libm_round(x * id) as i8 as u8));
+                p.values
+                    .extend(block.iter().map(|x| libm_round(x * id) as i8 as u8));
             }
         }
         DType::Q4G32A => {
@@ -145,7 +157,9 @@ pub fn quantize(dtype: DType, data: &[f32]) -> Vec<u8> {
             let group = dtype.group().unwrap_or(BLOCK);
             for g in data.chunks_exact(group) {
                 // The signed value of largest magnitude maps to -8, as in ggml's Q4_0.
-                let max = g.iter().fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
+                let max = g
+                    .iter()
+                    .fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 push_f16(&mut p.scales, d);
@@ -164,7 +178,11 @@ pub fn quantize(dtype: DType, data: &[f32]) -> Vec<u8> {
 /// Round half away from zero (C's `roundf`), without std.
 fn libm_round(x: f32) -> f32 {
     let t = x as i32 as f32; // truncation toward zero; |x| <= 127 here
-    if (x - t).abs() >= 0.5 { t + x.signum() } else { t }
+    if (x - t).abs() >= 0.5 {
+        t + x.signum()
+    } else {
+        t
+    }
 }
 
 #[cfg(test)]
@@ -174,7 +192,7 @@ mod tests {
     fn roundtrip(dtype: DType, rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
         let bytes = quantize(dtype, data);
         let m = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
-        let mut out = no_std_compat::vec![0f32; rows * cols];
+        let mut out = alloc::vec![0f32; rows * cols];
         for (r, row) in out.chunks_exact_mut(cols).enumerate() {
             dequantize_row(&m, r, row);
         }
@@ -198,7 +216,15 @@ mod tests {
     fn every_dtype_round_trips_within_its_step() {
         let (rows, cols) = (3, 256);
         let data = sample(rows * cols);
-        for dtype in [DType::F32, DType::F16, DType::Q8G32, DType::Q4G32A, DType::Q4G32, DType::Q4G64, DType::Q4G128] {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::Q8G32,
+            DType::Q4G32A,
+            DType::Q4G32,
+            DType::Q4G64,
+            DType::Q4G128,
+        ] {
             let out = roundtrip(dtype, rows, cols, &data);
             let group = dtype.group().unwrap_or(1);
             for (g, (a, b)) in data.chunks(group).zip(out.chunks(group)).enumerate() {
@@ -211,7 +237,11 @@ mod tests {
                     _ => amax / 8.0 + 1e-2 * amax,
                 };
                 for (x, y) in a.iter().zip(b) {
-                    assert!((x - y).abs() <= bound, "{} group {g}: {x} vs {y} (bound {bound})", dtype.name());
+                    assert!(
+                        (x - y).abs() <= bound,
+                        "{} group {g}: {x} vs {y} (bound {bound})",
+                        dtype.name()
+                    );
                 }
             }
         }
@@ -229,9 +259,9 @@ mod tests {
         p.push_q4_1_block(&block);
         let bytes = p.into_bytes(DType::Q4G32A, 32);
         let m = Matrix::from_bytes(DType::Q4G32A, 1, 32, &bytes).unwrap();
-        assert_eq!(&m.values[..], &block[4..]);
-        assert_eq!(&m.scales[..], &block[0..2]);
-        assert_eq!(&m.mins[..], &block[2..4]);
+        assert_eq!(m.values, &block[4..]);
+        assert_eq!(m.scales, &block[0..2]);
+        assert_eq!(m.mins, &block[2..4]);
         let mut row = [0f32; 32];
         dequantize_row(&m, 0, &mut row);
         assert_eq!(row[3], 0.25 * 3.0 - 1.0);

@@ -1,0 +1,352 @@
+//! Valid tiny files round-trip; hostile files each yield their typed error, never a panic.
+
+use glint_format::quant::quantize;
+use glint_format::*;
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 128,
+        vocab_size: 260,
+        context_len: 128,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+        rope_style: RopeStyle::Interleaved,
+        rope_scaling: Some(RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 64,
+        }),
+        tied_embeddings: true,
+        qkv_bias: false,
+        bos: Some(256),
+        eos: Some(257),
+        pad: None,
+        eot: Some(257),
+    }
+}
+
+fn tiny_meta(config: ModelConfig) -> FileMeta {
+    let mut tokens: Vec<String> = (0..256).map(|b| format!("<0x{b:02X}>")).collect();
+    tokens.extend(["<s>", "</s>", "zzqq", "ab"].map(String::from));
+    FileMeta {
+        config,
+        tokenizer: TokenizerSpec {
+            model: TokenizerModel::ByteLevelBpe,
+            add_bos: false,
+            add_eos: false,
+            add_space_prefix: false,
+            pre: "smollm".into(),
+            token_types: tokens
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if i == 256 || i == 257 { 3 } else { 1 })
+                .collect(),
+            tokens,
+            scores: None,
+            merges: vec!["a b".into()],
+        },
+        chat_template: "{{ messages }}".into(),
+        provenance: vec![
+            ("source".into(), "test".into()),
+            ("scheme".into(), "q4g32a".into()),
+        ],
+    }
+}
+
+fn tiny_tensors(c: &ModelConfig) -> Vec<TensorOut> {
+    expected_llama_tensors(c)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let n: u64 = shape.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|j| ((j as f32 + i as f32) * 0.37).sin())
+                .collect();
+            let dtype = if shape.len() == 1 {
+                DType::F32
+            } else {
+                DType::Q4G32A
+            };
+            TensorOut {
+                name,
+                dtype,
+                shape,
+                bytes: quantize(dtype, &data),
+            }
+        })
+        .collect()
+}
+
+fn tiny_file() -> Vec<u8> {
+    let c = tiny_config();
+    let mut out = Vec::new();
+    write_glint(&mut out, &tiny_meta(c), &tiny_tensors(&c)).unwrap();
+    out
+}
+
+fn table_entry(bytes: &[u8], i: usize) -> usize {
+    let f = GlintFile::parse(bytes).unwrap();
+    f.section(Section::Tensors).0 as usize + 8 + i * TENSOR_ENTRY_LEN
+}
+
+#[test]
+fn tiny_file_round_trips_and_verifies() {
+    let bytes = tiny_file();
+    let f = GlintFile::parse(&bytes).unwrap();
+    assert_eq!(*f.config(), tiny_config());
+    assert_eq!(f.tokenizer().tokens.len(), 260);
+    assert_eq!(f.tokenizer().tokens.get(258), Some("zzqq"));
+    assert_eq!(f.tokenizer().merges.get(0), Some("a b"));
+    assert_eq!(f.tokenizer().pre, "smollm");
+    assert_eq!(f.chat_template(), "{{ messages }}");
+    assert_eq!(f.provenance_value("scheme"), Some("q4g32a"));
+    assert_eq!(f.section(Section::Data).0 % DATA_ALIGN, 0);
+    for t in f.tensors() {
+        assert_eq!(t.offset % TENSOR_ALIGN, 0, "{}", t.name);
+        if t.dtype.is_quantized() {
+            let m = t.matrix().unwrap();
+            for plane in [m.values, m.scales, m.mins] {
+                let at = plane.as_ptr() as usize - bytes.as_ptr() as usize;
+                assert_eq!(at as u64 % TENSOR_ALIGN, 0, "plane of {}", t.name);
+            }
+        }
+    }
+    f.verify().unwrap();
+}
+
+#[test]
+fn truncation_anywhere_is_a_typed_error() {
+    let bytes = tiny_file();
+    let f = GlintFile::parse(&bytes).unwrap();
+    let mut cuts: Vec<usize> = (0..SECTIONS)
+        .flat_map(|s| {
+            let (off, len) = f.section(
+                [
+                    Section::Config,
+                    Section::Tokenizer,
+                    Section::ChatTemplate,
+                    Section::Provenance,
+                    Section::Tensors,
+                    Section::Data,
+                    Section::Integrity,
+                ][s],
+            );
+            [
+                off as usize,
+                (off + len / 2) as usize,
+                (off + len) as usize - 1,
+            ]
+        })
+        .collect();
+    cuts.extend([
+        0,
+        1,
+        7,
+        8,
+        100,
+        HEADER_LEN as usize - 1,
+        HEADER_LEN as usize,
+        bytes.len() - 1,
+    ]);
+    for cut in cuts {
+        let err = GlintFile::parse(&bytes[..cut]).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Truncated { .. }),
+            "cut at {cut}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn wrong_magic_and_version() {
+    let mut bytes = tiny_file();
+    bytes[0] = b'X';
+    assert_eq!(GlintFile::parse(&bytes).unwrap_err(), FormatError::BadMagic);
+    let mut bytes = tiny_file();
+    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    assert_eq!(
+        GlintFile::parse(&bytes).unwrap_err(),
+        FormatError::UnsupportedVersion { major: 2, minor: 0 }
+    );
+    // A newer minor version of the same major is readable.
+    let mut bytes = tiny_file();
+    bytes[10..12].copy_from_slice(&7u16.to_le_bytes());
+    assert_eq!(GlintFile::parse(&bytes).unwrap().version(), (1, 7));
+}
+
+#[test]
+fn tensor_offset_past_the_end() {
+    let mut bytes = tiny_file();
+    let e = table_entry(&bytes, 3);
+    bytes[e + 40..e + 48].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+    let err = GlintFile::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FormatError::BadTensor {
+                why: "offset overflows",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut bytes = tiny_file();
+    let len = bytes.len() as u64;
+    bytes[e + 40..e + 48].copy_from_slice(&(len.next_multiple_of(256)).to_le_bytes());
+    let err = GlintFile::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FormatError::BadTensor {
+                why: "data outside the data section",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn overlapping_tensors() {
+    let mut bytes = tiny_file();
+    let (a, b) = (table_entry(&bytes, 2), table_entry(&bytes, 3));
+    // attn_q and attn_k of block 0 are 64x64 and 32x64: point k into q's bytes.
+    let q_off = u64::from_le_bytes(bytes[a + 40..a + 48].try_into().unwrap());
+    bytes[b + 40..b + 48].copy_from_slice(&q_off.to_le_bytes());
+    let err = GlintFile::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FormatError::BadTensor {
+                why: "overlaps another tensor",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn absurd_dims_and_unknown_dtype() {
+    let mut bytes = tiny_file();
+    let e = table_entry(&bytes, 2);
+    bytes[e + 8..e + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let err = GlintFile::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FormatError::BadTensor {
+                why: "dimensions zero or too large",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut bytes = tiny_file();
+    bytes[e..e + 4].copy_from_slice(&99u32.to_le_bytes());
+    assert_eq!(
+        GlintFile::parse(&bytes).unwrap_err(),
+        FormatError::UnknownDType(99)
+    );
+    let mut bytes = tiny_file();
+    let c = GlintFile::parse(&bytes).unwrap().section(Section::Config).0 as usize;
+    bytes[c + 4..c + 8].copy_from_slice(&(1u32 << 31).to_le_bytes());
+    assert_eq!(
+        GlintFile::parse(&bytes).unwrap_err(),
+        FormatError::BadConfig("dim out of range")
+    );
+}
+
+#[test]
+fn shapes_that_disagree_with_the_config() {
+    let c = tiny_config();
+    let mut tensors = tiny_tensors(&c);
+    let q = tensors
+        .iter_mut()
+        .find(|t| t.name == "blk.1.attn_q.weight")
+        .unwrap();
+    q.shape = vec![32, 64];
+    q.bytes = quantize(DType::Q4G32A, &[0.5; 32 * 64]);
+    let mut bytes = Vec::new();
+    write_glint(&mut bytes, &tiny_meta(c), &tensors).unwrap();
+    let err = GlintFile::parse(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        FormatError::BadTensor {
+            name: "blk.1.attn_q.weight".into(),
+            why: "shape disagrees with the config"
+        }
+    );
+    let mut tensors = tiny_tensors(&c);
+    tensors.retain(|t| t.name != "blk.1.ffn_up.weight");
+    let mut bytes = Vec::new();
+    write_glint(&mut bytes, &tiny_meta(c), &tensors).unwrap();
+    assert!(matches!(
+        GlintFile::parse(&bytes).unwrap_err(),
+        FormatError::MissingTensor(_)
+    ));
+}
+
+#[test]
+fn bad_utf8_in_the_vocab() {
+    let mut bytes = tiny_file();
+    let at = bytes.windows(4).position(|w| w == b"zzqq").unwrap();
+    bytes[at + 1] = 0xff;
+    assert_eq!(
+        GlintFile::parse(&bytes).unwrap_err(),
+        FormatError::BadUtf8("tokens")
+    );
+}
+
+#[test]
+fn corrupt_weights_fail_verify_but_not_parse() {
+    let mut bytes = tiny_file();
+    let f = GlintFile::parse(&bytes).unwrap();
+    let at = f.tensor("blk.1.ffn_down.weight").unwrap().offset as usize + 5;
+    drop(f);
+    bytes[at] ^= 0x10;
+    let f = GlintFile::parse(&bytes).unwrap();
+    assert!(matches!(
+        f.verify().unwrap_err(),
+        FormatError::IntegrityMismatch(_)
+    ));
+}
+
+#[test]
+fn every_single_byte_flip_in_the_header_sections_is_an_error_or_valid() {
+    // No panic for any corruption of the metadata: each flip parses or fails cleanly.
+    let bytes = tiny_file();
+    let data_off = GlintFile::parse(&bytes).unwrap().section(Section::Data).0 as usize;
+    for at in 0..data_off {
+        for bit in [0x01u8, 0x80] {
+            let mut b = bytes.clone();
+            b[at] ^= bit;
+            let _ = GlintFile::parse(&b);
+        }
+    }
+}
+
+#[test]
+fn mapped_open_reports_io_and_format_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.glint");
+    std::fs::write(&path, tiny_file()).unwrap();
+    let m = MappedGlint::open(&path).unwrap();
+    assert_eq!(m.file().config().dim, 64);
+    assert!(matches!(
+        MappedGlint::open(dir.path().join("absent.glint")),
+        Err(OpenError::Io { .. })
+    ));
+    std::fs::write(&path, b"GLINTMDL").unwrap();
+    assert!(matches!(
+        MappedGlint::open(&path),
+        Err(OpenError::Format { .. })
+    ));
+}
