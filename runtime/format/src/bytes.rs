@@ -1,5 +1,5 @@
 //! Bounds-checked little-endian reads over the file bytes. Every read returns
-//! [`FormatError::Truncated`] instead of panicking when it would run past the end.
+//! [`FormatError::SectionOverrun`] instead of panicking when it would run past the end.
 
 use crate::FormatError;
 
