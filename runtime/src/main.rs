@@ -1,1 +1,388 @@
-fn main() {}
+//! `glint`: run, chat, tokenize, perplexity, bench and info, modelled on llama.cpp's
+//! tools so figures compare. With no `-m`, the default model is fetched and packed.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, StopReason};
+use glint_runtime::model::{KvCache, Model, Scratch};
+use glint_runtime::pool::ThreadPool;
+use glint_runtime::sampler::{SamplerConfig, argmax};
+use glint_runtime::{Message, Role, kernels, peak_rss_bytes};
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "glint", version, about = "Run a .glint model on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model file; default: SmolLM2-135M-Instruct, fetched and packed on first use.
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Threads in all (default: every core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct SampleArgs {
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n_predict: usize,
+    /// Temperature (0 = greedy).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Seed.
+    #[arg(short = 's', long = "seed", default_value_t = 0)]
+    seed: u64,
+    /// Context size (0 = the model's).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    ctx: usize,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+impl SampleArgs {
+    fn params(&self) -> GenerateParams {
+        GenerateParams {
+            max_tokens: self.n_predict,
+            sampler: SamplerConfig {
+                temperature: self.temp,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: 64,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+            ..GenerateParams::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// Prompt text; special tokens written in it (`<|im_start|>`) are parsed.
+        #[arg(short = 'p', long = "prompt")]
+        prompt: String,
+        /// Wrap the prompt as a user turn with the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Print the generated token ids as a JSON array on the last line of stdout.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Talk with the model; `/reset` forgets the conversation, `/quit` or EOF ends.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Print the token ids of a text (special tokens parsed, no BOS unless the model adds one).
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print only the JSON array of ids.
+        #[arg(long)]
+        ids: bool,
+        /// Text to tokenize.
+        text: String,
+    },
+    /// Perplexity of a text, as llama-perplexity computes it.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Window size.
+        #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+        ctx: usize,
+    },
+    /// Prefill and decode speed, as llama-bench measures it.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens (pp test).
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        n_prompt: usize,
+        /// Generated tokens (tg test).
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        n_gen: usize,
+        /// Repetitions; the median is reported.
+        #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+        reps: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the header of a model file.
+    Info {
+        /// Model file (default: the default model).
+        file: Option<PathBuf>,
+    },
+}
+
+fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
+    match m {
+        Some(p) => Ok(p.clone()),
+        None => glint_quantize::default_model(|msg| eprintln!("{msg}")).context("preparing the default model"),
+    }
+}
+
+fn threads(t: Option<usize>) -> usize {
+    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
+
+fn engine(m: &ModelArgs) -> Result<Engine> {
+    let path = model_path(&m.model)?;
+    Engine::load(&path, threads(m.threads)).with_context(|| format!("loading {}", path.display()))
+}
+
+fn print_stats(s: &GenerateStats) {
+    eprintln!(
+        "\n[prompt {} tok, {:.1} tok/s | generated {} tok, {:.1} tok/s | time to first token {:.0} ms | KV {:.1} MiB | peak RSS {:.1} MiB | stop: {:?}]",
+        s.prompt_tokens,
+        s.prefill_tok_s,
+        s.generated_tokens,
+        s.decode_tok_s,
+        s.time_to_first_token.as_secs_f64() * 1e3,
+        s.kv_bytes as f64 / (1 << 20) as f64,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+        s.stop
+    );
+}
+
+fn main() -> Result<()> {
+    let process_start = Instant::now();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { model, sample, prompt, chat, ids } => {
+            let engine = engine(&model)?;
+            let mut session = engine.session(sample.ctx);
+            let text = if chat { engine.render_chat(&[Message::new(Role::User, prompt)], true)? } else { prompt };
+            let mut out = std::io::stdout().lock();
+            let mut generated = Vec::new();
+            let mut first_token_since_start = None;
+            let stats = session.generate(&text, &sample.params(), |ev| {
+                first_token_since_start.get_or_insert_with(|| process_start.elapsed());
+                generated.push(ev.id);
+                let _ = out.write_all(ev.text.as_bytes());
+                let _ = out.flush();
+                ControlFlow::Continue(())
+            })?;
+            // The end-of-text token is generated but not streamed.
+            if stats.stop == StopReason::EndOfText {
+                generated.extend(session.pending());
+            }
+            writeln!(out)?;
+            if ids {
+                writeln!(out, "{}", serde_json::to_string(&generated)?)?;
+            }
+            let ttft = first_token_since_start.unwrap_or_default();
+            print_stats(&stats);
+            eprintln!("[time from process start to first token: {:.0} ms]", ttft.as_secs_f64() * 1e3);
+        }
+        Command::Chat { model, sample, system } => {
+            let engine = engine(&model)?;
+            let mut session = engine.session(sample.ctx);
+            if let Some(sys) = system {
+                session.set_system(&sys);
+            }
+            let stdin = std::io::stdin();
+            let mut out = std::io::stdout();
+            loop {
+                write!(out, "> ")?;
+                out.flush()?;
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    break;
+                }
+                match line.trim() {
+                    "/quit" | "/exit" => break,
+                    "/reset" => {
+                        session.reset();
+                        continue;
+                    }
+                    "" => continue,
+                    _ => {}
+                }
+                let r = session.chat(line.trim_end_matches(['\n', '\r']), &sample.params(), |ev| {
+                    print!("{}", ev.text);
+                    let _ = std::io::stdout().flush();
+                    ControlFlow::Continue(())
+                });
+                match r {
+                    Ok((_, stats)) => print_stats(&stats),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+                println!();
+            }
+        }
+        Command::Tokenize { model, ids, text } => {
+            let engine = engine(&model)?;
+            let tok = engine.tokenizer();
+            let mut v = Vec::new();
+            if engine.add_bos() {
+                v.extend(engine.model().config().bos);
+            }
+            v.extend(tok.encode(&text, true));
+            if !ids {
+                for &id in &v {
+                    println!("{id:6} -> '{}'", tok.decode(&[id], true));
+                }
+            }
+            println!("{}", serde_json::to_string(&v)?);
+        }
+        Command::Perplexity { model, file, ctx } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let engine = engine(&model)?;
+            let ppl = perplexity(&engine, &text, ctx, threads(model.threads))?;
+            println!("PPL = {ppl:.4}");
+        }
+        Command::Bench { model, n_prompt, n_gen, reps, json } => bench(&model, n_prompt, n_gen, reps, json)?,
+        Command::Info { file } => {
+            let path = model_path(&file)?;
+            let engine = Engine::load(&path, 1)?;
+            print!("{}", glint_runtime::describe(engine.model()));
+            println!("kernel: {}", kernels::kernel_name());
+        }
+    }
+    Ok(())
+}
+
+/// llama-perplexity's method: non-overlapping windows of `ctx` tokens, each from an
+/// empty cache, scoring the second half of each window.
+fn perplexity(engine: &Engine, text: &str, ctx: usize, threads: usize) -> Result<f64> {
+    let tokens = engine.tokenizer().encode(text, false);
+    let n_chunks = tokens.len() / ctx;
+    if n_chunks == 0 {
+        bail!("the text has {} tokens, fewer than one window of {ctx}", tokens.len());
+    }
+    let model = engine.model();
+    let vocab = model.config().vocab_size as usize;
+    let batch = 64;
+    let pool = ThreadPool::new(threads);
+    let mut cache = KvCache::new(model.config(), ctx);
+    let mut scratch = Scratch::new(model.config(), batch, ctx, threads, true);
+    let (mut nll, mut count) = (0f64, 0usize);
+    let first = ctx / 2;
+    let start = Instant::now();
+    for chunk in tokens.chunks_exact(ctx).take(n_chunks) {
+        cache.clear();
+        for (b, part) in chunk.chunks(batch).enumerate() {
+            model.forward(part, &mut cache, &mut scratch, &pool);
+            for (i, logits) in scratch.logits().chunks_exact(vocab).take(part.len()).enumerate() {
+                let pos = b * batch + i;
+                if pos >= first && pos + 1 < ctx {
+                    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let lse = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+                    nll += lse - logits[chunk[pos + 1] as usize] as f64;
+                    count += 1;
+                }
+            }
+        }
+        eprint!("[{}] {:.4} ", count / (ctx - 1 - first), (nll / count as f64).exp());
+    }
+    eprintln!("\n{n_chunks} chunks of {ctx} tokens in {:.1} s", start.elapsed().as_secs_f64());
+    Ok((nll / count as f64).exp())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
+    let path = model_path(&m.model)?;
+    let threads = threads(m.threads);
+    let model = Model::load(&path)?;
+    let c = *model.config();
+    let pool = ThreadPool::new(threads);
+    let ctx = (n_prompt + n_gen).max(1);
+    let mut cache = KvCache::new(&c, ctx);
+    let mut scratch = Scratch::new(&c, 64, ctx, threads, false);
+    // Pseudo-random prompt tokens, as llama-bench uses.
+    let prompt: Vec<u32> = (0..n_prompt as u64).map(|i| ((i * 2_654_435_761) % c.vocab_size as u64) as u32).collect();
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..reps.max(1) + 1 {
+        cache.clear();
+        let t = Instant::now();
+        for part in prompt.chunks(64) {
+            model.forward(part, &mut cache, &mut scratch, &pool);
+        }
+        pp.push(rate(n_prompt, t.elapsed()));
+        cache.clear();
+        let mut tok = c.bos.unwrap_or(0);
+        let t = Instant::now();
+        for _ in 0..n_gen {
+            model.forward(&[tok], &mut cache, &mut scratch, &pool);
+            tok = argmax(scratch.logits().iter().copied());
+        }
+        tg.push(rate(n_gen, t.elapsed()));
+    }
+    // The first repetition warms the page cache and the CPU: dropped, as llama-bench's warm-up.
+    let (pp, tg) = (median(pp[1..].to_vec()), median(tg[1..].to_vec()));
+    let rss = peak_rss_bytes().unwrap_or(0);
+    let bytes = model.weight_bytes_per_token();
+    if json {
+        let j = serde_json::json!({
+            "model": path.display().to_string(),
+            "file_bytes": model.file().file_len(),
+            "kernel": kernels::kernel_name(),
+            "threads": threads,
+            "n_prompt": n_prompt,
+            "n_gen": n_gen,
+            "repetitions": reps,
+            "prefill_tok_s": pp,
+            "decode_tok_s": tg,
+            "weight_bytes_per_token": bytes,
+            "decode_weight_gb_s": tg * bytes as f64 / 1e9,
+            "peak_rss_bytes": rss,
+        });
+        println!("{j}");
+    } else {
+        println!("| model | threads | kernel | test | t/s |");
+        println!("| --- | --- | --- | --- | --- |");
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        println!("| {name} | {threads} | {} | pp{n_prompt} | {pp:.1} |", kernels::kernel_name());
+        println!("| {name} | {threads} | {} | tg{n_gen} | {tg:.1} |", kernels::kernel_name());
+        println!("peak RSS {:.1} MiB; weights read per token {:.1} MB", rss as f64 / (1 << 20) as f64, bytes as f64 / 1e6);
+    }
+    Ok(())
+}
+
+fn rate(n: usize, t: Duration) -> f64 {
+    if t.is_zero() { 0.0 } else { n as f64 / t.as_secs_f64() }
+}

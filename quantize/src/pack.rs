@@ -1,0 +1,184 @@
+//! Packing: every source tensor converted to its target dtype — transcoded block for
+//! block where the source and target grids agree (GGUF Q4_1 → q4g32a, Q4_0 → q4g32,
+//! Q8_0 → q8g32, f32 → f32), otherwise decoded to f32 and quantized by round-to-nearest.
+
+use crate::gguf::{self, GgmlType};
+use crate::source::{Encoding, Imported, SourceTensor};
+use glint_format::quant::{Planes, dequantize_row, quantize};
+use glint_format::{DType, FileMeta, Matrix, TensorOut};
+use half::{bf16, f16};
+
+/// A packing scheme: which dtype each kind of tensor gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// int4 group 32 asymmetric matrices (GGUF Q4_1 math); int8 embedding and head.
+    Q4g32a,
+    /// int4 group 32 symmetric matrices (GGUF Q4_0 math); int8 embedding and head.
+    Q4g32,
+    /// int4 group 64 symmetric matrices; int8 embedding and head.
+    Q4g64,
+    /// int4 group 128 symmetric matrices; int8 embedding and head.
+    Q4g128,
+    /// int8 group 32 everywhere.
+    Q8,
+    /// f16 everywhere.
+    F16,
+}
+
+impl Scheme {
+    /// Every scheme, for help texts and tests.
+    pub const ALL: [Scheme; 6] = [Self::Q4g32a, Self::Q4g32, Self::Q4g64, Self::Q4g128, Self::Q8, Self::F16];
+
+    /// The scheme's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4g32a => "q4g32a",
+            Self::Q4g32 => "q4g32",
+            Self::Q4g64 => "q4g64",
+            Self::Q4g128 => "q4g128",
+            Self::Q8 => "q8",
+            Self::F16 => "f16",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The dtype of the tensor `name` with `n_dims` dimensions. Vectors (norms, biases)
+    /// stay f32; the embedding and output head get int8 under the int4 schemes because
+    /// they dominate the logits' error and a token lookup reads one row only.
+    pub fn dtype_for(self, name: &str, n_dims: usize) -> DType {
+        if n_dims == 1 {
+            return DType::F32;
+        }
+        let head = name == "token_embd.weight" || name == "output.weight";
+        match self {
+            Self::F16 => DType::F16,
+            Self::Q8 => DType::Q8G32,
+            _ if head => DType::Q8G32,
+            Self::Q4g32a => DType::Q4G32A,
+            Self::Q4g32 => DType::Q4G32,
+            Self::Q4g64 => DType::Q4G64,
+            Self::Q4g128 => DType::Q4G128,
+        }
+    }
+}
+
+/// Why a tensor could not be packed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The source encoding cannot be decoded.
+    #[error("tensor {name}: {source}")]
+    Decode {
+        /// Tensor name.
+        name: String,
+        /// Decoder error.
+        source: gguf::GgufError,
+    },
+    /// The tensor's row length is not a multiple of the target dtype's group.
+    #[error("tensor {name}: {cols} columns are not a multiple of {dtype}'s group of {group}")]
+    Group {
+        /// Tensor name.
+        name: String,
+        /// Row length.
+        cols: u64,
+        /// Target dtype name.
+        dtype: &'static str,
+        /// Group size.
+        group: usize,
+    },
+    /// The source bytes do not match the tensor's shape.
+    #[error("tensor {0}: source bytes disagree with its shape")]
+    Length(String),
+}
+
+/// Decodes a source tensor to f32 values.
+pub fn decode_f32(src: &Imported, t: &SourceTensor) -> Result<Vec<f32>, PackError> {
+    let bytes = src.bytes(t);
+    let n: u64 = t.shape.iter().product();
+    let values: Vec<f32> = match t.encoding {
+        Encoding::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Encoding::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Encoding::Bf16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Encoding::Glint(dtype) => {
+            let m = Matrix::from_bytes(dtype, (n / t.shape.last().copied().unwrap_or(1)) as usize, *t.shape.last().unwrap_or(&1) as usize, bytes)
+                .map_err(|_| PackError::Length(t.name.clone()))?;
+            let mut out = vec![0f32; n as usize];
+            for (r, row) in out.chunks_exact_mut(m.cols).enumerate() {
+                dequantize_row(&m, r, row);
+            }
+            out
+        }
+        Encoding::Gguf(ty) => {
+            let mut out = vec![0f32; n as usize];
+            gguf::dequantize_into(ty, bytes, &mut out).map_err(|source| PackError::Decode { name: t.name.clone(), source })?;
+            out
+        }
+    };
+    if values.len() as u64 != n {
+        return Err(PackError::Length(t.name.clone()));
+    }
+    Ok(values)
+}
+
+/// Packs one tensor into `dtype`.
+pub fn pack_tensor(src: &Imported, t: &SourceTensor, dtype: DType) -> Result<TensorOut, PackError> {
+    let n: u64 = t.shape.iter().product();
+    if let Some(group) = dtype.group() {
+        let cols = *t.shape.last().unwrap_or(&0);
+        if cols % group as u64 != 0 {
+            return Err(PackError::Group { name: t.name.clone(), cols, dtype: dtype.name(), group });
+        }
+    }
+    let bytes = src.bytes(t);
+    let transcode = |block: usize, push: &dyn Fn(&mut Planes, &[u8])| -> Result<Vec<u8>, PackError> {
+        if bytes.len() as u64 != n / 32 * block as u64 {
+            return Err(PackError::Length(t.name.clone()));
+        }
+        let mut p = Planes::default();
+        bytes.chunks_exact(block).for_each(|b| push(&mut p, b));
+        Ok(p.into_bytes(dtype, n))
+    };
+    let out = match (t.encoding, dtype) {
+        (Encoding::Gguf(GgmlType::Q4_1), DType::Q4G32A) => {
+            transcode(20, &|p, b| p.push_q4_1_block(b.try_into().expect("20-byte chunk")))?
+        }
+        (Encoding::Gguf(GgmlType::Q4_0), DType::Q4G32) => {
+            transcode(18, &|p, b| p.push_q4_0_block(b.try_into().expect("18-byte chunk")))?
+        }
+        (Encoding::Gguf(GgmlType::Q8_0), DType::Q8G32) => {
+            transcode(34, &|p, b| p.push_q8_0_block(b.try_into().expect("34-byte chunk")))?
+        }
+        (Encoding::F32, DType::F32) if bytes.len() as u64 == 4 * n => bytes.to_vec(),
+        (Encoding::Glint(from), to) if from == to => bytes.to_vec(),
+        _ => quantize(dtype, &decode_f32(src, t)?),
+    };
+    Ok(TensorOut { name: t.name.clone(), dtype, shape: t.shape.clone(), bytes: out })
+}
+
+/// Packs every tensor of `src` with `scheme`, calling `progress(i, name)` before each,
+/// and returns the file's metadata and tensors ready for [`glint_format::write_glint`].
+pub fn pack(
+    src: &Imported,
+    scheme: Scheme,
+    mut progress: impl FnMut(usize, &str),
+) -> Result<(FileMeta, Vec<TensorOut>), PackError> {
+    let mut tensors = Vec::with_capacity(src.tensors.len());
+    for (i, t) in src.tensors.iter().enumerate() {
+        progress(i, &t.name);
+        tensors.push(pack_tensor(src, t, scheme.dtype_for(&t.name, t.shape.len()))?);
+    }
+    let mut provenance = src.provenance.clone();
+    provenance.push(("scheme".into(), scheme.name().into()));
+    provenance.push(("tool".into(), "glint-quantize".into()));
+    provenance.push(("tool_version".into(), env!("CARGO_PKG_VERSION").into()));
+    let meta = FileMeta {
+        config: src.config,
+        tokenizer: src.tokenizer.clone(),
+        chat_template: src.chat_template.clone(),
+        provenance,
+    };
+    Ok((meta, tensors))
+}

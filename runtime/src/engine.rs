@@ -1,0 +1,529 @@
+//! The generation API: an [`Engine`] loads a model once; any number of [`Session`]s
+//! (each with its own KV cache and history) generate from it, on any threads, with a
+//! per-token streaming callback, cancellation from another thread, a token budget, stop
+//! strings and per-call statistics.
+//!
+//! Context policy: a prompt that does not fit in the session's remaining context is
+//! refused with [`GenerateError::PromptTooLong`] before anything runs; when generation
+//! fills the context it stops with [`StopReason::ContextFull`]. Nothing is silently
+//! dropped (no sliding window): the caller decides what to forget ([`Session::reset`]).
+
+use crate::chat::{ChatTemplate, Message, Role, TemplateError};
+use crate::model::{KvCache, LoadError, Model, Scratch};
+use crate::pool::ThreadPool;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError, TokenizerSpec};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Tokens per prefill batch: large enough for matrix-matrix kernels to reuse each
+/// dequantized weight block many times, small enough to keep scratch buffers small.
+pub const PREFILL_BATCH: usize = 64;
+
+/// Why an engine could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The file's tokenizer is not usable.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// Why a generation call failed. The session is unchanged by a failed call, except
+/// after [`GenerateError::Cancelled`]-free errors noted per variant.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GenerateError {
+    /// The prompt encodes to no tokens and the session is empty: nothing to continue.
+    #[error("empty prompt")]
+    EmptyPrompt,
+    /// The prompt does not fit in the context left.
+    #[error("prompt of {prompt} tokens does not fit: {used} of {capacity} context positions are used")]
+    PromptTooLong {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Positions already used by the session.
+        used: usize,
+        /// Context capacity of the session.
+        capacity: usize,
+    },
+    /// A token id is not in the vocabulary.
+    #[error("token id {0} is outside the vocabulary")]
+    BadToken(u32),
+    /// The chat template failed.
+    #[error("{0}")]
+    Template(String),
+}
+
+impl From<TemplateError> for GenerateError {
+    fn from(e: TemplateError) -> Self {
+        GenerateError::Template(e.to_string())
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-sequence or end-of-turn token.
+    EndOfText,
+    /// A stop string appeared.
+    StopString,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+    /// [`CancelToken::cancel`] was called, or the callback returned `Break`.
+    Cancelled,
+}
+
+/// Cancels generation from any thread; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A fresh token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the generation using this token to stop at the next token boundary.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Clears the request, so the token can be reused.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Settings of one generation call.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling.
+    pub sampler: SamplerConfig,
+    /// Generation stops when the text contains one of these (not included in the output).
+    pub stop: Vec<String>,
+    /// Checked before every token.
+    pub cancel: CancelToken,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { max_tokens: 512, sampler: SamplerConfig::default(), stop: Vec::new(), cancel: CancelToken::new() }
+    }
+}
+
+/// Statistics of one generation call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateStats {
+    /// Tokens run through the model as prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// From the call to the first generated token.
+    pub time_to_first_token: Duration,
+    /// Prompt tokens per second.
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second after the first.
+    pub decode_tok_s: f64,
+    /// Bytes of KV cache in use at the end (positions filled x bytes per position).
+    pub kv_bytes: u64,
+    /// Why generation ended.
+    pub stop: StopReason,
+}
+
+/// One generated token, as passed to the streaming callback.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenEvent<'a> {
+    /// Token id.
+    pub id: u32,
+    /// New complete UTF-8 text this token adds (may be empty while a multi-byte
+    /// character or a possible stop string is pending).
+    pub text: &'a str,
+}
+
+struct Shared {
+    model: Model,
+    tokenizer: Tokenizer,
+    /// Start a new context with BOS (the tokenizer's `add_bos` flag).
+    add_bos: bool,
+    template: Option<ChatTemplate>,
+    stop_ids: Vec<u32>,
+    pool: ThreadPool,
+}
+
+/// A loaded model with its tokenizer and chat template. Cheap to clone; shareable
+/// across threads. Sessions share the engine's worker threads.
+#[derive(Clone)]
+pub struct Engine(Arc<Shared>);
+
+impl Engine {
+    /// Loads the `.glint` file at `path` and starts `threads` worker threads in all.
+    pub fn load(path: impl AsRef<Path>, threads: usize) -> Result<Self, EngineError> {
+        let model = Model::load(path)?;
+        let f = model.file();
+        let c = *f.config();
+        let t = f.tokenizer();
+        // BOS is added by the session (only at the start of a context), not by `encode`.
+        let tokenizer = Tokenizer::new(TokenizerSpec {
+            tokens: t.tokens.iter().collect(),
+            token_types: t.token_types,
+            merges: t.merges.iter().collect(),
+            pre: t.pre,
+            bos: c.bos,
+            eos: c.eos,
+            add_bos: false,
+        })?;
+        let add_bos = t.add_bos;
+        let text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
+        let template = ChatTemplate::new(f.chat_template(), &text(c.bos), &text(c.eos)).ok();
+        let mut stop_ids: Vec<u32> = [c.eos, c.eot].into_iter().flatten().collect();
+        stop_ids.dedup();
+        let pool = ThreadPool::new(threads);
+        Ok(Self(Arc::new(Shared { model, tokenizer, add_bos, template, stop_ids, pool })))
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.0.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.0.tokenizer
+    }
+
+    /// Whether a new context starts with the BOS token.
+    pub fn add_bos(&self) -> bool {
+        self.0.add_bos
+    }
+
+    /// Threads each kernel call runs on.
+    pub fn threads(&self) -> usize {
+        self.0.pool.threads()
+    }
+
+    /// A new session with room for `context` positions (clamped to the model's trained
+    /// context; `0` means the model's context).
+    pub fn session(&self, context: usize) -> Session {
+        let c = self.0.model.config();
+        let cap = if context == 0 { c.context_len as usize } else { context.min(c.context_len as usize) };
+        Session {
+            engine: self.clone(),
+            cache: KvCache::new(c, cap),
+            scratch: Scratch::new(c, PREFILL_BATCH, cap, self.threads(), false),
+            tokens: Vec::new(),
+            pending: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Renders `messages` with the model's chat template.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, GenerateError> {
+        let t = self.0.template.as_ref().ok_or(TemplateError::Missing)?;
+        Ok(t.render(messages, add_generation_prompt)?)
+    }
+}
+
+/// One conversation: a KV cache, the tokens in it and the chat history.
+pub struct Session {
+    engine: Engine,
+    cache: KvCache,
+    scratch: Scratch,
+    /// Tokens whose keys and values are in `cache`.
+    tokens: Vec<u32>,
+    /// The last sampled token, not yet run through the model (it is when the context
+    /// continues).
+    pending: Option<u32>,
+    history: Vec<Message>,
+}
+
+impl Session {
+    /// Context positions in use.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// True when nothing is in the context.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Context positions available in all.
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// The tokens in the context.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The last generated token when it has not been run through the model yet (the
+    /// end-of-text token, or the token that hit a stop string or the budget).
+    pub fn pending(&self) -> Option<u32> {
+        self.pending
+    }
+
+    /// Starts the chat history with a system message (forgetting the context).
+    pub fn set_system(&mut self, system: &str) {
+        self.reset();
+        self.history.push(Message::new(Role::System, system));
+    }
+
+    /// The chat history kept by [`Session::chat`].
+    pub fn history(&self) -> &[Message] {
+        &self.history
+    }
+
+    /// Forgets the context and the chat history.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+        self.pending = None;
+        self.history.clear();
+    }
+
+    /// Encodes `text` (special tokens written in it, such as `<|im_start|>`, are parsed
+    /// as special tokens) and continues the context with it; see [`Session::generate_tokens`].
+    pub fn generate(
+        &mut self,
+        text: &str,
+        params: &GenerateParams,
+        on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<GenerateStats, GenerateError> {
+        let tok = &self.engine.0.tokenizer;
+        let mut prompt = Vec::new();
+        if self.tokens.is_empty() && self.pending.is_none() && self.engine.0.add_bos {
+            prompt.extend(self.engine.0.model.config().bos);
+        }
+        prompt.extend(tok.encode(text, true));
+        self.generate_tokens(&prompt, params, on_token)
+    }
+
+    /// Appends a user turn to the history, renders the whole conversation with the chat
+    /// template, runs what the context does not hold yet, and generates the assistant's
+    /// reply (which is appended to the history). Returns the reply and the statistics.
+    pub fn chat(
+        &mut self,
+        user: &str,
+        params: &GenerateParams,
+        on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<(String, GenerateStats), GenerateError> {
+        let mut messages = self.history.clone();
+        messages.push(Message::new(Role::User, user));
+        let rendered = self.engine.render_chat(&messages, true)?;
+        let tokens = self.engine.0.tokenizer.encode(&rendered, true);
+        // Reuse the cached prefix the new rendering shares with the context.
+        self.pending = None;
+        let common = self.tokens.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
+        let (kept_cache, kept_tokens) = (self.cache.len(), self.tokens.len());
+        self.cache.truncate(common);
+        self.tokens.truncate(common);
+        let mut reply = String::new();
+        let mut on_token = on_token;
+        let result = self.generate_tokens(&tokens[common..], params, |ev| {
+            reply.push_str(ev.text);
+            on_token(ev)
+        });
+        match result {
+            Ok(stats) => {
+                messages.push(Message::new(Role::Assistant, reply.clone()));
+                self.history = messages;
+                Ok((reply, stats))
+            }
+            Err(e) => {
+                // The cache beyond `common` is intact: nothing ran.
+                self.cache.truncate(kept_cache);
+                self.tokens.truncate(kept_tokens.min(self.cache.len()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `prompt` after the current context, then samples up to `max_tokens` tokens,
+    /// calling `on_token` for each (return `ControlFlow::Break(())` to stop).
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<GenerateStats, GenerateError> {
+        let shared = Arc::clone(&self.engine.0);
+        let (model, tok) = (&shared.model, &shared.tokenizer);
+        let vocab = model.config().vocab_size;
+        if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
+            return Err(GenerateError::BadToken(bad));
+        }
+        let prompt: Vec<u32> = self.pending.iter().chain(prompt).copied().collect();
+        if prompt.is_empty() && self.tokens.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        let (used, capacity) = (self.tokens.len(), self.cache.capacity());
+        if used + prompt.len() > capacity {
+            return Err(GenerateError::PromptTooLong { prompt: prompt.len(), used, capacity });
+        }
+        self.pending = None;
+        let start = Instant::now();
+        let cancel = &params.cancel;
+        let mut stop = StopReason::MaxTokens;
+        let run: Vec<u32> = match self.tokens.pop() {
+            // Continuing with no new tokens: re-run the last position for its logits.
+            Some(last) if prompt.is_empty() => {
+                self.cache.truncate(self.tokens.len());
+                vec![last]
+            }
+            Some(last) => {
+                self.tokens.push(last);
+                prompt.clone()
+            }
+            None => prompt.clone(),
+        };
+        for chunk in run.chunks(self.scratch.batch()) {
+            if cancel.is_cancelled() {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            model.forward(chunk, &mut self.cache, &mut self.scratch, &shared.pool);
+            self.tokens.extend_from_slice(chunk);
+        }
+        let prefill = start.elapsed();
+        let mut sampler = Sampler::new(params.sampler.clone());
+        let mut decoder = StreamDecoder::new(false);
+        let mut held = StopHold::new(&params.stop);
+        let mut generated = 0usize;
+        let mut first_token_at = None;
+        if stop != StopReason::Cancelled {
+            stop = loop {
+                if generated >= params.max_tokens {
+                    break StopReason::MaxTokens;
+                }
+                if cancel.is_cancelled() {
+                    break StopReason::Cancelled;
+                }
+                let id = sampler.sample(self.scratch.logits(), &self.tokens);
+                first_token_at.get_or_insert_with(|| start.elapsed());
+                generated += 1;
+                self.pending = Some(id);
+                if shared.stop_ids.contains(&id) {
+                    break StopReason::EndOfText;
+                }
+                let piece = decoder.push(tok, id).to_string();
+                let (text, hit) = held.push(&piece);
+                if on_token(TokenEvent { id, text: &text }).is_break() {
+                    break StopReason::Cancelled;
+                }
+                if hit {
+                    break StopReason::StopString;
+                }
+                if self.cache.len() >= self.cache.capacity() {
+                    break StopReason::ContextFull;
+                }
+                model.forward(&[id], &mut self.cache, &mut self.scratch, &shared.pool);
+                self.tokens.push(id);
+                self.pending = None;
+            };
+        }
+        // Text held back for a stop string that never completed is still output.
+        if stop != StopReason::StopString {
+            let tail = decoder.flush().to_string();
+            let rest = held.finish(&tail);
+            if !rest.is_empty() {
+                let _ = on_token(TokenEvent { id: self.pending.or(self.tokens.last().copied()).unwrap_or(0), text: &rest });
+            }
+        }
+        let total = start.elapsed();
+        let ttft = first_token_at.unwrap_or(total);
+        Ok(GenerateStats {
+            prompt_tokens: prompt.len(),
+            generated_tokens: generated,
+            time_to_first_token: ttft,
+            prefill_tok_s: rate(prompt.len(), prefill),
+            decode_tok_s: rate(generated.saturating_sub(1), total.saturating_sub(ttft)),
+            kv_bytes: KvCache::bytes_for(model.config(), 1) * self.cache.len() as u64,
+            stop,
+        })
+    }
+}
+
+fn rate(n: usize, t: Duration) -> f64 {
+    if t.is_zero() { 0.0 } else { n as f64 / t.as_secs_f64() }
+}
+
+/// Holds back generated text that could be the start of a stop string, so a stop
+/// string is never streamed out.
+struct StopHold<'a> {
+    stops: &'a [String],
+    text: String,
+    /// Bytes of `text` already released.
+    released: usize,
+}
+
+impl<'a> StopHold<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self { stops, text: String::new(), released: 0 }
+    }
+
+    /// Adds `piece`; returns the text that is now safe to release and whether a stop
+    /// string has appeared (the released text then ends right before it).
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        let pending = &self.text[self.released..];
+        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| pending.find(s.as_str())).min() {
+            let out = pending[..at].to_string();
+            self.released = self.text.len();
+            return (out, true);
+        }
+        // Keep the longest suffix that is a proper prefix of some stop string.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).rev().filter(move |&k| s.is_char_boundary(k)).map(move |k| &s[..k]))
+            .filter(|p| pending.ends_with(p))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let cut = pending.len() - keep;
+        let out = pending[..cut].to_string();
+        self.released += cut;
+        (out, false)
+    }
+
+    /// Releases whatever is still held, plus `tail`.
+    fn finish(&mut self, tail: &str) -> String {
+        self.text.push_str(tail);
+        let out = self.text[self.released..].to_string();
+        self.released = self.text.len();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_held_back_and_cut() {
+        let stops = vec!["\nUser:".to_string()];
+        let mut h = StopHold::new(&stops);
+        assert_eq!(h.push("Hello"), ("Hello".into(), false));
+        assert_eq!(h.push(" world\nUs"), (" world".into(), false));
+        assert_eq!(h.push("er: more"), ("".into(), true));
+        let mut h = StopHold::new(&stops);
+        assert_eq!(h.push("a\nU"), ("a".into(), false));
+        assert_eq!(h.push("nrelated"), ("\nUnrelated".into(), false));
+        assert_eq!(h.finish(""), "");
+    }
+}

@@ -1,0 +1,372 @@
+//! AVX-512F kernels (16 f32 lanes).
+//!
+//! Every tile function computes `R` weight rows against `N` activation rows over the
+//! whole row length, with two accumulators per (row, activation) pair so that the FMA
+//! latency chains stay short even for `R * N == 4`, and reduces them at the end. The
+//! [`drive`] loop feeds it full tiles only. Scales (and int4 minimums) are converted 16 at
+//! a time with `vcvtph2ps` into small stack arrays and broadcast from there per block.
+//!
+//! int4: for each block and weight row, `lut = d * [0, 1, .., 15] + m` is one FMA, and the
+//! 32 weights are `vpermps(nibbles, lut)`: `vpermps` only reads the low 4 bits of each
+//! index, so the low nibbles need no mask and the high ones just a shift. That replaces
+//! "mask, convert to f32, FMA" per 16 weights with one lookup, and the dequantized block
+//! (two registers) is then reused for all `N` activation rows of the tile.
+
+use core::arch::x86_64::*;
+use core::ops::Range;
+
+use glint_format::{BLOCK, DType, Matrix};
+
+use super::{Out, drive};
+
+/// Weight rows per tile for a single activation row (matvec).
+const MV_ROWS: usize = 6;
+/// Weight rows per tile for several activation rows (matmul).
+const MM_ROWS: usize = 2;
+/// Activation rows per tile (matmul).
+const MM_ACTS: usize = 4;
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C; `super::check(w, x, n, &rows)`
+/// must have passed; `out` must be writable at every `(i, r)`, `i < n`, `r` in `rows`.
+pub(super) unsafe fn run(w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, out: Out) {
+    macro_rules! go {
+        ($tile:ident $(, $extra:expr)?) => {
+            if n == 1 {
+                // SAFETY: the tiles get in-range rows and activation pointers from `drive`
+                // and the planes were validated by `check`; CPU support is our contract.
+                unsafe {
+                    drive::<MV_ROWS, 1>(x, w.cols, n, rows, out, |r, xs| {
+                        $tile::<MV_ROWS, 1>(w, r, xs $(, $extra)?)
+                    })
+                }
+            } else {
+                // SAFETY: as above.
+                unsafe {
+                    drive::<MM_ROWS, MM_ACTS>(x, w.cols, n, rows, out, |r, xs| {
+                        $tile::<MM_ROWS, MM_ACTS>(w, r, xs $(, $extra)?)
+                    })
+                }
+            }
+        };
+    }
+    match w.dtype {
+        DType::F32 => go!(float_tile, false),
+        DType::F16 => go!(float_tile, true),
+        DType::Q8G32 => go!(q8_tile),
+        DType::Q4G32A | DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => go!(q4_tile),
+    }
+}
+
+/// Loads the `count` (1..=16) little-endian f16 values at byte `at` of `plane` as f32
+/// lanes. Reads 16 values straight from the plane when they are there (lanes past
+/// `count` are then garbage, and never used), else goes through a zero-padded copy.
+///
+/// # Safety
+/// `plane[at..at + 2 * count]` must be in bounds.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f16(plane: &[u8], at: usize, count: usize) -> __m512 {
+    if at + 32 <= plane.len() {
+        // SAFETY: 32 bytes in bounds, checked just above; unaligned load.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(plane.as_ptr().add(at).cast()) })
+    } else {
+        let mut buf = [0u16; 16];
+        // SAFETY: `count <= 16` elements fit `buf`, and are in the plane, by the caller.
+        unsafe { core::ptr::copy_nonoverlapping(plane.as_ptr().add(at), buf.as_mut_ptr().cast::<u8>(), 2 * count) };
+        // SAFETY: `buf` is 32 bytes.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(buf.as_ptr().cast()) })
+    }
+}
+
+/// Sum of the two accumulator sets.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+fn reduce<const R: usize, const N: usize>(a: &[[__m512; N]; R], b: &[[__m512; N]; R]) -> [[f32; N]; R] {
+    let mut res = [[0f32; N]; R];
+    for k in 0..R {
+        for i in 0..N {
+            res[k][i] = _mm512_reduce_add_ps(_mm512_add_ps(a[k][i], b[k][i]));
+        }
+    }
+    res
+}
+
+/// int4 (any group, with or without minimums) tile.
+///
+/// # Safety
+/// As for [`run`]; `rows` are valid row indices and every `xs[i]` has `w.cols` elements.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn q4_tile<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    xs: &[*const f32; N],
+) -> [[f32; N]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let group = w.dtype.group().unwrap_or(BLOCK);
+    let asym = w.dtype == DType::Q4G32A;
+    // Scale lane `b` of a chunk of 16 blocks is scale `b >> shift` of the chunk.
+    let shift = (group / BLOCK).trailing_zeros() as i32;
+    let expand = _mm512_srlv_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(shift),
+    );
+    let iota = _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    );
+    let mut acc0 = [[_mm512_setzero_ps(); N]; R];
+    let mut acc1 = acc0;
+    let mut ds = [[0f32; 16]; R];
+    let mut ms = [[0f32; 16]; R];
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(16);
+        for k in 0..R {
+            // Block index in the whole matrix; chunks start at multiples of 512 elements,
+            // so at a group boundary for every group size.
+            let first = rows[k] * nb + b0;
+            // SAFETY: scales `first * 32 / group ..` for `cnt * 32 / group` groups (exact:
+            // the row length is a multiple of the group) lie within the row, hence the
+            // validated plane; likewise `cnt` minimums.
+            let (d, m) = unsafe {
+                let d = load_f16(w.scales, 2 * (first * BLOCK / group), cnt * BLOCK / group);
+                let d = if shift == 0 { d } else { _mm512_permutexvar_ps(expand, d) };
+                let m = if asym {
+                    load_f16(w.mins, 2 * first, cnt)
+                } else {
+                    _mm512_mul_ps(d, _mm512_set1_ps(-8.0))
+                };
+                (d, m)
+            };
+            // SAFETY: 16 f32 fit each stack array.
+            unsafe {
+                _mm512_storeu_ps(ds[k].as_mut_ptr(), d);
+                _mm512_storeu_ps(ms[k].as_mut_ptr(), m);
+            }
+        }
+        for b in 0..cnt {
+            let blk = b0 + b;
+            let mut lo = [_mm512_setzero_ps(); R];
+            let mut hi = [_mm512_setzero_ps(); R];
+            for k in 0..R {
+                // SAFETY: block `blk < nb` of row `rows[k]` is 16 bytes inside the values
+                // plane (validated by `check`).
+                let q = unsafe {
+                    let p = w.values.as_ptr().add(rows[k] * cols / 2 + blk * (BLOCK / 2));
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
+                };
+                let lut = _mm512_fmadd_ps(iota, _mm512_set1_ps(ds[k][b]), _mm512_set1_ps(ms[k][b]));
+                lo[k] = _mm512_permutexvar_ps(q, lut);
+                hi[k] = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), lut);
+            }
+            for i in 0..N {
+                // SAFETY: `blk * 32 + 32 <= cols` elements of activation row `i`.
+                let (x0, x1) = unsafe {
+                    let p = xs[i].add(blk * BLOCK);
+                    (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+                };
+                for k in 0..R {
+                    acc0[k][i] = _mm512_fmadd_ps(lo[k], x0, acc0[k][i]);
+                    acc1[k][i] = _mm512_fmadd_ps(hi[k], x1, acc1[k][i]);
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    reduce(&acc0, &acc1)
+}
+
+/// int8 (group 32) tile.
+///
+/// # Safety
+/// As for [`q4_tile`].
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn q8_tile<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    xs: &[*const f32; N],
+) -> [[f32; N]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let mut acc0 = [[_mm512_setzero_ps(); N]; R];
+    let mut acc1 = acc0;
+    let mut ds = [[0f32; 16]; R];
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(16);
+        for k in 0..R {
+            // SAFETY: `cnt` scales of row `rows[k]` from block `b0` lie in the plane; 16
+            // f32 fit `ds[k]`.
+            unsafe {
+                let d = load_f16(w.scales, 2 * (rows[k] * nb + b0), cnt);
+                _mm512_storeu_ps(ds[k].as_mut_ptr(), d);
+            }
+        }
+        for b in 0..cnt {
+            let blk = b0 + b;
+            // Widened int8 weights of the block, per row.
+            let mut q0 = [_mm512_setzero_ps(); R];
+            let mut q1 = [_mm512_setzero_ps(); R];
+            for k in 0..R {
+                // SAFETY: the 32 bytes of block `blk` of row `rows[k]` lie in the plane.
+                unsafe {
+                    let p = w.values.as_ptr().add(rows[k] * cols + blk * BLOCK);
+                    q0[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));
+                    q1[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16).cast())));
+                }
+            }
+            if N == 1 {
+                // One activation row: `d * sum(q x)`, one scale multiply per block.
+                // SAFETY: 32 elements of the activation row at `blk * 32`.
+                let (x0, x1) = unsafe {
+                    let p = xs[0].add(blk * BLOCK);
+                    (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+                };
+                for k in 0..R {
+                    let t = _mm512_fmadd_ps(q1[k], x1, _mm512_mul_ps(q0[k], x0));
+                    acc0[k][0] = _mm512_fmadd_ps(t, _mm512_set1_ps(ds[k][b]), acc0[k][0]);
+                }
+            } else {
+                // Several: scale the weights once and reuse them.
+                for k in 0..R {
+                    let d = _mm512_set1_ps(ds[k][b]);
+                    q0[k] = _mm512_mul_ps(q0[k], d);
+                    q1[k] = _mm512_mul_ps(q1[k], d);
+                }
+                for i in 0..N {
+                    // SAFETY: 32 elements of activation row `i` at `blk * 32`.
+                    let (x0, x1) = unsafe {
+                        let p = xs[i].add(blk * BLOCK);
+                        (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+                    };
+                    for k in 0..R {
+                        acc0[k][i] = _mm512_fmadd_ps(q0[k], x0, acc0[k][i]);
+                        acc1[k][i] = _mm512_fmadd_ps(q1[k], x1, acc1[k][i]);
+                    }
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    reduce(&acc0, &acc1)
+}
+
+/// Loads 16 weights at `p` (f16 when `HALF`, else f32).
+///
+/// # Safety
+/// `p` must be readable for 16 elements.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_w<const HALF: bool>(p: *const u8) -> __m512 {
+    // SAFETY: by the caller; unaligned loads.
+    unsafe {
+        if HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+}
+
+/// One 32-column step of [`float_tile`].
+///
+/// # Safety
+/// Every `wp[k]` must be readable for 32 weights and every `xp[i]` for 32 f32.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn float_step<const R: usize, const N: usize, const HALF: bool>(
+    wp: &[*const u8; R],
+    xp: &[*const f32; N],
+    acc0: &mut [[__m512; N]; R],
+    acc1: &mut [[__m512; N]; R],
+) {
+    let esize = if HALF { 2 } else { 4 };
+    let mut w0 = [_mm512_setzero_ps(); R];
+    let mut w1 = [_mm512_setzero_ps(); R];
+    for k in 0..R {
+        // SAFETY: 32 weights readable at `wp[k]`, by the caller.
+        unsafe {
+            w0[k] = load_w::<HALF>(wp[k]);
+            w1[k] = load_w::<HALF>(wp[k].add(16 * esize));
+        }
+    }
+    for i in 0..N {
+        // SAFETY: 32 f32 readable at `xp[i]`, by the caller.
+        let (x0, x1) = unsafe { (_mm512_loadu_ps(xp[i]), _mm512_loadu_ps(xp[i].add(16))) };
+        for k in 0..R {
+            acc0[k][i] = _mm512_fmadd_ps(w0[k], x0, acc0[k][i]);
+            acc1[k][i] = _mm512_fmadd_ps(w1[k], x1, acc1[k][i]);
+        }
+    }
+}
+
+/// f32 / f16 tile (any column count: the last partial 32 columns go through zero-padded
+/// stack copies).
+///
+/// # Safety
+/// As for [`q4_tile`].
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn float_tile<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    xs: &[*const f32; N],
+    half: bool,
+) -> [[f32; N]; R] {
+    if half {
+        // SAFETY: forwarded.
+        unsafe { float_tile_t::<R, N, true>(w, rows, xs) }
+    } else {
+        // SAFETY: forwarded.
+        unsafe { float_tile_t::<R, N, false>(w, rows, xs) }
+    }
+}
+
+/// [`float_tile`] for one element type.
+///
+/// # Safety
+/// As for [`q4_tile`].
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    xs: &[*const f32; N],
+) -> [[f32; N]; R] {
+    const STEP: usize = 32;
+    let cols = w.cols;
+    let esize = if HALF { 2 } else { 4 };
+    let main = cols / STEP * STEP;
+    let mut acc0 = [[_mm512_setzero_ps(); N]; R];
+    let mut acc1 = acc0;
+    // SAFETY: each row `rows[k]` spans `cols * esize` bytes of the validated plane.
+    let wrow: [*const u8; R] = core::array::from_fn(|k| unsafe { w.values.as_ptr().add(rows[k] * cols * esize) });
+    let mut c = 0;
+    while c < main {
+        // SAFETY: `c + 32 <= cols` for the weight rows and the activation rows.
+        unsafe {
+            let wp = core::array::from_fn(|k| wrow[k].add(c * esize));
+            let xp = core::array::from_fn(|i| xs[i].add(c));
+            float_step::<R, N, HALF>(&wp, &xp, &mut acc0, &mut acc1);
+        }
+        c += STEP;
+    }
+    if main < cols {
+        let tail = cols - main;
+        let mut wbuf = [[0u8; STEP * 4]; R];
+        let mut xbuf = [[0f32; STEP]; N];
+        for k in 0..R {
+            // SAFETY: the last `tail` weights of the row are in the plane; the buffer has
+            // room for 32 f32.
+            unsafe { core::ptr::copy_nonoverlapping(wrow[k].add(main * esize), wbuf[k].as_mut_ptr(), tail * esize) };
+        }
+        for i in 0..N {
+            // SAFETY: the last `tail` activations of row `i`; the buffer holds 32.
+            unsafe { core::ptr::copy_nonoverlapping(xs[i].add(main), xbuf[i].as_mut_ptr(), tail) };
+        }
+        let wp = core::array::from_fn(|k| wbuf[k].as_ptr());
+        let xp = core::array::from_fn(|i| xbuf[i].as_ptr());
+        // SAFETY: the zero-padded buffers hold 32 elements each.
+        unsafe { float_step::<R, N, HALF>(&wp, &xp, &mut acc0, &mut acc1) };
+    }
+    reduce(&acc0, &acc1)
+}

@@ -1,0 +1,356 @@
+//! CPU matrix kernels: `y = W x` over a (possibly quantized) weight [`Matrix`] with f32
+//! activations, dequantizing the weights on the fly.
+//!
+//! # The exact path
+//!
+//! Activations stay f32 and every product is accumulated in f32, so every kernel matches
+//! "[`dequantize_row`](glint_format::quant::dequantize_row), then an f32 dot product" up
+//! to rounding (about 1e-5 of `sum |w x|`); no kernel quantizes the activations.
+//!
+//! # API
+//!
+//! * [`matvec`] / [`matvec_rows`]: one activation row (decode).
+//! * [`matmul`] / [`matmul_rows`] / [`matmul_rows_raw`]: `n` activation rows (prefill).
+//!   Work is tiled so that each 32-element weight block is dequantized once, into
+//!   registers, per tile of weight rows and activation rows; nothing is ever dequantized
+//!   into memory beyond a block, and no call allocates.
+//! * The `*_rows` variants compute only a range of output rows so a caller can split a
+//!   matrix across threads; every row is computed the same way whatever range it is
+//!   part of, so splitting never changes a single bit of the result.
+//!
+//! # Kernels and dispatch
+//!
+//! [`Kernel`] names one implementation. [`Kernel::Scalar`] is the portable reference (kept
+//! forever: every SIMD kernel is tested against it). On x86-64 there are
+//! [`Kernel::Avx2`] (AVX2 + FMA + F16C) and [`Kernel::Avx512`] (AVX-512F); both have
+//! hand-written kernels for every dtype. The kernel used by the free functions is chosen
+//! once, on first use, from the CPU features ([`Kernel::best`]) unless the environment
+//! variable `GLINT_KERNEL` names one (`scalar`, `avx2` or `avx512`; for tests and
+//! benches); see [`active`] and [`kernel_name`].
+//!
+//! Inner loops, per dtype (why these forms: see the comments in `avx512.rs`/`avx2.rs`):
+//! * int4 (all groups) on AVX-512: per block and weight row, a 16-entry table
+//!   `d * [0..15] + m` is built with one FMA and the 32 nibbles are looked up with two
+//!   `vpermps` (which read only the low 4 bits of each index, so no masking);
+//! * int4 on AVX2: nibbles are widened and converted to f32; a single activation row uses
+//!   the factored form `d * sum(q x) + m * sum(x)` (the block sum of `x` is computed
+//!   inline, once per block for all rows of the tile: no scratch buffer), several rows
+//!   dequantize `w = d q + m` once and reuse it;
+//! * int8: `d * sum(q x)` per block (one row) or `w = d q` reused (several rows);
+//! * f32/f16: plain FMA (f16 through `vcvtph2ps`).
+//!
+//! # Adding an architecture
+//!
+//! A NEON kernel for aarch64 (smart-glasses SoCs) plugs in exactly like the x86 ones:
+//! add a `neon.rs` module gated on `#[cfg(target_arch = "aarch64")]` with an
+//! `unsafe fn run(w, x, n, rows, out: Out)` built on [`drive`]-style tiles (NEON is
+//! baseline on aarch64, so no run-time detection is needed; `dotprod`/`sdot` for a future
+//! quantized-activation path would be detected with
+//! `std::arch::is_aarch64_feature_detected!("dotprod")`), add a `Kernel::Neon` variant,
+//! and extend [`Kernel::available`], [`Kernel::best`], [`Kernel::from_name`] and the
+//! dispatch in `Kernel::run`. The tests pick up every available kernel automatically.
+
+use core::ops::Range;
+use std::sync::OnceLock;
+
+use glint_format::{BLOCK, DType, Matrix};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+/// One implementation of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable scalar reference; runs everywhere.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512F (plus the AVX2 set).
+    Avx512,
+}
+
+impl Kernel {
+    /// Every kernel, slowest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512];
+
+    /// The name used by `GLINT_KERNEL` and printed by [`kernel_name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name as accepted by `GLINT_KERNEL`.
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Kernel::ALL.into_iter().find(|k| k.name() == name.trim())
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                Kernel::Avx2.available() && std::arch::is_x86_feature_detected!("avx512f")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512 => false,
+        }
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Kernel {
+        Kernel::ALL.into_iter().rev().find(|k| k.available()).unwrap_or(Kernel::Scalar)
+    }
+
+    /// Every kernel this CPU can run, slowest first.
+    pub fn all_available() -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.available())
+    }
+
+    /// [`matvec_rows`] with this kernel. Panics if the CPU lacks it.
+    pub fn matvec_rows(self, w: &Matrix<'_>, x: &[f32], rows: Range<usize>, y_rows: &mut [f32]) {
+        check(w, x, 1, &rows);
+        assert_eq!(y_rows.len(), rows.len(), "output length must equal the row range length");
+        let out = Out { ptr: y_rows.as_mut_ptr(), ld: rows.len(), row0: rows.start };
+        // SAFETY: `check` validated the planes and `x`; `y_rows` holds exactly one slot per
+        // row of the range, which is where `out` maps row `r` (`r - rows.start`), and the
+        // exclusive borrow keeps anyone else from touching it.
+        unsafe { self.run(w, x, 1, rows, out) }
+    }
+
+    /// [`matmul_rows`] with this kernel. Panics if the CPU lacks it.
+    pub fn matmul_rows(
+        self,
+        w: &Matrix<'_>,
+        x: &[f32],
+        n: usize,
+        rows: Range<usize>,
+        y_rows: &mut [f32],
+    ) {
+        check(w, x, n, &rows);
+        assert_eq!(y_rows.len(), n * rows.len(), "output length must be n * rows.len()");
+        let out = Out { ptr: y_rows.as_mut_ptr(), ld: rows.len(), row0: rows.start };
+        // SAFETY: as in `matvec_rows`; element (i, r) lands at `i * rows.len() + r -
+        // rows.start < n * rows.len()`.
+        unsafe { self.run(w, x, n, rows, out) }
+    }
+
+    /// [`matmul_rows_raw`] with this kernel. Panics if the CPU lacks it.
+    ///
+    /// # Safety
+    /// As for [`matmul_rows_raw`].
+    pub unsafe fn matmul_rows_raw(
+        self,
+        w: &Matrix<'_>,
+        x: &[f32],
+        n: usize,
+        rows: Range<usize>,
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        check(w, x, n, &rows);
+        assert!(ldy >= rows.end || n <= 1, "ldy must be at least rows.end");
+        let out = Out { ptr: y, ld: ldy, row0: 0 };
+        // SAFETY: the caller guarantees `y` is writable at `i * ldy + r` for `i < n`,
+        // `r` in `rows`, and that nothing else accesses those elements meanwhile.
+        unsafe { self.run(w, x, n, rows, out) }
+    }
+
+    /// Runs the kernel after asserting the CPU supports it.
+    ///
+    /// # Safety
+    /// `check(w, x, n, &rows)` must have passed, and `out` must be writable at every
+    /// `(i, r)` for `i < n`, `r` in `rows`.
+    unsafe fn run(self, w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, out: Out) {
+        assert!(self.available(), "kernel {} is not supported by this CPU", self.name());
+        if rows.is_empty() || n == 0 {
+            return;
+        }
+        match self {
+            // SAFETY: forwarded from our caller.
+            Kernel::Scalar => unsafe { scalar::run(w, x, n, rows, out) },
+            // SAFETY: forwarded from our caller; the CPU features were asserted above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::run(w, x, n, rows, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::run(w, x, n, rows, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512 => unreachable!("not available"),
+        }
+    }
+}
+
+static ACTIVE: OnceLock<Kernel> = OnceLock::new();
+
+/// The kernel used by [`matvec`], [`matmul`] and friends: `GLINT_KERNEL` if set, else
+/// [`Kernel::best`]. Chosen once per process.
+///
+/// Panics (on first use) if `GLINT_KERNEL` names an unknown kernel or one this CPU
+/// cannot run: forcing a path is meant for tests and benches, where silently measuring
+/// another one would mislead.
+pub fn active() -> Kernel {
+    *ACTIVE.get_or_init(|| match std::env::var("GLINT_KERNEL") {
+        Ok(name) if !name.trim().is_empty() => {
+            let k = Kernel::from_name(&name).unwrap_or_else(|| {
+                panic!("GLINT_KERNEL={name:?}: expected one of scalar, avx2, avx512")
+            });
+            assert!(k.available(), "GLINT_KERNEL={name}: this CPU cannot run it");
+            k
+        }
+        _ => Kernel::best(),
+    })
+}
+
+/// Name of the [`active`] kernel (`"scalar"`, `"avx2"` or `"avx512"`).
+pub fn kernel_name() -> &'static str {
+    active().name()
+}
+
+/// `y[r] = sum_c W[r, c] * x[c]` for every row. `x.len() == w.cols`, `y.len() == w.rows`.
+pub fn matvec(w: &Matrix<'_>, x: &[f32], y: &mut [f32]) {
+    active().matvec_rows(w, x, 0..w.rows, y);
+}
+
+/// [`matvec`] for the output rows in `rows` only: `y_rows[r - rows.start]` for `r` in
+/// `rows` (`y_rows.len() == rows.len()`). For splitting a matrix across threads.
+pub fn matvec_rows(w: &Matrix<'_>, x: &[f32], rows: Range<usize>, y_rows: &mut [f32]) {
+    active().matvec_rows(w, x, rows, y_rows);
+}
+
+/// Batched [`matvec`]: `x` is `[n][w.cols]` row-major and `y` is `[n][w.rows]`,
+/// `y[i][r] = sum_c W[r, c] * x[i][c]`.
+pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32]) {
+    assert_eq!(y.len(), n * w.rows, "output length must be n * w.rows");
+    let rows = 0..w.rows;
+    check(w, x, n, &rows);
+    let out = Out { ptr: y.as_mut_ptr(), ld: w.rows, row0: 0 };
+    // SAFETY: checked above; element (i, r) lands at `i * w.rows + r < y.len()`.
+    unsafe { active().run(w, x, n, rows, out) }
+}
+
+/// [`matmul`] for the output rows in `rows` only, into a packed `[n][rows.len()]` buffer:
+/// `y_rows[i * rows.len() + r - rows.start]`. For a strided write into a shared output
+/// see [`matmul_rows_raw`].
+pub fn matmul_rows(w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, y_rows: &mut [f32]) {
+    active().matmul_rows(w, x, n, rows, y_rows);
+}
+
+/// [`matmul`] for the output rows in `rows` only, written in place into a shared
+/// `[n][ldy]` output: element `(i, r)` goes to `*y.add(i * ldy + r)` for `i < n` and `r`
+/// in `rows`; nothing else is read or written. Threads given disjoint row ranges can
+/// share one output this way.
+///
+/// # Safety
+/// `y` must be valid for writes at every such position, and no other code may access
+/// those elements during the call (disjoint row ranges on different threads are fine).
+pub unsafe fn matmul_rows_raw(
+    w: &Matrix<'_>,
+    x: &[f32],
+    n: usize,
+    rows: Range<usize>,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: forwarded to our caller.
+    unsafe { active().matmul_rows_raw(w, x, n, rows, y, ldy) }
+}
+
+/// Bytes of the values plane per element, times two (int4 packs two per byte).
+fn value_bytes_x2(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 8,
+        DType::F16 => 4,
+        DType::Q8G32 => 2,
+        DType::Q4G32A | DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => 1,
+    }
+}
+
+/// Validates shapes and plane lengths so the kernels can read through raw pointers.
+fn check(w: &Matrix<'_>, x: &[f32], n: usize, rows: &Range<usize>) {
+    assert!(rows.start <= rows.end && rows.end <= w.rows, "row range {rows:?} outside 0..{}", w.rows);
+    let elems = w.rows.checked_mul(w.cols).expect("matrix size overflows");
+    assert_eq!(Some(x.len()), n.checked_mul(w.cols), "x must be [n][w.cols]");
+    let values = elems.checked_mul(value_bytes_x2(w.dtype)).expect("matrix size overflows") / 2;
+    assert!(w.values.len() >= values, "values plane too short");
+    if let Some(group) = w.dtype.group() {
+        assert!(w.cols % group == 0 && w.cols % BLOCK == 0, "cols not a multiple of the group");
+        assert!(w.scales.len() >= elems / group * 2, "scales plane too short");
+        if w.dtype == DType::Q4G32A {
+            assert!(w.mins.len() >= elems / BLOCK * 2, "mins plane too short");
+        }
+    }
+}
+
+/// Where results go: element `(i, r)` (activation row `i`, weight row `r`) is written to
+/// `ptr + i * ld + (r - row0)`.
+#[derive(Clone, Copy, Debug)]
+struct Out {
+    ptr: *mut f32,
+    ld: usize,
+    row0: usize,
+}
+
+impl Out {
+    /// # Safety
+    /// `(i, r)` must be one of the positions the creator of `self` vouched for.
+    #[inline]
+    unsafe fn write(self, i: usize, r: usize, v: f32) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { *self.ptr.add(i * self.ld + (r - self.row0)) = v }
+    }
+}
+
+/// Shared tiling driver of the SIMD kernels: walks `rows` in tiles of `R` weight rows and
+/// the `n` activation rows in tiles of `N`, calls `tile(row indices, activation row
+/// pointers)` for each and scatters its `[R][N]` results. Partial tiles repeat their last
+/// row (weight or activation) to fill the tile and drop the duplicate results, so every
+/// tile function handles full tiles only and computes each row identically regardless
+/// of its neighbours.
+///
+/// # Safety
+/// `x` must hold `n * cols` elements and `out` must be writable at every `(i, r)`,
+/// `i < n`, `r` in `rows`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+unsafe fn drive<const R: usize, const N: usize>(
+    x: &[f32],
+    cols: usize,
+    n: usize,
+    rows: Range<usize>,
+    out: Out,
+    mut tile: impl FnMut(&[usize; R], &[*const f32; N]) -> [[f32; N]; R],
+) {
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let rr = (rows.end - r0).min(R);
+        let ridx: [usize; R] = core::array::from_fn(|k| r0 + k.min(rr - 1));
+        let mut i0 = 0;
+        while i0 < n {
+            let nn = (n - i0).min(N);
+            let xs: [*const f32; N] = core::array::from_fn(|j| x[(i0 + j.min(nn - 1)) * cols..].as_ptr());
+            let res = tile(&ridx, &xs);
+            for (k, row) in res.iter().enumerate().take(rr) {
+                for (j, &v) in row.iter().enumerate().take(nn) {
+                    // SAFETY: `i0 + j < n` and `r0 + k` lies in `rows`.
+                    unsafe { out.write(i0 + j, r0 + k, v) };
+                }
+            }
+            i0 += N;
+        }
+        r0 += R;
+    }
+}

@@ -1,0 +1,283 @@
+use super::*;
+use glint_format::quant::{dequantize_row, quantize};
+
+const DTYPES: [DType; 7] =
+    [DType::F32, DType::F16, DType::Q4G32A, DType::Q4G32, DType::Q4G64, DType::Q4G128, DType::Q8G32];
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn sample(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Random weights with a different scale and offset per row (so the int4 minimums and
+/// the scales vary a lot), quantized to `dtype`.
+fn weights(dtype: DType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+    let mut data = sample(rows * cols, seed);
+    for (r, row) in data.chunks_exact_mut(cols.max(1)).enumerate() {
+        let scale = [0.01f32, 0.3, 1.0, 7.0, 0.05][r % 5];
+        let offset = [0.0f32, 0.5, -0.2, 0.0, 2.0][r % 5] * scale;
+        row.iter_mut().for_each(|v| *v = *v * scale + offset);
+    }
+    quantize(dtype, &data)
+}
+
+/// `dequantize_row` + f64 dot: `(value, sum |w x|)` per row.
+fn reference(w: &Matrix<'_>, x: &[f32]) -> Vec<(f64, f64)> {
+    let mut row = vec![0f32; w.cols];
+    (0..w.rows)
+        .map(|r| {
+            dequantize_row(w, r, &mut row);
+            row.iter().zip(x).fold((0.0, 0.0), |(s, a), (&w, &x)| {
+                let p = w as f64 * x as f64;
+                (s + p, a + p.abs())
+            })
+        })
+        .collect()
+}
+
+fn close(got: f32, want: f64, scale: f64) -> bool {
+    (got as f64 - want).abs() <= 1e-5 * scale + 1e-30
+}
+
+fn shapes(dtype: DType) -> impl Iterator<Item = (usize, usize)> {
+    let group = dtype.group().unwrap_or(1);
+    let cols: &[usize] = if dtype.is_quantized() {
+        &[32, 64, 128, 576, 640, 1536]
+    } else {
+        &[1, 5, 16, 32, 37, 100, 576, 1536]
+    };
+    cols.iter()
+        .filter(move |&&c| c % group == 0)
+        .flat_map(|&c| [1usize, 7, 33].into_iter().map(move |r| (r, c)))
+}
+
+#[test]
+fn kernel_names_round_trip() {
+    for k in Kernel::ALL {
+        assert_eq!(Kernel::from_name(k.name()), Some(k));
+    }
+    assert_eq!(Kernel::from_name("nope"), None);
+    assert!(Kernel::best().available());
+    assert!(Kernel::all_available().any(|k| k == Kernel::Scalar));
+    assert!(Kernel::ALL.iter().any(|k| k.name() == kernel_name()));
+}
+
+#[test]
+fn matvec_matches_dequantize_then_dot() {
+    for dtype in DTYPES {
+        for (rows, cols) in shapes(dtype) {
+            let bytes = weights(dtype, rows, cols, (rows * 31 + cols) as u32);
+            let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
+            let x = sample(cols, 77 + cols as u32);
+            let want = reference(&w, &x);
+            let mut scalar = vec![0f32; rows];
+            Kernel::Scalar.matvec_rows(&w, &x, 0..rows, &mut scalar);
+            for k in Kernel::all_available() {
+                let mut y = vec![f32::NAN; rows];
+                k.matvec_rows(&w, &x, 0..rows, &mut y);
+                for r in 0..rows {
+                    let (v, s) = want[r];
+                    assert!(close(y[r], v, s), "{} {} {rows}x{cols} row {r}: {} vs {v}", k.name(), dtype.name(), y[r]);
+                    assert!(
+                        close(y[r], scalar[r] as f64, s),
+                        "{} {} {rows}x{cols} row {r}: {} vs scalar {}",
+                        k.name(),
+                        dtype.name(),
+                        y[r],
+                        scalar[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_matvec() {
+    for dtype in DTYPES {
+        for (rows, cols) in [(7, 64), (33, 576), (5, 1536)] {
+            if cols % dtype.group().unwrap_or(1) != 0 {
+                continue;
+            }
+            let bytes = weights(dtype, rows, cols, 5 + rows as u32);
+            let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
+            for n in [1, 3, 8, 37] {
+                let x = sample(n * cols, 99 + n as u32);
+                let want: Vec<Vec<(f64, f64)>> = x.chunks_exact(cols).map(|xi| reference(&w, xi)).collect();
+                for k in Kernel::all_available() {
+                    let mut y = vec![f32::NAN; n * rows];
+                    k.matmul_rows(&w, &x, n, 0..rows, &mut y);
+                    for (i, xi) in x.chunks_exact(cols).enumerate() {
+                        let mut yv = vec![0f32; rows];
+                        k.matvec_rows(&w, xi, 0..rows, &mut yv);
+                        for r in 0..rows {
+                            let (v, s) = want[i][r];
+                            let got = y[i * rows + r];
+                            let ctx = format!("{} {} {rows}x{cols} n={n} i={i} r={r}", k.name(), dtype.name());
+                            assert!(close(got, v, s), "{ctx}: {got} vs {v}");
+                            assert!(close(got, yv[r] as f64, s), "{ctx}: {got} vs matvec {}", yv[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn row_ranges_are_bit_identical() {
+    for dtype in DTYPES {
+        let (rows, cols) = (33, if dtype == DType::Q4G128 { 128 } else { 576 });
+        let bytes = weights(dtype, rows, cols, 3);
+        let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
+        let n = 5;
+        let x = sample(n * cols, 11);
+        let splits: &[&[usize]] = &[&[0, 33], &[0, 1, 33], &[0, 3, 7, 8, 20, 33], &[0, 13, 13, 32, 33]];
+        for k in Kernel::all_available() {
+            let mut full = vec![0f32; rows];
+            k.matvec_rows(&w, &x[..cols], 0..rows, &mut full);
+            let mut full_mm = vec![0f32; n * rows];
+            k.matmul_rows(&w, &x, n, 0..rows, &mut full_mm);
+            for split in splits {
+                let mut y = vec![f32::NAN; rows];
+                let mut y_mm = vec![f32::NAN; n * rows];
+                for pair in split.windows(2) {
+                    let range = pair[0]..pair[1];
+                    k.matvec_rows(&w, &x[..cols], range.clone(), &mut y[range.clone()]);
+                    // SAFETY: `y_mm` is [n][rows] and this call writes only the range.
+                    unsafe { k.matmul_rows_raw(&w, &x, n, range.clone(), y_mm.as_mut_ptr(), rows) };
+                    let mut packed = vec![f32::NAN; n * range.len()];
+                    k.matmul_rows(&w, &x, n, range.clone(), &mut packed);
+                    for i in 0..n {
+                        let a = &packed[i * range.len()..][..range.len()];
+                        let b = &full_mm[i * rows..][range.clone()];
+                        assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}", k.name(), dtype.name());
+                    }
+                }
+                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same(&y, &full), "{} {} split {split:?}", k.name(), dtype.name());
+                assert!(same(&y_mm, &full_mm), "{} {} split {split:?} (matmul)", k.name(), dtype.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn free_functions_use_the_active_kernel() {
+    let (rows, cols, n) = (9, 64, 3);
+    let bytes = weights(DType::Q4G32A, rows, cols, 1);
+    let w = Matrix::from_bytes(DType::Q4G32A, rows, cols, &bytes).unwrap();
+    let x = sample(n * cols, 2);
+    let mut y = vec![0f32; n * rows];
+    matmul(&w, &x, n, &mut y);
+    let mut want = vec![0f32; n * rows];
+    active().matmul_rows(&w, &x, n, 0..rows, &mut want);
+    assert_eq!(y, want);
+    let mut yv = vec![0f32; rows];
+    matvec(&w, &x[..cols], &mut yv);
+    let mut part = vec![0f32; 4];
+    matvec_rows(&w, &x[..cols], 2..6, &mut part);
+    assert_eq!(&yv[2..6], &part[..]);
+    let mut packed = vec![0f32; n * 4];
+    matmul_rows(&w, &x, n, 5..9, &mut packed);
+    for i in 0..n {
+        assert_eq!(&packed[i * 4..][..4], &y[i * rows + 5..][..4]);
+    }
+    let mut raw = vec![0f32; n * rows];
+    // SAFETY: `raw` is [n][rows].
+    unsafe { matmul_rows_raw(&w, &x, n, 0..rows, raw.as_mut_ptr(), rows) };
+    assert_eq!(raw, y);
+}
+
+#[test]
+fn empty_ranges_and_batches_write_nothing() {
+    let bytes = weights(DType::Q8G32, 4, 32, 1);
+    let w = Matrix::from_bytes(DType::Q8G32, 4, 32, &bytes).unwrap();
+    for k in Kernel::all_available() {
+        k.matvec_rows(&w, &[0.5; 32], 2..2, &mut []);
+        k.matmul_rows(&w, &[], 0, 0..4, &mut []);
+    }
+}
+
+#[test]
+#[should_panic(expected = "x must be")]
+fn wrong_activation_length_panics() {
+    let bytes = weights(DType::Q4G32A, 2, 32, 1);
+    let w = Matrix::from_bytes(DType::Q4G32A, 2, 32, &bytes).unwrap();
+    matvec(&w, &[0.0; 31], &mut [0.0; 2]);
+}
+
+#[test]
+#[should_panic(expected = "plane too short")]
+fn short_planes_panic() {
+    let bytes = weights(DType::Q4G32A, 2, 32, 1);
+    let mut w = Matrix::from_bytes(DType::Q4G32A, 2, 32, &bytes).unwrap();
+    w.mins = &w.mins[..2];
+    matvec(&w, &[0.0; 32], &mut [0.0; 2]);
+}
+
+#[test]
+#[should_panic(expected = "row range")]
+fn out_of_range_rows_panic() {
+    let bytes = weights(DType::F32, 2, 8, 1);
+    let w = Matrix::from_bytes(DType::F32, 2, 8, &bytes).unwrap();
+    matvec_rows(&w, &[0.0; 8], 1..3, &mut [0.0; 2]);
+}
+
+/// Weight-streaming throughput, single-threaded. Run with
+/// `cargo test --release -p glint-runtime --lib kernels::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn throughput() {
+    use std::time::Instant;
+    let cases = [
+        (DType::Q4G32A, 1536, 576, 1),
+        (DType::Q4G32A, 576, 1536, 1),
+        (DType::Q4G32A, 1536, 576, 8),
+        (DType::Q4G32A, 1536, 576, 64),
+        (DType::Q4G32, 1536, 576, 1),
+        (DType::Q8G32, 1536, 576, 1),
+        (DType::Q8G32, 49152, 576, 1),
+        (DType::F16, 1536, 576, 1),
+        (DType::F32, 1536, 576, 1),
+    ];
+    // `GLINT_BENCH=q4g32a` (for example) keeps only the cases whose dtype name matches.
+    let only = std::env::var("GLINT_BENCH").ok();
+    for (dtype, rows, cols, n) in cases {
+        if only.as_deref().is_some_and(|o| o != dtype.name()) {
+            continue;
+        }
+        let bytes = weights(dtype, rows, cols, 9);
+        let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
+        let x = sample(n * cols, 4);
+        let mut y = vec![0f32; n * rows];
+        for k in Kernel::all_available() {
+            let iters = (200_000_000 / (bytes.len() * n)).clamp(3, 20_000);
+            k.matmul_rows(&w, &x, n, 0..rows, &mut y);
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    k.matmul_rows(&w, std::hint::black_box(&x), n, 0..rows, &mut y);
+                }
+                best = best.min(t.elapsed().as_secs_f64() / iters as f64);
+            }
+            let gbs = bytes.len() as f64 / best / 1e9;
+            let gflops = 2.0 * (rows * cols * n) as f64 / best / 1e9;
+            println!(
+                "{:7} {:6} {rows:5}x{cols:<5} n={n:<3} {:9.1} us  {gbs:7.2} GB/s weights  {gflops:7.2} GFLOP/s",
+                k.name(),
+                dtype.name(),
+                best * 1e6
+            );
+        }
+    }
+}

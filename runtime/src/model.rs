@@ -1,0 +1,462 @@
+//! The Llama forward pass on the CPU, in one file (after candle's `quantized_llama.rs`):
+//! RMSNorm, RoPE (interleaved or NeoX pairs, Llama-3 scaling), grouped-query attention
+//! over a preallocated [`KvCache`], SwiGLU MLP and a tied or separate output head.
+//!
+//! Weights are used in place from the memory-mapped file: a layer holds tensor indices,
+//! and each projection borrows its [`Matrix`] planes straight from the mapping. Only the
+//! norm vectors (a few KiB) are copied out. Prompt tokens go through the model in
+//! batches (matrix-matrix kernels); decoding is the batch of one (matrix-vector).
+
+use crate::kernels;
+use crate::pool::{ThreadPool, split};
+use glint_format::quant::dequantize_row;
+use glint_format::{GlintFile, MappedGlint, Matrix, ModelConfig, OpenError, RopeStyle};
+use std::path::Path;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be mapped or is not a valid `.glint` file.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The file is valid but this runtime cannot run it.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+}
+
+/// Indices into the file's tensor table for one transformer block.
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: usize,
+    k: usize,
+    v: usize,
+    bias: Option<[Vec<f32>; 3]>,
+    o: usize,
+    ffn_norm: Vec<f32>,
+    gate: usize,
+    up: usize,
+    down: usize,
+}
+
+/// A loaded model: the mapped file plus what the forward pass needs to find its weights.
+/// Immutable after load, so one model serves any number of sessions and threads.
+pub struct Model {
+    file: MappedGlint,
+    config: ModelConfig,
+    layers: Vec<Layer>,
+    token_embd: usize,
+    output: usize,
+    output_norm: Vec<f32>,
+    /// RoPE inverse frequencies, one per rotated pair, with rope scaling applied.
+    inv_freq: Vec<f32>,
+}
+
+impl Model {
+    /// Maps and validates `path` and prepares the forward pass. Costs O(header).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        Self::from_mapped(MappedGlint::open(path)?)
+    }
+
+    /// Prepares the forward pass over an already mapped file.
+    pub fn from_mapped(file: MappedGlint) -> Result<Self, LoadError> {
+        let f = file.file();
+        let config = *f.config();
+        let index = |name: &str| -> Result<usize, LoadError> {
+            // The parser checked the tensor set and shapes against the config.
+            let i = f.tensors().iter().position(|t| t.name == name);
+            let i = i.ok_or_else(|| LoadError::Unsupported(format!("missing tensor {name}")))?;
+            f.tensors()[i].matrix().map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))?;
+            Ok(i)
+        };
+        let vector = |name: &str| -> Result<Vec<f32>, LoadError> {
+            let t = &f.tensors()[index(name)?];
+            t.to_f32_vec().map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))
+        };
+        let mut layers = Vec::with_capacity(config.n_layers as usize);
+        for i in 0..config.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let bias = if config.qkv_bias {
+                Some([vector(&p("attn_q.bias"))?, vector(&p("attn_k.bias"))?, vector(&p("attn_v.bias"))?])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: vector(&p("attn_norm.weight"))?,
+                q: index(&p("attn_q.weight"))?,
+                k: index(&p("attn_k.weight"))?,
+                v: index(&p("attn_v.weight"))?,
+                bias,
+                o: index(&p("attn_output.weight"))?,
+                ffn_norm: vector(&p("ffn_norm.weight"))?,
+                gate: index(&p("ffn_gate.weight"))?,
+                up: index(&p("ffn_up.weight"))?,
+                down: index(&p("ffn_down.weight"))?,
+            });
+        }
+        let token_embd = index("token_embd.weight")?;
+        let output = if config.tied_embeddings { token_embd } else { index("output.weight")? };
+        let output_norm = vector("output_norm.weight")?;
+        let inv_freq = rope_inv_freq(&config);
+        Ok(Self { file, config, layers, token_embd, output, output_norm, inv_freq })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The validated file.
+    pub fn file(&self) -> &GlintFile<'_> {
+        self.file.file()
+    }
+
+    fn w(&self, tensor: usize) -> Matrix<'_> {
+        // Every index was checked to form a matrix at load.
+        self.file.file().tensors()[tensor].matrix().expect("checked at load")
+    }
+
+    /// Bytes of weights read to decode one token (every matrix once, one embedding row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let f = self.file.file();
+        let embd = &f.tensors()[self.token_embd];
+        let per_row = embd.bytes.len() as u64 / self.config.vocab_size as u64;
+        let all: u64 = f.tensors().iter().map(|t| t.bytes.len() as u64).sum();
+        if self.config.tied_embeddings { all + per_row } else { all - embd.bytes.len() as u64 + per_row }
+    }
+
+    /// Runs `tokens` at positions `cache.len()..` through the model, appending their keys
+    /// and values to `cache`. Writes the logits of the last token to `s.logits()`, or,
+    /// when `s` was made with `all_logits`, of every token (`[tokens.len()][vocab]`).
+    ///
+    /// The caller guarantees `cache.len() + tokens.len() <= cache.capacity()`,
+    /// `tokens.len() <= s.batch()` and every token `< vocab_size`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch, pool: &ThreadPool) {
+        let c = &self.config;
+        let (dim, n) = (c.dim as usize, tokens.len());
+        assert!(n <= s.batch && cache.len + n <= cache.capacity, "batch or context overflow");
+        let hd = c.head_dim as usize;
+        let (q_dim, kv_dim) = (c.n_heads as usize * hd, c.n_kv_heads as usize * hd);
+        let embd = self.w(self.token_embd);
+        for (row, &t) in s.x.chunks_exact_mut(dim).zip(tokens) {
+            dequantize_row(&embd, t as usize, row);
+        }
+        let pos0 = cache.len;
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&s.x[..n * dim], &l.attn_norm, c.norm_eps, &mut s.xn[..n * dim]);
+            par_matmul(pool, &self.w(l.q), &s.xn[..n * dim], n, &mut s.q[..n * q_dim]);
+            par_matmul(pool, &self.w(l.k), &s.xn[..n * dim], n, &mut s.k[..n * kv_dim]);
+            par_matmul(pool, &self.w(l.v), &s.xn[..n * dim], n, &mut s.v[..n * kv_dim]);
+            if let Some([bq, bk, bv]) = &l.bias {
+                add_bias(&mut s.q[..n * q_dim], bq);
+                add_bias(&mut s.k[..n * kv_dim], bk);
+                add_bias(&mut s.v[..n * kv_dim], bv);
+            }
+            for i in 0..n {
+                let pos = pos0 + i;
+                self.rope(&mut s.q[i * q_dim..(i + 1) * q_dim], pos);
+                self.rope(&mut s.k[i * kv_dim..(i + 1) * kv_dim], pos);
+            }
+            cache.append(li, pos0, &s.k[..n * kv_dim], &s.v[..n * kv_dim]);
+            self.attention(li, pos0, n, cache, s, pool);
+            par_matmul(pool, &self.w(l.o), &s.att[..n * q_dim], n, &mut s.xn[..n * dim]);
+            add_in_place(&mut s.x[..n * dim], &s.xn[..n * dim]);
+
+            rms_norm(&s.x[..n * dim], &l.ffn_norm, c.norm_eps, &mut s.xn[..n * dim]);
+            let ffn = c.ffn_dim as usize;
+            par_matmul(pool, &self.w(l.gate), &s.xn[..n * dim], n, &mut s.gate[..n * ffn]);
+            par_matmul(pool, &self.w(l.up), &s.xn[..n * dim], n, &mut s.up[..n * ffn]);
+            for (g, u) in s.gate[..n * ffn].iter_mut().zip(&s.up[..n * ffn]) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            par_matmul(pool, &self.w(l.down), &s.gate[..n * ffn], n, &mut s.xn[..n * dim]);
+            add_in_place(&mut s.x[..n * dim], &s.xn[..n * dim]);
+        }
+        cache.len += n;
+        let vocab = c.vocab_size as usize;
+        let head = self.w(self.output);
+        if s.all_logits {
+            rms_norm(&s.x[..n * dim], &self.output_norm, c.norm_eps, &mut s.xn[..n * dim]);
+            par_matmul(pool, &head, &s.xn[..n * dim], n, &mut s.logits[..n * vocab]);
+        } else {
+            let last = &s.x[(n - 1) * dim..n * dim];
+            rms_norm(last, &self.output_norm, c.norm_eps, &mut s.xn[..dim]);
+            par_matmul(pool, &head, &s.xn[..dim], 1, &mut s.logits[..vocab]);
+        }
+    }
+
+    /// Rotates the pairs of every head of `v` (one token's q or k) to position `pos`.
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let hd = self.config.head_dim as usize;
+        let half = hd / 2;
+        for head in v.chunks_exact_mut(hd) {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (sin, cos) = (pos as f32 * f).sin_cos();
+                let (a, b) = match self.config.rope_style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Neox => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of the `n` new tokens (at `pos0..pos0+n`) over the
+    /// cache, heads split across threads.
+    fn attention(&self, layer: usize, pos0: usize, n: usize, cache: &KvCache, s: &mut Scratch, pool: &ThreadPool) {
+        let c = &self.config;
+        let hd = c.head_dim as usize;
+        let (n_heads, group) = (c.n_heads as usize, (c.n_heads / c.n_kv_heads) as usize);
+        let (q_dim, kv_dim) = (n_heads * hd, c.n_kv_heads as usize * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (keys, values) = cache.layer(layer);
+        let q = &s.q;
+        let out = SyncPtr(s.att.as_mut_ptr());
+        let scores = SyncPtr(s.scores.as_mut_ptr());
+        let stride = cache.capacity;
+        pool.run(&|t, nt| {
+            for h in split(n_heads, nt, t, 1) {
+                let kvh = h / group;
+                // SAFETY: thread `t` owns heads `split(..)`: it alone writes their columns
+                // of `att` and the score row of its own index.
+                let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(t * stride), stride) };
+                for i in 0..n {
+                    let len = pos0 + i + 1;
+                    let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (p, sp) in sc[..len].iter_mut().enumerate() {
+                        let kp = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        *sp = dot(qh, kp) * scale;
+                        max = max.max(*sp);
+                    }
+                    let mut sum = 0.0;
+                    for sp in sc[..len].iter_mut() {
+                        *sp = (*sp - max).exp();
+                        sum += *sp;
+                    }
+                    // SAFETY: as above; the head's slice of row `i` is disjoint per thread.
+                    let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * hd), hd) };
+                    o.fill(0.0);
+                    for (p, &w) in sc[..len].iter().enumerate() {
+                        let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        let w = w / sum;
+                        o.iter_mut().zip(vp).for_each(|(o, v)| *o += w * v);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// RoPE inverse frequencies `theta^(-2i/d)`, with Llama-3 scaling where configured.
+fn rope_inv_freq(c: &ModelConfig) -> Vec<f32> {
+    let hd = c.head_dim as usize;
+    (0..hd / 2)
+        .map(|i| {
+            let f = 1.0 / c.rope_theta.powf(2.0 * i as f32 / hd as f32);
+            let Some(s) = c.rope_scaling else { return f };
+            // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and
+            // the band between interpolated smoothly.
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            let old = s.original_context as f32;
+            let (low, high) = (old / s.low_freq_factor, old / s.high_freq_factor);
+            if wavelen < high {
+                f
+            } else if wavelen > low {
+                f / s.factor
+            } else {
+                let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// A raw pointer that may cross to worker threads; users guarantee disjoint access.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: only used for writes to disjoint ranges, documented at each use.
+unsafe impl Sync for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Send for SyncPtr {}
+
+/// `y = W x` for `n` rows of `x`, output rows split across the pool.
+fn par_matmul(pool: &ThreadPool, w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32]) {
+    assert_eq!(y.len(), n * w.rows);
+    let out = SyncPtr(y.as_mut_ptr());
+    pool.run(&|t, nt| {
+        let rows = split(w.rows, nt, t, 16);
+        // SAFETY: `y` holds `n * w.rows` elements; each thread writes only its own rows.
+        unsafe { kernels::matmul_rows_raw(w, x, n, rows, out.get(), w.rows) };
+    });
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums so the compiler can vectorise without reassociation flags.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
+/// Keys and values of every layer for up to `capacity` positions, allocated once.
+pub struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kv_dim: usize,
+    capacity: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// A cache for `capacity` positions of `config`'s model.
+    pub fn new(config: &ModelConfig, capacity: usize) -> Self {
+        let kv_dim = (config.n_kv_heads * config.head_dim) as usize;
+        let n = config.n_layers as usize * capacity * kv_dim;
+        Self { k: vec![0.0; n], v: vec![0.0; n], kv_dim, capacity, len: 0 }
+    }
+
+    /// Bytes a cache of `capacity` positions takes for `config`.
+    pub fn bytes_for(config: &ModelConfig, capacity: usize) -> u64 {
+        2 * 4 * config.n_layers as u64 * capacity as u64 * (config.n_kv_heads * config.head_dim) as u64
+    }
+
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no position is filled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Forgets positions from `len` on (e.g. to re-run a changed suffix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Bytes allocated.
+    pub fn bytes(&self) -> u64 {
+        ((self.k.len() + self.v.len()) * 4) as u64
+    }
+
+    fn layer_range(&self, layer: usize) -> std::ops::Range<usize> {
+        let size = self.capacity * self.kv_dim;
+        layer * size..(layer + 1) * size
+    }
+
+    fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        let r = self.layer_range(layer);
+        (&self.k[r.clone()], &self.v[r])
+    }
+
+    fn append(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let base = self.layer_range(layer).start + pos * self.kv_dim;
+        self.k[base..base + k.len()].copy_from_slice(k);
+        self.v[base..base + v.len()].copy_from_slice(v);
+    }
+}
+
+/// Activation buffers for batches of up to `batch` tokens, allocated once per session.
+pub struct Scratch {
+    batch: usize,
+    all_logits: bool,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Scratch {
+    /// Buffers for `batch` tokens at a time over a context of `capacity`, for up to
+    /// `threads` threads. With `all_logits`, logits are kept for every token of a batch
+    /// (perplexity); otherwise for the last only.
+    pub fn new(c: &ModelConfig, batch: usize, capacity: usize, threads: usize, all_logits: bool) -> Self {
+        let batch = batch.max(1);
+        let (dim, ffn, vocab) = (c.dim as usize, c.ffn_dim as usize, c.vocab_size as usize);
+        let (q_dim, kv_dim) = ((c.n_heads * c.head_dim) as usize, (c.n_kv_heads * c.head_dim) as usize);
+        Self {
+            batch,
+            all_logits,
+            x: vec![0.0; batch * dim],
+            xn: vec![0.0; batch * dim.max(q_dim)],
+            q: vec![0.0; batch * q_dim],
+            k: vec![0.0; batch * kv_dim],
+            v: vec![0.0; batch * kv_dim],
+            att: vec![0.0; batch * q_dim],
+            gate: vec![0.0; batch * ffn],
+            up: vec![0.0; batch * ffn],
+            scores: vec![0.0; threads.max(1) * capacity],
+            logits: vec![0.0; if all_logits { batch * vocab } else { vocab }],
+        }
+    }
+
+    /// Most tokens per [`Model::forward`] call.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Logits written by the last [`Model::forward`].
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Bytes allocated.
+    pub fn bytes(&self) -> u64 {
+        let b = [&self.x, &self.xn, &self.q, &self.k, &self.v, &self.att, &self.gate, &self.up, &self.scores, &self.logits];
+        b.iter().map(|v| v.len() as u64 * 4).sum()
+    }
+}

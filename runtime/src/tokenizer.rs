@@ -1,0 +1,875 @@
+//! Byte-level BPE tokenizer (GPT-2 style) that reproduces llama.cpp's
+//! `llama-tokenize` token for token.
+//!
+//! Encoding follows llama.cpp's `llama_vocab::tokenize` for `gpt2` vocabs:
+//!
+//! 1. With `parse_special`, control/unknown tokens written in the text are cut
+//!    out first (user-defined tokens always are), longest token text first,
+//!    exactly as `tokenizer_st_partition` does.
+//! 2. Each remaining fragment is split into words by the pre-tokenizer
+//!    ([`PreTokenizer`]).
+//! 3. Each word's bytes are mapped to GPT-2's printable alphabet and merged
+//!    pairwise, lowest merge rank first (leftmost on ties), as
+//!    `llm_tokenizer_bpe_session` does.
+//!
+//! Decoding is the concatenation of llama.cpp's `token_to_piece` outputs;
+//! [`StreamDecoder`] turns a token stream into text without ever splitting a
+//! UTF-8 character.
+
+mod pretokenize;
+#[cfg(test)]
+mod tests;
+mod unicode;
+mod unicode_tables;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+pub use pretokenize::PreTokenizer;
+use unicode::{BYTE_TO_CHAR, char_to_byte};
+
+/// Everything needed to build a [`Tokenizer`], as stored in a GGUF file's
+/// `tokenizer.ggml.*` keys.
+#[derive(Clone, Debug)]
+pub struct TokenizerSpec<'a> {
+    /// Token strings, indexed by id, in GPT-2's byte-to-unicode alphabet
+    /// (`Ġ` is a space); control and user-defined tokens are plain text.
+    pub tokens: Vec<&'a str>,
+    /// GGUF token type per token (see [`TokenType`]); empty means all normal.
+    pub token_types: &'a [u8],
+    /// Merges as `"left right"`; a merge's rank is its index.
+    pub merges: Vec<&'a str>,
+    /// The `tokenizer.ggml.pre` name, see [`PreTokenizer::from_name`].
+    pub pre: &'a str,
+    /// Beginning-of-sequence token id.
+    pub bos: Option<u32>,
+    /// End-of-sequence token id.
+    pub eos: Option<u32>,
+    /// Whether [`Tokenizer::encode`] starts its output with `bos`.
+    pub add_bos: bool,
+}
+
+/// Why a [`TokenizerSpec`] was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenizerError {
+    /// The pre-tokenizer name is not one this tokenizer implements.
+    #[error("unsupported pre-tokenizer {0:?} (supported: gpt2, default, llama3, smollm)")]
+    UnknownPreTokenizer(String),
+    /// A merge has no space separating two non-empty halves.
+    #[error("merge #{index} {merge:?} is not of the form \"left right\"")]
+    MalformedMerge {
+        /// Index (rank) of the merge.
+        index: usize,
+        /// The merge as given.
+        merge: String,
+    },
+    /// `token_types` is neither empty nor one entry per token.
+    #[error("{token_types} token types given for {tokens} tokens")]
+    TokenTypeCount {
+        /// Number of tokens.
+        tokens: usize,
+        /// Number of token types.
+        token_types: usize,
+    },
+    /// A BOS/EOS id does not name a token.
+    #[error("{role} token id {id} is outside the vocabulary of {vocab_size} tokens")]
+    SpecialIdOutOfRange {
+        /// `"bos"` or `"eos"`.
+        role: &'static str,
+        /// The id given.
+        id: u32,
+        /// Number of tokens.
+        vocab_size: usize,
+    },
+    /// `add_bos` was requested without a BOS token.
+    #[error("add_bos is set but no bos token id is given")]
+    MissingBos,
+    /// Token ids (plus internal ids for merge intermediates) must fit in `u32`.
+    #[error("vocabulary of {0} tokens is too large")]
+    TooLarge(usize),
+}
+
+/// GGUF token type (`tokenizer.ggml.token_type`), which decides how a token
+/// is matched in text and rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TokenType {
+    /// Code 0 or any code GGUF does not define; rendered as nothing.
+    Undefined = 0,
+    /// Ordinary BPE token, rendered as its decoded bytes.
+    Normal = 1,
+    /// Unknown-token marker; special.
+    Unknown = 2,
+    /// Control token such as `<|im_start|>`; special, rendered only on request.
+    Control = 3,
+    /// User-defined token: matched whole in text, rendered verbatim.
+    UserDefined = 4,
+    /// Unused slot; rendered as nothing.
+    Unused = 5,
+    /// SentencePiece byte token; has no meaning in byte-level BPE, so llama.cpp
+    /// renders it as nothing.
+    Byte = 6,
+}
+
+impl TokenType {
+    /// The type of a GGUF token-type code (unknown codes are `Undefined`, as
+    /// llama.cpp treats them).
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Normal,
+            2 => Self::Unknown,
+            3 => Self::Control,
+            4 => Self::UserDefined,
+            5 => Self::Unused,
+            6 => Self::Byte,
+            _ => Self::Undefined,
+        }
+    }
+
+    /// Control, unknown and user-defined tokens: the ones matched as whole
+    /// tokens in text (llama.cpp's `cache_special_tokens`).
+    pub fn is_special(self) -> bool {
+        matches!(self, Self::Control | Self::Unknown | Self::UserDefined)
+    }
+}
+
+/// Token texts that llama.cpp forces to `Control` whatever the file says,
+/// because it treats them as end-of-generation markers; matching that keeps
+/// special-token parsing identical for such (mis)typed vocabularies.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
+
+/// Marks a byte whose GPT-2 character is neither a token nor part of any
+/// merge: it can never merge and is emitted through the byte fallback.
+const NO_SYMBOL: u32 = u32::MAX;
+
+/// A small, fast hasher (the rustc/Firefox "Fx" hash). Keys are the model's
+/// own vocabulary and merge ids, not attacker-chosen insertions, so DoS
+/// resistance buys nothing and SipHash would dominate build time.
+#[derive(Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply mixes only upwards: low bits of the state depend on
+        // low bits of the input alone, and hashbrown picks buckets with the
+        // low bits, so e.g. every pair with the same right id would collide.
+        // Rotating the well-mixed high bits down fixes that.
+        self.hash.rotate_left(26)
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Key of the merge table: the two symbol ids of a pair.
+#[inline]
+fn pair_key(left: u32, right: u32) -> u64 {
+    (u64::from(left) << 32) | u64::from(right)
+}
+
+/// A byte-level BPE tokenizer matching llama.cpp's `llama-tokenize`.
+///
+/// Symbols during merging are ids: real token ids below `vocab_size`, and
+/// ids above it for strings that merges produce or consume but that are not
+/// tokens themselves (absent in well-formed vocabularies, but llama.cpp
+/// merges by string, so they must still take part).
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    /// Token strings as given (empty ones replaced as llama.cpp does).
+    texts: Vec<Box<str>>,
+    types: Vec<TokenType>,
+    /// Rendered bytes of every token, concatenated; see `piece_ranges`.
+    piece_bytes: Vec<u8>,
+    /// `piece_bytes[piece_ranges[id]..piece_ranges[id + 1]]` is token `id`.
+    piece_ranges: Vec<u32>,
+    token_to_id: FxMap<Box<str>, u32>,
+    /// `(left, right)` symbol ids → `(rank, merged symbol id)`.
+    merges: FxMap<u64, (u32, u32)>,
+    /// Initial symbol of each byte (`NO_SYMBOL` if it has none).
+    byte_symbol: [u32; 256],
+    /// Token of the one-byte string of each ASCII byte, for the fallback.
+    ascii_token: [Option<u32>; 128],
+    /// Special tokens by decreasing text length (llama.cpp's match order).
+    specials: Vec<u32>,
+    pre: PreTokenizer,
+    /// llama.cpp's `ignore_merges`: a word that is a token is used as is.
+    ignore_merges: bool,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+}
+
+impl Tokenizer {
+    /// Builds a tokenizer from a vocabulary, its merges and its settings.
+    ///
+    /// # Errors
+    ///
+    /// An unsupported pre-tokenizer name, a merge without a space between
+    /// two halves, a token-type list of the wrong length, a BOS/EOS id
+    /// outside the vocabulary, or `add_bos` without a BOS id.
+    pub fn new(spec: TokenizerSpec<'_>) -> Result<Self, TokenizerError> {
+        let pre = PreTokenizer::from_name(spec.pre)
+            .ok_or_else(|| TokenizerError::UnknownPreTokenizer(spec.pre.to_owned()))?;
+        let n_tokens = spec.tokens.len();
+        // Every merge may add up to three intermediate ids on top of tokens.
+        let id_space = n_tokens.saturating_add(spec.merges.len().saturating_mul(3));
+        if u32::try_from(id_space).is_err() || id_space == u32::MAX as usize {
+            return Err(TokenizerError::TooLarge(n_tokens));
+        }
+        if !spec.token_types.is_empty() && spec.token_types.len() != n_tokens {
+            return Err(TokenizerError::TokenTypeCount {
+                tokens: n_tokens,
+                token_types: spec.token_types.len(),
+            });
+        }
+        for (role, id) in [("bos", spec.bos), ("eos", spec.eos)] {
+            if let Some(id) = id.filter(|&id| id as usize >= n_tokens) {
+                return Err(TokenizerError::SpecialIdOutOfRange {
+                    role,
+                    id,
+                    vocab_size: n_tokens,
+                });
+            }
+        }
+        if spec.add_bos && spec.bos.is_none() {
+            return Err(TokenizerError::MissingBos);
+        }
+
+        let mut texts = Vec::with_capacity(n_tokens);
+        let mut types = Vec::with_capacity(n_tokens);
+        let mut token_to_id =
+            FxMap::with_capacity_and_hasher(n_tokens, BuildHasherDefault::default());
+        for (id, &text) in spec.tokens.iter().enumerate() {
+            // llama.cpp renames empty tokens so that they cannot match.
+            let text: Box<str> = if text.is_empty() {
+                format!("[EMPTY_{id}]").into()
+            } else {
+                text.into()
+            };
+            let mut ty = TokenType::from_code(spec.token_types.get(id).copied().unwrap_or(1));
+            if EOG_TEXTS.contains(&&*text) {
+                ty = TokenType::Control;
+            }
+            // Later duplicates win, as with llama.cpp's `token_to_id[word] = i`.
+            token_to_id.insert(text.clone(), id as u32);
+            texts.push(text);
+            types.push(ty);
+        }
+
+        let merges = Self::build_merges(&spec.merges, &token_to_id, n_tokens)?;
+
+        let mut piece_bytes = Vec::with_capacity(n_tokens * 6);
+        let mut piece_ranges = Vec::with_capacity(n_tokens + 1);
+        piece_ranges.push(0);
+        for (text, &ty) in texts.iter().zip(&types) {
+            render_piece(text, ty, &mut piece_bytes);
+            let end =
+                u32::try_from(piece_bytes.len()).map_err(|_| TokenizerError::TooLarge(n_tokens))?;
+            piece_ranges.push(end);
+        }
+
+        let mut ascii_token = [None; 128];
+        for (b, slot) in ascii_token.iter_mut().enumerate() {
+            let s = [b as u8];
+            if let Ok(s) = std::str::from_utf8(&s) {
+                *slot = token_to_id.get(s).copied();
+            }
+        }
+
+        let mut specials: Vec<u32> = (0..n_tokens as u32)
+            .filter(|&id| types[id as usize].is_special())
+            .collect();
+        // llama.cpp sorts by length only (unstable); ties cannot overlap at
+        // one position, and ordering them by id keeps the result stable.
+        specials.sort_by_key(|&id| Reverse(texts[id as usize].len()));
+
+        Ok(Self {
+            byte_symbol: merges.byte_symbol,
+            merges: merges.table,
+            texts,
+            types,
+            piece_bytes,
+            piece_ranges,
+            token_to_id,
+            ascii_token,
+            specials,
+            ignore_merges: pre == PreTokenizer::Llama3,
+            pre,
+            bos: spec.bos,
+            eos: spec.eos,
+            add_bos: spec.add_bos,
+        })
+    }
+
+    /// Parses the merges into the id-pair table and finds each byte's initial
+    /// symbol. Strings that are not tokens get ids from `n_tokens` upwards.
+    fn build_merges(
+        merges: &[&str],
+        token_to_id: &FxMap<Box<str>, u32>,
+        n_tokens: usize,
+    ) -> Result<BuiltMerges, TokenizerError> {
+        let mut table: FxMap<u64, (u32, u32)> =
+            FxMap::with_capacity_and_hasher(merges.len(), BuildHasherDefault::default());
+        let mut extra: FxMap<String, u32> = FxMap::default();
+        let mut next_extra = n_tokens as u32;
+        let mut joined = String::new();
+        let mut intern = |s: &str, extra: &mut FxMap<String, u32>| -> u32 {
+            if let Some(&id) = token_to_id.get(s) {
+                return id;
+            }
+            if let Some(&id) = extra.get(s) {
+                return id;
+            }
+            let id = next_extra;
+            next_extra += 1;
+            extra.insert(s.to_owned(), id);
+            id
+        };
+        for (rank, &merge) in merges.iter().enumerate() {
+            // Like llama.cpp, split at the first space after the first byte;
+            // unlike it, reject a merge without one instead of ranking ("","").
+            // (Searching bytes: a space byte is always a char boundary.)
+            let split = merge
+                .bytes()
+                .skip(1)
+                .position(|b| b == b' ')
+                .map(|at| at + 1)
+                .filter(|&at| at + 1 < merge.len());
+            let Some(at) = split else {
+                return Err(TokenizerError::MalformedMerge {
+                    index: rank,
+                    merge: merge.to_owned(),
+                });
+            };
+            let (left, right) = (&merge[..at], &merge[at + 1..]);
+            joined.clear();
+            joined.push_str(left);
+            joined.push_str(right);
+            let left = intern(left, &mut extra);
+            let right = intern(right, &mut extra);
+            let merged = intern(&joined, &mut extra);
+            // The first occurrence of a pair keeps its rank (`emplace`).
+            table
+                .entry(pair_key(left, right))
+                .or_insert((rank as u32, merged));
+        }
+        let mut byte_symbol = [NO_SYMBOL; 256];
+        let mut buf = [0u8; 4];
+        for (b, slot) in byte_symbol.iter_mut().enumerate() {
+            let s: &str = BYTE_TO_CHAR[b].encode_utf8(&mut buf);
+            *slot = token_to_id
+                .get(s)
+                .or_else(|| extra.get(s))
+                .copied()
+                .unwrap_or(NO_SYMBOL);
+        }
+        Ok(BuiltMerges { table, byte_symbol })
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Id of the token whose vocabulary string is exactly `text` (in the
+    /// GPT-2 alphabet for normal tokens, e.g. `"Ġthe"`).
+    pub fn id_of(&self, text: &str) -> Option<u32> {
+        self.token_to_id.get(text).copied()
+    }
+
+    /// Vocabulary string of a token, as given to [`Tokenizer::new`].
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.texts.get(id as usize).map(|t| &**t)
+    }
+
+    /// Type of a token, `None` for an id outside the vocabulary.
+    pub fn token_type(&self, id: u32) -> Option<TokenType> {
+        self.types.get(id as usize).copied()
+    }
+
+    /// Whether `id` is a control, unknown or user-defined token (matched as a
+    /// whole in text by [`Tokenizer::encode`]); `false` outside the vocabulary.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.token_type(id).is_some_and(TokenType::is_special)
+    }
+
+    /// The pre-tokenizer in use.
+    pub fn pre_tokenizer(&self) -> PreTokenizer {
+        self.pre
+    }
+
+    /// Beginning-of-sequence token id.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence token id.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Whether [`Tokenizer::encode`] prepends the BOS token.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Encodes `text` into token ids, as `llama-tokenize` does (with BOS first
+    /// when the vocabulary asks for it). With `parse_special`, control tokens
+    /// written in the text (e.g. `<|im_start|>`) become those tokens;
+    /// user-defined tokens are always matched.
+    ///
+    /// Characters whose bytes have no token in the vocabulary are dropped,
+    /// as llama.cpp drops them.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        self.encode_into(text, parse_special, &mut out);
+        out
+    }
+
+    /// [`Tokenizer::encode`], appending to `out`.
+    pub fn encode_into(&self, text: &str, parse_special: bool, out: &mut Vec<u32>) {
+        if self.add_bos {
+            out.extend(self.bos);
+        }
+        let mut scratch = EncodeScratch::default();
+        for fragment in self.partition(text, parse_special) {
+            match fragment {
+                Fragment::Text(start, end) => {
+                    self.encode_fragment(&text[start..end], &mut scratch, out)
+                }
+                Fragment::Token(id) => out.push(id),
+            }
+        }
+    }
+
+    /// llama.cpp's `tokenizer_st_partition`: for each special token, longest
+    /// first, cut every occurrence (left to right, non-overlapping) out of
+    /// the text fragments that are left.
+    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+        let mut fragments = Vec::new();
+        if text.is_empty() {
+            return fragments;
+        }
+        fragments.push(Fragment::Text(0, text.len()));
+        let mut next = Vec::new();
+        for &id in &self.specials {
+            let ty = self.types[id as usize];
+            if !parse_special && matches!(ty, TokenType::Control | TokenType::Unknown) {
+                continue;
+            }
+            let needle = &*self.texts[id as usize];
+            // Cheap pre-check: most specials do not occur at all.
+            if !text.contains(needle) {
+                continue;
+            }
+            next.clear();
+            for &fragment in &fragments {
+                let Fragment::Text(start, end) = fragment else {
+                    next.push(fragment);
+                    continue;
+                };
+                let mut at = start;
+                // Matches are on char boundaries: both strings are valid
+                // UTF-8, which is self-synchronizing.
+                while let Some(found) = text[at..end].find(needle) {
+                    let found = at + found;
+                    if found > at {
+                        next.push(Fragment::Text(at, found));
+                    }
+                    next.push(Fragment::Token(id));
+                    at = found + needle.len();
+                }
+                if at < end {
+                    next.push(Fragment::Text(at, end));
+                }
+            }
+            std::mem::swap(&mut fragments, &mut next);
+        }
+        fragments
+    }
+
+    /// Pre-tokenizes one text fragment and BPE-encodes each word.
+    fn encode_fragment(&self, text: &str, scratch: &mut EncodeScratch, out: &mut Vec<u32>) {
+        let mut words = std::mem::take(&mut scratch.words);
+        words.clear();
+        pretokenize::split(self.pre, text, &mut scratch.pre, &mut words);
+        for &(start, end) in &words {
+            self.encode_word(&text.as_bytes()[start..end], scratch, out);
+        }
+        scratch.words = words;
+    }
+
+    /// BPE over one word: start from one symbol per byte and repeatedly merge
+    /// the adjacent pair with the lowest rank (leftmost among equals).
+    fn encode_word(&self, word: &[u8], scratch: &mut EncodeScratch, out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            let encoded = &mut scratch.encoded;
+            encoded.clear();
+            encoded.extend(word.iter().map(|&b| BYTE_TO_CHAR[b as usize]));
+            if let Some(&id) = self.token_to_id.get(encoded.as_str()) {
+                out.push(id);
+                return;
+            }
+        }
+        if let [b] = word
+            && let Some(id) = self.symbol_token(self.byte_symbol[*b as usize])
+        {
+            out.push(id);
+            return;
+        }
+
+        let symbols = &mut scratch.symbols;
+        let queue = &mut scratch.queue;
+        symbols.clear();
+        queue.clear();
+        for (i, &b) in word.iter().enumerate() {
+            symbols.push(Symbol {
+                id: self.byte_symbol[b as usize],
+                start: i,
+                len: 1,
+                prev: i.checked_sub(1),
+                next: (i + 1 < word.len()).then_some(i + 1),
+            });
+        }
+        for right in 1..symbols.len() {
+            self.push_pair(symbols, queue, right - 1, right);
+        }
+        while let Some(Reverse(pair)) = queue.pop() {
+            let (l, r) = (pair.left, pair.right);
+            // A queued pair is stale once either side changed: symbols only
+            // grow or empty, so unchanged lengths mean unchanged symbols
+            // (llama.cpp compares the texts, which is equivalent).
+            let (ll, rl) = (symbols[l].len, symbols[r].len);
+            if ll == 0 || rl == 0 || ll + rl != pair.len {
+                continue;
+            }
+            symbols[l].id = pair.merged;
+            symbols[l].len += rl;
+            symbols[r].len = 0;
+            let after = symbols[r].next;
+            symbols[l].next = after;
+            if let Some(after) = after {
+                symbols[after].prev = Some(l);
+            }
+            if let Some(before) = symbols[l].prev {
+                self.push_pair(symbols, queue, before, l);
+            }
+            if let Some(after) = after {
+                self.push_pair(symbols, queue, l, after);
+            }
+        }
+
+        for sym in symbols.iter().filter(|s| s.len > 0) {
+            if let Some(id) = self.symbol_token(sym.id) {
+                out.push(id);
+            } else {
+                // llama.cpp's fallback: look up each byte of the symbol's
+                // GPT-2 text as a one-byte token. Only ASCII characters can
+                // be one-byte tokens; anything else is dropped.
+                for &b in &word[sym.start..sym.start + sym.len] {
+                    let c = BYTE_TO_CHAR[b as usize];
+                    if let Some(&Some(id)) = self.ascii_token.get(c as usize) {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The token a symbol id stands for, if it is a real token.
+    #[inline]
+    fn symbol_token(&self, symbol: u32) -> Option<u32> {
+        ((symbol as usize) < self.texts.len()).then_some(symbol)
+    }
+
+    /// Queues the pair `(left, right)` if the vocabulary has a merge for it.
+    fn push_pair(
+        &self,
+        symbols: &[Symbol],
+        queue: &mut BinaryHeap<Reverse<Pair>>,
+        left: usize,
+        right: usize,
+    ) {
+        let (l, r) = (&symbols[left], &symbols[right]);
+        if l.id == NO_SYMBOL || r.id == NO_SYMBOL {
+            return;
+        }
+        if let Some(&(rank, merged)) = self.merges.get(&pair_key(l.id, r.id)) {
+            queue.push(Reverse(Pair {
+                rank,
+                left,
+                right,
+                len: l.len + r.len,
+                merged,
+            }));
+        }
+    }
+
+    /// Rendered bytes of a token, control tokens included (llama.cpp's
+    /// `token_to_piece` with `special = true`): normal tokens decode from the
+    /// GPT-2 alphabet, control/unknown/user-defined tokens are their text, and
+    /// unused/byte/undefined tokens are empty. Empty for unknown ids.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        let id = id as usize;
+        match (self.piece_ranges.get(id), self.piece_ranges.get(id + 1)) {
+            (Some(&start), Some(&end)) => &self.piece_bytes[start as usize..end as usize],
+            _ => &[],
+        }
+    }
+
+    /// Rendered bytes of a token for output: control and unknown tokens are
+    /// empty unless `render_special` (llama.cpp's `token_to_piece`).
+    pub fn piece(&self, id: u32, render_special: bool) -> &[u8] {
+        let hidden = matches!(
+            self.token_type(id),
+            Some(TokenType::Control | TokenType::Unknown)
+        );
+        if hidden && !render_special {
+            &[]
+        } else {
+            self.token_bytes(id)
+        }
+    }
+
+    /// Concatenated bytes of [`Tokenizer::piece`] for each id.
+    pub fn decode_bytes(&self, ids: &[u32], render_special: bool) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend_from_slice(self.piece(id, render_special));
+        }
+        bytes
+    }
+
+    /// Decodes ids to text; invalid UTF-8 (e.g. a sequence cut mid-character)
+    /// becomes U+FFFD. No clean-up pass is applied, so
+    /// `decode(encode(s)) == s` whenever every byte of `s` has a token.
+    pub fn decode(&self, ids: &[u32], render_special: bool) -> String {
+        match String::from_utf8(self.decode_bytes(ids, render_special)) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+}
+
+/// Renders a token as llama.cpp's `token_to_piece(special = true)` does for
+/// BPE vocabularies.
+fn render_piece(text: &str, ty: TokenType, out: &mut Vec<u8>) {
+    match ty {
+        TokenType::Normal => {
+            for c in text.chars() {
+                match char_to_byte(c) {
+                    Some(b) => out.push(b),
+                    None => {
+                        // llama.cpp's `llama_decode_text` marker for a
+                        // character outside the GPT-2 alphabet.
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(b"[UNK_BYTE_0x");
+                        for b in c.encode_utf8(&mut buf).bytes() {
+                            out.extend_from_slice(format!("{b:02x}").as_bytes());
+                        }
+                        out.extend_from_slice(text.as_bytes());
+                        out.push(b']');
+                    }
+                }
+            }
+        }
+        TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {
+            out.extend_from_slice(text.as_bytes());
+        }
+        TokenType::Undefined | TokenType::Unused | TokenType::Byte => {}
+    }
+}
+
+/// Output of [`Tokenizer::build_merges`].
+struct BuiltMerges {
+    table: FxMap<u64, (u32, u32)>,
+    byte_symbol: [u32; 256],
+}
+
+/// A piece of the input: raw text (byte range) or an already-matched token.
+#[derive(Clone, Copy, Debug)]
+enum Fragment {
+    Text(usize, usize),
+    Token(u32),
+}
+
+/// A symbol of the word being merged: a run of its bytes, linked to its
+/// neighbours; `len == 0` once merged into the symbol on its left.
+#[derive(Clone, Copy, Debug)]
+struct Symbol {
+    id: u32,
+    start: usize,
+    len: usize,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// A mergeable adjacent pair. Ordered by rank, then by left position, so the
+/// min-heap pops the lowest rank and, among equals, the leftmost (llama.cpp's
+/// `llm_bigram_bpe::comparator`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pair {
+    rank: u32,
+    left: usize,
+    right: usize,
+    len: usize,
+    merged: u32,
+}
+
+/// Buffers reused across the words of one `encode` call.
+#[derive(Default)]
+struct EncodeScratch {
+    pre: pretokenize::Scratch,
+    words: Vec<(usize, usize)>,
+    symbols: Vec<Symbol>,
+    queue: BinaryHeap<Reverse<Pair>>,
+    encoded: String,
+}
+
+/// Incremental decoder for generated tokens: yields only complete UTF-8
+/// text, holding back the start of a character whose remaining bytes are
+/// still to come in later tokens.
+///
+/// The text it yields, followed by [`StreamDecoder::flush`], is exactly
+/// `String::from_utf8_lossy` of all the tokens' bytes.
+#[derive(Clone, Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+    ready: String,
+    render_special: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder; `render_special` shows control tokens as their text.
+    pub fn new(render_special: bool) -> Self {
+        Self {
+            render_special,
+            ..Self::default()
+        }
+    }
+
+    /// Adds one token and returns the text it completes (possibly empty).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> &str {
+        self.push_bytes(tokenizer.piece(id, self.render_special))
+    }
+
+    /// Adds raw bytes and returns the text they complete (possibly empty).
+    /// Bytes that can never become valid UTF-8 are replaced by U+FFFD at once.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> &str {
+        self.ready.clear();
+        self.pending.extend_from_slice(bytes);
+        let mut done = 0;
+        loop {
+            match std::str::from_utf8(&self.pending[done..]) {
+                Ok(valid) => {
+                    self.ready.push_str(valid);
+                    done = self.pending.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid_end = done + e.valid_up_to();
+                    // The prefix up to `valid_up_to` was just validated.
+                    if let Ok(valid) = std::str::from_utf8(&self.pending[done..valid_end]) {
+                        self.ready.push_str(valid);
+                    }
+                    match e.error_len() {
+                        Some(bad) => {
+                            self.ready.push(char::REPLACEMENT_CHARACTER);
+                            done = valid_end + bad;
+                        }
+                        // An incomplete character at the end: wait for more.
+                        None => {
+                            done = valid_end;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.drain(..done);
+        &self.ready
+    }
+
+    /// Ends the stream: a held-back incomplete character becomes U+FFFD.
+    pub fn flush(&mut self) -> &str {
+        self.ready.clear();
+        if !self.pending.is_empty() {
+            self.pending.clear();
+            self.ready.push(char::REPLACEMENT_CHARACTER);
+        }
+        &self.ready
+    }
+
+    /// Whether bytes of an incomplete character are being held back.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Drops any held-back bytes, to start a new stream.
+    pub fn reset(&mut self) {
+        self.pending.clear();
+        self.ready.clear();
+    }
+}
