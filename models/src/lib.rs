@@ -1,7 +1,7 @@
 //! Architecture configs and weight-name maps of the Llama-family models Glint runs.
 //!
-//! Knowledge of the Llama-family Hugging Face checkpoints Glint runs (Llama 2/3.x,
-//! TinyLlama, SmolLM2, MobileLLM, Qwen2): how their `config.json` maps onto a
+//! For Hugging Face checkpoints (Llama 2/3.x, TinyLlama, SmolLM2, MobileLLM, Qwen2):
+//! how their `config.json` maps onto a
 //! [`ModelConfig`] ([`config_from_hf`]) and how their tensor names map onto Glint's
 //! canonical names ([`canonical_name`]).
 

@@ -210,6 +210,12 @@ impl Engine {
         self.0.add_bos
     }
 
+    /// Runs `tokens` through the model with the engine's worker threads (see
+    /// [`Model::forward`]); for evaluation tools that manage their own cache.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, scratch: &mut Scratch) {
+        self.0.model.forward(tokens, cache, scratch, &self.0.pool);
+    }
+
     /// Threads each kernel call runs on.
     pub fn threads(&self) -> usize {
         self.0.pool.threads()

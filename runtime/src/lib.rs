@@ -17,6 +17,7 @@
 
 pub mod chat;
 pub mod engine;
+pub mod eval;
 pub mod kernels;
 pub mod model;
 pub mod pool;

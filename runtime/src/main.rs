@@ -1,7 +1,7 @@
 //! `glint`: run, chat, tokenize, perplexity, bench and info, modelled on llama.cpp's
 //! tools so figures compare. With no `-m`, the default model is fetched and packed.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, StopReason};
 use glint_runtime::model::{KvCache, Model, Scratch};
@@ -267,7 +267,8 @@ fn main() -> Result<()> {
         Command::Perplexity { model, file, ctx } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let engine = engine(&model)?;
-            let ppl = perplexity(&engine, &text, ctx, threads(model.threads))?;
+            let ppl = glint_runtime::eval::perplexity(&engine, &text, ctx, |chunk, ppl| eprint!("[{chunk}] {ppl:.4} "))?;
+            eprintln!();
             println!("PPL = {ppl:.4}");
         }
         Command::Bench { model, n_prompt, n_gen, reps, json } => bench(&model, n_prompt, n_gen, reps, json)?,
@@ -279,43 +280,6 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// llama-perplexity's method: non-overlapping windows of `ctx` tokens, each from an
-/// empty cache, scoring the second half of each window.
-fn perplexity(engine: &Engine, text: &str, ctx: usize, threads: usize) -> Result<f64> {
-    let tokens = engine.tokenizer().encode(text, false);
-    let n_chunks = tokens.len() / ctx;
-    if n_chunks == 0 {
-        bail!("the text has {} tokens, fewer than one window of {ctx}", tokens.len());
-    }
-    let model = engine.model();
-    let vocab = model.config().vocab_size as usize;
-    let batch = 64;
-    let pool = ThreadPool::new(threads);
-    let mut cache = KvCache::new(model.config(), ctx);
-    let mut scratch = Scratch::new(model.config(), batch, ctx, threads, true);
-    let (mut nll, mut count) = (0f64, 0usize);
-    let first = ctx / 2;
-    let start = Instant::now();
-    for chunk in tokens.chunks_exact(ctx).take(n_chunks) {
-        cache.clear();
-        for (b, part) in chunk.chunks(batch).enumerate() {
-            model.forward(part, &mut cache, &mut scratch, &pool);
-            for (i, logits) in scratch.logits().chunks_exact(vocab).take(part.len()).enumerate() {
-                let pos = b * batch + i;
-                if pos >= first && pos + 1 < ctx {
-                    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let lse = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() + max as f64;
-                    nll += lse - logits[chunk[pos + 1] as usize] as f64;
-                    count += 1;
-                }
-            }
-        }
-        eprint!("[{}] {:.4} ", count / (ctx - 1 - first), (nll / count as f64).exp());
-    }
-    eprintln!("\n{n_chunks} chunks of {ctx} tokens in {:.1} s", start.elapsed().as_secs_f64());
-    Ok((nll / count as f64).exp())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

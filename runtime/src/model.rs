@@ -135,6 +135,7 @@ impl Model {
         let c = &self.config;
         let (dim, n) = (c.dim as usize, tokens.len());
         assert!(n <= s.batch && cache.len + n <= cache.capacity, "batch or context overflow");
+        assert!(pool.threads() * cache.capacity <= s.scores.len(), "scratch sized for fewer threads or positions");
         let hd = c.head_dim as usize;
         let (q_dim, kv_dim) = (c.n_heads as usize * hd, c.n_kv_heads as usize * hd);
         let embd = self.w(self.token_embd);

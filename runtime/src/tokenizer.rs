@@ -235,7 +235,7 @@ fn pair_key(left: u32, right: u32) -> u64 {
 /// ids above it for strings that merges produce or consume but that are not
 /// tokens themselves (absent in well-formed vocabularies, but llama.cpp
 /// merges by string, so they must still take part).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tokenizer {
     /// Token strings as given (empty ones replaced as llama.cpp does).
     texts: Vec<Box<str>>,
@@ -520,6 +520,11 @@ impl Tokenizer {
                 continue;
             }
             let needle = &*self.texts[id as usize];
+            // Never true (empty texts were renamed), but an empty needle
+            // would match forever.
+            if needle.is_empty() {
+                continue;
+            }
             // Cheap pre-check: most specials do not occur at all.
             if !text.contains(needle) {
                 continue;
@@ -710,6 +715,21 @@ impl Tokenizer {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         }
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    /// A summary: the full vocabulary would be tens of thousands of lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.texts.len())
+            .field("merges", &self.merges.len())
+            .field("special_tokens", &self.specials.len())
+            .field("pre", &self.pre)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .finish_non_exhaustive()
     }
 }
 

@@ -23,6 +23,13 @@ const MM_ROWS: usize = 1;
 /// Activation rows per tile (matmul).
 const MM_ACTS: usize = 4;
 
+/// Whether a tile keeps a second accumulator set: with fewer than 8 (row, activation)
+/// pairs one FMA chain per pair would be latency-bound; with more, a second set would
+/// spill registers.
+const fn split(r: usize, n: usize) -> bool {
+    r * n < 8
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `super::check(w, x, n, &rows)` must have
 /// passed; `out` must be writable at every `(i, r)`, `i < n`, `r` in `rows`.
@@ -198,9 +205,11 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
                     let x = unsafe { load_x4(xs[i].add(blk * BLOCK)) };
                     for k in 0..R {
                         acc0[k][i] = _mm256_fmadd_ps(q[k][0], x[0], acc0[k][i]);
-                        acc1[k][i] = _mm256_fmadd_ps(q[k][1], x[1], acc1[k][i]);
+                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        *a1 = _mm256_fmadd_ps(q[k][1], x[1], *a1);
                         acc0[k][i] = _mm256_fmadd_ps(q[k][2], x[2], acc0[k][i]);
-                        acc1[k][i] = _mm256_fmadd_ps(q[k][3], x[3], acc1[k][i]);
+                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        *a1 = _mm256_fmadd_ps(q[k][3], x[3], *a1);
                     }
                 }
             }
@@ -270,9 +279,11 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                     let x = unsafe { load_x4(xs[i].add(blk * BLOCK)) };
                     for k in 0..R {
                         acc0[k][i] = _mm256_fmadd_ps(q[k][0], x[0], acc0[k][i]);
-                        acc1[k][i] = _mm256_fmadd_ps(q[k][1], x[1], acc1[k][i]);
+                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        *a1 = _mm256_fmadd_ps(q[k][1], x[1], *a1);
                         acc0[k][i] = _mm256_fmadd_ps(q[k][2], x[2], acc0[k][i]);
-                        acc1[k][i] = _mm256_fmadd_ps(q[k][3], x[3], acc1[k][i]);
+                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        *a1 = _mm256_fmadd_ps(q[k][3], x[3], *a1);
                     }
                 }
             }
@@ -326,7 +337,8 @@ unsafe fn float_step<const R: usize, const N: usize, const HALF: bool>(
         let (x0, x1) = unsafe { (_mm256_loadu_ps(xp[i]), _mm256_loadu_ps(xp[i].add(8))) };
         for k in 0..R {
             acc0[k][i] = _mm256_fmadd_ps(w0[k], x0, acc0[k][i]);
-            acc1[k][i] = _mm256_fmadd_ps(w1[k], x1, acc1[k][i]);
+            let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+            *a1 = _mm256_fmadd_ps(w1[k], x1, *a1);
         }
     }
 }

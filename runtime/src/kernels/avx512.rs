@@ -20,11 +20,18 @@ use glint_format::{BLOCK, DType, Matrix};
 use super::{Out, drive};
 
 /// Weight rows per tile for a single activation row (matvec).
-const MV_ROWS: usize = 6;
+const MV_ROWS: usize = 8;
 /// Weight rows per tile for several activation rows (matmul).
 const MM_ROWS: usize = 2;
 /// Activation rows per tile (matmul).
 const MM_ACTS: usize = 4;
+
+/// Whether a tile keeps a second accumulator set: with fewer than 8 (row, activation)
+/// pairs one FMA chain per pair would be latency-bound; with more, a second set would
+/// spill registers.
+const fn split(r: usize, n: usize) -> bool {
+    r * n < 8
+}
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2, FMA and F16C; `super::check(w, x, n, &rows)`
@@ -168,7 +175,8 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
                 };
                 for k in 0..R {
                     acc0[k][i] = _mm512_fmadd_ps(lo[k], x0, acc0[k][i]);
-                    acc1[k][i] = _mm512_fmadd_ps(hi[k], x1, acc1[k][i]);
+                    let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                    *a1 = _mm512_fmadd_ps(hi[k], x1, *a1);
                 }
             }
         }
@@ -242,7 +250,8 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                     };
                     for k in 0..R {
                         acc0[k][i] = _mm512_fmadd_ps(q0[k], x0, acc0[k][i]);
-                        acc1[k][i] = _mm512_fmadd_ps(q1[k], x1, acc1[k][i]);
+                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        *a1 = _mm512_fmadd_ps(q1[k], x1, *a1);
                     }
                 }
             }
@@ -296,7 +305,8 @@ unsafe fn float_step<const R: usize, const N: usize, const HALF: bool>(
         let (x0, x1) = unsafe { (_mm512_loadu_ps(xp[i]), _mm512_loadu_ps(xp[i].add(16))) };
         for k in 0..R {
             acc0[k][i] = _mm512_fmadd_ps(w0[k], x0, acc0[k][i]);
-            acc1[k][i] = _mm512_fmadd_ps(w1[k], x1, acc1[k][i]);
+            let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+            *a1 = _mm512_fmadd_ps(w1[k], x1, *a1);
         }
     }
 }

@@ -436,6 +436,9 @@ fn stream_decoder_holds_back_split_characters() {
 // ---------------------------------------------------------------------------
 // The real SmolLM2 vocabulary (skipped when the dump is absent).
 
+/// Default location of the dump; `GLINT_SMOLLM2_VOCAB` overrides it. Format:
+/// `{"tokens": [...], "token_types": [...], "merges": [...], "pre": "smollm",
+/// "bos": 1, "eos": 2}`, as read from the model's GGUF.
 const SMOLLM2_DUMP: &str = "/tmp/smollm2-vocab.json";
 
 /// Owned contents of the vocabulary dump.
@@ -449,8 +452,9 @@ struct Dump {
 }
 
 fn load_smollm2() -> Option<Dump> {
-    let Ok(json) = std::fs::read_to_string(SMOLLM2_DUMP) else {
-        eprintln!("skipping: {SMOLLM2_DUMP} not found");
+    let path = std::env::var("GLINT_SMOLLM2_VOCAB").unwrap_or_else(|_| SMOLLM2_DUMP.to_owned());
+    let Ok(json) = std::fs::read_to_string(&path) else {
+        eprintln!("skipping: SmolLM2 vocabulary dump {path} not found");
         return None;
     };
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid vocabulary JSON");
@@ -539,6 +543,7 @@ fn smollm2_matches_llama_cpp() {
     let Some(dump) = load_smollm2() else { return };
     let started = std::time::Instant::now();
     let tok = smollm2(&dump);
+    assert!(format!("{tok:?}").len() < 200);
     eprintln!(
         "built SmolLM2 tokenizer ({} tokens, {} merges) in {:?}",
         dump.tokens.len(),

@@ -1,0 +1,34 @@
+//! Shared helpers: the real model and llama.cpp's fixture.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The packed default model: `$GLINT_MODEL`, else fetched and packed into the cache
+/// (CI fetches it before the tests run).
+pub fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| match std::env::var_os("GLINT_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => glint_quantize::default_model(|m| eprintln!("{m}")).expect("fetch and pack the default model"),
+    })
+    .clone()
+}
+
+/// The source GGUF in the cache (fetched if needed).
+pub fn gguf_path() -> PathBuf {
+    model_path();
+    glint_quantize::fetch::fetch_gguf(&glint_quantize::fetch::cache_dir()).expect("fetch the GGUF")
+}
+
+/// `../shared/fixtures/<name>` parsed as JSON.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture JSON")
+}
+
+/// A JSON array of integers as token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}

@@ -1,0 +1,156 @@
+//! The generation API's documented behaviours on the real model: context overflow,
+//! empty prompts, bad token ids, cancellation mid-stream, concurrent sessions, chat
+//! history and stop strings.
+
+mod common;
+
+use common::model_path;
+use glint_runtime::engine::GenerateError;
+use glint_runtime::sampler::SamplerConfig;
+use glint_runtime::{CancelToken, Engine, GenerateParams, StopReason};
+use std::ops::ControlFlow;
+use std::sync::OnceLock;
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load(model_path(), 2).expect("load the model"))
+}
+
+fn greedy(n: usize) -> GenerateParams {
+    GenerateParams { max_tokens: n, sampler: SamplerConfig::greedy(), ..GenerateParams::default() }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_and_the_session_stays_usable() {
+    let mut s = engine().session(16);
+    let long = "word ".repeat(40);
+    let err = s.generate(&long, &greedy(4), |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(matches!(err, GenerateError::PromptTooLong { capacity: 16, used: 0, .. }), "{err:?}");
+    assert!(s.is_empty());
+    let stats = s.generate("Hello", &greedy(4), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(stats.generated_tokens, 4);
+}
+
+#[test]
+fn generation_stops_when_the_context_is_full() {
+    let mut s = engine().session(12);
+    let stats = s.generate("Once upon a time", &greedy(100), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(stats.stop, StopReason::ContextFull);
+    assert_eq!(s.len(), 12);
+}
+
+#[test]
+fn empty_prompt_and_bad_token_ids_are_errors() {
+    let mut s = engine().session(32);
+    assert_eq!(s.generate("", &greedy(4), |_| ControlFlow::Continue(())).unwrap_err(), GenerateError::EmptyPrompt);
+    let err = s.generate_tokens(&[1, 1 << 30], &greedy(4), |_| ControlFlow::Continue(())).unwrap_err();
+    assert_eq!(err, GenerateError::BadToken(1 << 30));
+    assert!(s.is_empty());
+}
+
+#[test]
+fn cancel_from_another_thread_stops_mid_stream() {
+    let mut s = engine().session(256);
+    let cancel = CancelToken::new();
+    let params = GenerateParams { cancel: cancel.clone(), ..greedy(200) };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let canceller = std::thread::spawn(move || {
+        rx.recv().unwrap();
+        cancel.cancel();
+    });
+    let mut seen = 0;
+    let stats = s
+        .generate("Write a long story about a dragon.", &params, |_| {
+            seen += 1;
+            if seen == 5 {
+                tx.send(()).unwrap();
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!(stats.stop, StopReason::Cancelled);
+    assert!(stats.generated_tokens < 200 && stats.generated_tokens >= 5, "{}", stats.generated_tokens);
+    // The callback can stop generation too.
+    let stats = s.generate(" More.", &greedy(50), |_| ControlFlow::Break(())).unwrap();
+    assert_eq!((stats.stop, stats.generated_tokens), (StopReason::Cancelled, 1));
+}
+
+#[test]
+fn two_sessions_generate_at_once_on_one_model() {
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let mut out = String::new();
+            engine().session(128).generate(p, &greedy(24), |ev| {
+                out.push_str(ev.text);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            out
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                scope.spawn(move || {
+                    let mut out = String::new();
+                    engine().session(128).generate(p, &greedy(24), |ev| {
+                        out.push_str(ev.text);
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+}
+
+#[test]
+fn chat_keeps_history_and_ends_the_turn_on_end_of_text() {
+    let mut s = engine().session(512);
+    let (reply, stats) = s.chat("What is the capital of France?", &greedy(64), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(reply, "The capital of France is Paris.");
+    assert_eq!(stats.stop, StopReason::EndOfText);
+    let used = s.len();
+    let (_, stats) = s.chat("And of Italy?", &greedy(32), |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(s.history().len(), 4);
+    // The second turn reuses the cached first turn: only the new tokens are run.
+    assert!(stats.prompt_tokens < used, "{} prompt tokens re-run", stats.prompt_tokens);
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_not_streamed() {
+    let mut s = engine().session(256);
+    let params = GenerateParams { stop: vec!["Paris".into()], ..greedy(64) };
+    let prompt = engine().render_chat(&[glint_runtime::Message::new(glint_runtime::Role::User, "What is the capital of France?")], true).unwrap();
+    let mut out = String::new();
+    let stats = s
+        .generate(&prompt, &params, |ev| {
+            out.push_str(ev.text);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(stats.stop, StopReason::StopString);
+    assert_eq!(out, "The capital of France is ");
+}
+
+#[test]
+fn same_seed_same_text() {
+    let params = GenerateParams { max_tokens: 24, sampler: SamplerConfig { seed: 7, ..SamplerConfig::default() }, ..GenerateParams::default() };
+    let run = || {
+        let mut out = String::new();
+        engine().session(128).generate("Tell me a joke.", &params, |ev| {
+            out.push_str(ev.text);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        out
+    };
+    assert_eq!(run(), run());
+}
