@@ -46,22 +46,33 @@ impl Scheme {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
-    /// The dtype of the tensor `name` with `n_dims` dimensions. Vectors (norms, biases)
-    /// stay f32; the embedding and output head get int8 under the int4 schemes because
-    /// they dominate the logits' error and a token lookup reads one row only.
-    pub fn dtype_for(self, name: &str, n_dims: usize) -> DType {
-        if n_dims == 1 {
+    /// The dtype of the tensor `name` of `shape`. Vectors (norms, biases) stay f32; the
+    /// embedding and output head get int8 under the int4 schemes because they dominate
+    /// the logits' error and a token lookup reads one row only. Where a row is not a
+    /// whole number of groups (SmolLM2's 576 columns and group 128), the symmetric int4
+    /// schemes fall back to the largest group that divides it (as llama.cpp's k-quants
+    /// fall back for rows that are not multiples of 256).
+    pub fn dtype_for(self, name: &str, shape: &[u64]) -> DType {
+        if shape.len() == 1 {
             return DType::F32;
         }
         let head = name == "token_embd.weight" || name == "output.weight";
+        let cols = shape.last().copied().unwrap_or(0);
+        let symmetric = |largest: DType| {
+            [DType::Q4G128, DType::Q4G64, DType::Q4G32]
+                .into_iter()
+                .skip_while(|d| *d != largest)
+                .find(|d| cols % d.group().unwrap_or(1) as u64 == 0)
+                .unwrap_or(DType::Q4G32)
+        };
         match self {
             Self::F16 => DType::F16,
             Self::Q8 => DType::Q8G32,
             _ if head => DType::Q8G32,
             Self::Q4g32a => DType::Q4G32A,
             Self::Q4g32 => DType::Q4G32,
-            Self::Q4g64 => DType::Q4G64,
-            Self::Q4g128 => DType::Q4G128,
+            Self::Q4g64 => symmetric(DType::Q4G64),
+            Self::Q4g128 => symmetric(DType::Q4G128),
         }
     }
 }
@@ -128,7 +139,7 @@ pub fn pack_tensor(src: &Imported, t: &SourceTensor, dtype: DType) -> Result<Ten
     let n: u64 = t.shape.iter().product();
     if let Some(group) = dtype.group() {
         let cols = *t.shape.last().unwrap_or(&0);
-        if cols % group as u64 != 0 {
+        if !cols.is_multiple_of(group as u64) {
             return Err(PackError::Group { name: t.name.clone(), cols, dtype: dtype.name(), group });
         }
     }
@@ -168,7 +179,7 @@ pub fn pack(
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for (i, t) in src.tensors.iter().enumerate() {
         progress(i, &t.name);
-        tensors.push(pack_tensor(src, t, scheme.dtype_for(&t.name, t.shape.len()))?);
+        tensors.push(pack_tensor(src, t, scheme.dtype_for(&t.name, &t.shape))?);
     }
     let mut provenance = src.provenance.clone();
     provenance.push(("scheme".into(), scheme.name().into()));

@@ -1,6 +1,7 @@
 //! AVX2 + FMA + F16C kernels (8 f32 lanes).
 //!
-//! Same tiling as the AVX-512 kernels (see `avx512.rs`). AVX2 has no 16-entry
+//! Same tiling as the AVX-512 kernels (see `avx512.rs`; here matvec tiles are 4 rows,
+//! matmul tiles 1 row x 8 activations, 1 x 4 for a remainder). AVX2 has no 16-entry
 //! permute, so int4 nibbles are widened (`vpmovzxbd`), masked or shifted, and converted
 //! to f32. With one activation row the int4 kernel uses the factored form
 //! `d * sum(q x) + m * sum(x)`: the block sum of `x` is three adds per block, computed
@@ -14,14 +15,20 @@ use core::ops::Range;
 
 use glint_format::{BLOCK, DType, Matrix};
 
-use super::{Out, drive};
+use super::{Aligned, NextTile, Out, drive};
 
-/// Weight rows per tile for a single activation row (matvec).
-const MV_ROWS: usize = 2;
+/// Weight rows per tile for a single activation row (matvec), int4.
+const MV_ROWS_Q4: usize = 4;
+/// Weight rows per tile for a single activation row (matvec), int8.
+const MV_ROWS_Q8: usize = 4;
+/// Weight rows per tile for a single activation row (matvec), f32 and f16.
+const MV_ROWS_FLOAT: usize = 4;
 /// Weight rows per tile for several activation rows (matmul).
 const MM_ROWS: usize = 1;
 /// Activation rows per tile (matmul).
-const MM_ACTS: usize = 4;
+const MM_ACTS: usize = 8;
+/// Activation rows per tile for a remainder of at most this many rows (matmul).
+const MM_REST: usize = 4;
 
 /// Whether a tile keeps a second accumulator set: with fewer than 8 (row, activation)
 /// pairs one FMA chain per pair would be latency-bound; with more, a second set would
@@ -35,30 +42,42 @@ const fn split(r: usize, n: usize) -> bool {
 /// passed; `out` must be writable at every `(i, r)`, `i < n`, `r` in `rows`.
 pub(super) unsafe fn run(w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, out: Out) {
     macro_rules! go {
-        ($tile:ident $(, $extra:expr)?) => {
+        ($mv:expr, $tile:ident $(, $extra:expr)?) => {
             if n == 1 {
                 // SAFETY: the tiles get in-range rows and activation pointers from `drive`
                 // and the planes were validated by `check`; CPU support is our contract.
                 unsafe {
-                    drive::<MV_ROWS, 1>(x, w.cols, n, rows, out, |r, xs| {
-                        $tile::<MV_ROWS, 1>(w, r, xs $(, $extra)?)
-                    })
+                    drive::<{ $mv }, 1, 1>(
+                        x,
+                        w.cols,
+                        n,
+                        rows,
+                        out,
+                        |r, xs| $tile::<{ $mv }, 1>(w, r, xs $(, $extra)?),
+                        |r, xs| $tile::<{ $mv }, 1>(w, r, xs $(, $extra)?),
+                    )
                 }
             } else {
                 // SAFETY: as above.
                 unsafe {
-                    drive::<MM_ROWS, MM_ACTS>(x, w.cols, n, rows, out, |r, xs| {
-                        $tile::<MM_ROWS, MM_ACTS>(w, r, xs $(, $extra)?)
-                    })
+                    drive::<MM_ROWS, MM_ACTS, MM_REST>(
+                        x,
+                        w.cols,
+                        n,
+                        rows,
+                        out,
+                        |r, xs| $tile::<MM_ROWS, MM_ACTS>(w, r, xs $(, $extra)?),
+                        |r, xs| $tile::<MM_ROWS, MM_REST>(w, r, xs $(, $extra)?),
+                    )
                 }
             }
         };
     }
     match w.dtype {
-        DType::F32 => go!(float_tile, false),
-        DType::F16 => go!(float_tile, true),
-        DType::Q8G32 => go!(q8_tile),
-        DType::Q4G32A | DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => go!(q4_tile),
+        DType::F32 => go!(MV_ROWS_FLOAT, float_tile, false),
+        DType::F16 => go!(MV_ROWS_FLOAT, float_tile, true),
+        DType::Q8G32 => go!(MV_ROWS_Q8, q8_tile),
+        DType::Q4G32A | DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => go!(MV_ROWS_Q4, q4_tile),
     }
 }
 
@@ -77,7 +96,13 @@ unsafe fn load_f16(plane: &[u8], at: usize, count: usize) -> __m256 {
     } else {
         let mut buf = [0u16; 8];
         // SAFETY: `count <= 8` elements fit `buf`, and are in the plane, by the caller.
-        unsafe { core::ptr::copy_nonoverlapping(plane.as_ptr().add(at), buf.as_mut_ptr().cast::<u8>(), 2 * count) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                plane.as_ptr().add(at),
+                buf.as_mut_ptr().cast::<u8>(),
+                2 * count,
+            )
+        };
         // SAFETY: `buf` is 16 bytes.
         _mm256_cvtph_ps(unsafe { _mm_loadu_si128(buf.as_ptr().cast()) })
     }
@@ -96,7 +121,10 @@ fn hsum(v: __m256) -> f32 {
 /// Sum of the two accumulator sets.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn reduce<const R: usize, const N: usize>(a: &[[__m256; N]; R], b: &[[__m256; N]; R]) -> [[f32; N]; R] {
+fn reduce<const R: usize, const N: usize>(
+    a: &[[__m256; N]; R],
+    b: &[[__m256; N]; R],
+) -> [[f32; N]; R] {
     let mut res = [[0f32; N]; R];
     for k in 0..R {
         for i in 0..N {
@@ -114,7 +142,14 @@ fn reduce<const R: usize, const N: usize>(a: &[[__m256; N]; R], b: &[[__m256; N]
 #[inline]
 unsafe fn load_x4(p: *const f32) -> [__m256; 4] {
     // SAFETY: by the caller; unaligned loads.
-    unsafe { [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))] }
+    unsafe {
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    }
 }
 
 /// int4 (any group, with or without minimums) tile.
@@ -133,12 +168,16 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
     let asym = w.dtype == DType::Q4G32A;
     // Scale lane `b` of a chunk of 8 blocks is scale `b >> shift` of the chunk.
     let shift = (group / BLOCK).trailing_zeros() as i32;
-    let expand = _mm256_srlv_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(shift));
+    let expand = _mm256_srlv_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(shift),
+    );
     let nibble = _mm256_set1_epi32(0x0f);
     let mut acc0 = [[_mm256_setzero_ps(); N]; R];
     let mut acc1 = acc0;
-    let mut ds = [[0f32; 8]; R];
-    let mut ms = [[0f32; 8]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let mut ds = [Aligned([0f32; 8]); R];
+    let mut ms = [Aligned([0f32; 8]); R];
     let mut b0 = 0;
     while b0 < nb {
         let cnt = (nb - b0).min(8);
@@ -151,23 +190,33 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
             // planes; 8 f32 fit each stack array.
             unsafe {
                 let d = load_f16(w.scales, 2 * (first * BLOCK / group), cnt * BLOCK / group);
-                let d = if shift == 0 { d } else { _mm256_permutevar8x32_ps(d, expand) };
+                let d = if shift == 0 {
+                    d
+                } else {
+                    _mm256_permutevar8x32_ps(d, expand)
+                };
                 let m = if asym {
                     load_f16(w.mins, 2 * first, cnt)
                 } else {
                     _mm256_mul_ps(d, _mm256_set1_ps(-8.0))
                 };
-                _mm256_storeu_ps(ds[k].as_mut_ptr(), d);
-                _mm256_storeu_ps(ms[k].as_mut_ptr(), m);
+                _mm256_storeu_ps(ds[k].0.as_mut_ptr(), d);
+                _mm256_storeu_ps(ms[k].0.as_mut_ptr(), m);
             }
         }
         for b in 0..cnt {
             let blk = b0 + b;
+            if N == 1 {
+                next.block(blk);
+            }
             let mut q = [[_mm256_setzero_ps(); 4]; R];
             for (k, qk) in q.iter_mut().enumerate() {
                 // SAFETY: the 16 bytes of block `blk` of row `rows[k]` lie in the plane.
                 let (v0, v1) = unsafe {
-                    let p = w.values.as_ptr().add(rows[k] * cols / 2 + blk * (BLOCK / 2));
+                    let p = w
+                        .values
+                        .as_ptr()
+                        .add(rows[k] * cols / 2 + blk * (BLOCK / 2));
                     (
                         _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())),
                         _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8).cast())),
@@ -190,12 +239,12 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
                     t = _mm256_fmadd_ps(q[k][1], x[1], t);
                     t = _mm256_fmadd_ps(q[k][2], x[2], t);
                     t = _mm256_fmadd_ps(q[k][3], x[3], t);
-                    acc0[k][0] = _mm256_fmadd_ps(t, _mm256_set1_ps(ds[k][b]), acc0[k][0]);
-                    acc1[k][0] = _mm256_fmadd_ps(sx, _mm256_set1_ps(ms[k][b]), acc1[k][0]);
+                    acc0[k][0] = _mm256_fmadd_ps(t, _mm256_set1_ps(ds[k].0[b]), acc0[k][0]);
+                    acc1[k][0] = _mm256_fmadd_ps(sx, _mm256_set1_ps(ms[k].0[b]), acc1[k][0]);
                 }
             } else {
                 for (k, qk) in q.iter_mut().enumerate() {
-                    let (d, m) = (_mm256_set1_ps(ds[k][b]), _mm256_set1_ps(ms[k][b]));
+                    let (d, m) = (_mm256_set1_ps(ds[k].0[b]), _mm256_set1_ps(ms[k].0[b]));
                     for v in qk.iter_mut() {
                         *v = _mm256_fmadd_ps(*v, d, m);
                     }
@@ -205,10 +254,18 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
                     let x = unsafe { load_x4(xs[i].add(blk * BLOCK)) };
                     for k in 0..R {
                         acc0[k][i] = _mm256_fmadd_ps(q[k][0], x[0], acc0[k][i]);
-                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        let a1 = if split(R, N) {
+                            &mut acc1[k][i]
+                        } else {
+                            &mut acc0[k][i]
+                        };
                         *a1 = _mm256_fmadd_ps(q[k][1], x[1], *a1);
                         acc0[k][i] = _mm256_fmadd_ps(q[k][2], x[2], acc0[k][i]);
-                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        let a1 = if split(R, N) {
+                            &mut acc1[k][i]
+                        } else {
+                            &mut acc0[k][i]
+                        };
                         *a1 = _mm256_fmadd_ps(q[k][3], x[3], *a1);
                     }
                 }
@@ -233,7 +290,8 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
     let nb = cols / BLOCK;
     let mut acc0 = [[_mm256_setzero_ps(); N]; R];
     let mut acc1 = acc0;
-    let mut ds = [[0f32; 8]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let mut ds = [Aligned([0f32; 8]); R];
     let mut b0 = 0;
     while b0 < nb {
         let cnt = (nb - b0).min(8);
@@ -242,18 +300,23 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
             // f32 fit `ds[k]`.
             unsafe {
                 let d = load_f16(w.scales, 2 * (rows[k] * nb + b0), cnt);
-                _mm256_storeu_ps(ds[k].as_mut_ptr(), d);
+                _mm256_storeu_ps(ds[k].0.as_mut_ptr(), d);
             }
         }
         for b in 0..cnt {
             let blk = b0 + b;
+            if N == 1 {
+                next.block(blk);
+            }
             let mut q = [[_mm256_setzero_ps(); 4]; R];
             for (k, qk) in q.iter_mut().enumerate() {
                 // SAFETY: the 32 bytes of block `blk` of row `rows[k]` lie in the plane.
                 unsafe {
                     let p = w.values.as_ptr().add(rows[k] * cols + blk * BLOCK);
                     for (j, v) in qk.iter_mut().enumerate() {
-                        *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8 * j).cast())));
+                        *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            p.add(8 * j).cast(),
+                        )));
                     }
                 }
             }
@@ -263,13 +326,13 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                 for k in 0..R {
                     let t0 = _mm256_fmadd_ps(q[k][1], x[1], _mm256_mul_ps(q[k][0], x[0]));
                     let t1 = _mm256_fmadd_ps(q[k][3], x[3], _mm256_mul_ps(q[k][2], x[2]));
-                    let d = _mm256_set1_ps(ds[k][b]);
+                    let d = _mm256_set1_ps(ds[k].0[b]);
                     acc0[k][0] = _mm256_fmadd_ps(t0, d, acc0[k][0]);
                     acc1[k][0] = _mm256_fmadd_ps(t1, d, acc1[k][0]);
                 }
             } else {
                 for (k, qk) in q.iter_mut().enumerate() {
-                    let d = _mm256_set1_ps(ds[k][b]);
+                    let d = _mm256_set1_ps(ds[k].0[b]);
                     for v in qk.iter_mut() {
                         *v = _mm256_mul_ps(*v, d);
                     }
@@ -279,10 +342,18 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                     let x = unsafe { load_x4(xs[i].add(blk * BLOCK)) };
                     for k in 0..R {
                         acc0[k][i] = _mm256_fmadd_ps(q[k][0], x[0], acc0[k][i]);
-                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        let a1 = if split(R, N) {
+                            &mut acc1[k][i]
+                        } else {
+                            &mut acc0[k][i]
+                        };
                         *a1 = _mm256_fmadd_ps(q[k][1], x[1], *a1);
                         acc0[k][i] = _mm256_fmadd_ps(q[k][2], x[2], acc0[k][i]);
-                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        let a1 = if split(R, N) {
+                            &mut acc1[k][i]
+                        } else {
+                            &mut acc0[k][i]
+                        };
                         *a1 = _mm256_fmadd_ps(q[k][3], x[3], *a1);
                     }
                 }
@@ -337,7 +408,11 @@ unsafe fn float_step<const R: usize, const N: usize, const HALF: bool>(
         let (x0, x1) = unsafe { (_mm256_loadu_ps(xp[i]), _mm256_loadu_ps(xp[i].add(8))) };
         for k in 0..R {
             acc0[k][i] = _mm256_fmadd_ps(w0[k], x0, acc0[k][i]);
-            let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+            let a1 = if split(R, N) {
+                &mut acc1[k][i]
+            } else {
+                &mut acc0[k][i]
+            };
             *a1 = _mm256_fmadd_ps(w1[k], x1, *a1);
         }
     }
@@ -381,7 +456,8 @@ unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
     let mut acc0 = [[_mm256_setzero_ps(); N]; R];
     let mut acc1 = acc0;
     // SAFETY: each row `rows[k]` spans `cols * esize` bytes of the validated plane.
-    let wrow: [*const u8; R] = core::array::from_fn(|k| unsafe { w.values.as_ptr().add(rows[k] * cols * esize) });
+    let wrow: [*const u8; R] =
+        core::array::from_fn(|k| unsafe { w.values.as_ptr().add(rows[k] * cols * esize) });
     let mut c = 0;
     while c < main {
         // SAFETY: `c + 16 <= cols` for the weight rows and the activation rows.
@@ -399,7 +475,13 @@ unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
         for k in 0..R {
             // SAFETY: the last `tail` weights of the row are in the plane; the buffer has
             // room for 16 f32.
-            unsafe { core::ptr::copy_nonoverlapping(wrow[k].add(main * esize), wbuf[k].as_mut_ptr(), tail * esize) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    wrow[k].add(main * esize),
+                    wbuf[k].as_mut_ptr(),
+                    tail * esize,
+                )
+            };
         }
         for i in 0..N {
             // SAFETY: the last `tail` activations of row `i`; the buffer holds 16.

@@ -1,10 +1,14 @@
 //! AVX-512F kernels (16 f32 lanes).
 //!
 //! Every tile function computes `R` weight rows against `N` activation rows over the
-//! whole row length, with two accumulators per (row, activation) pair so that the FMA
-//! latency chains stay short even for `R * N == 4`, and reduces them at the end. The
-//! [`drive`] loop feeds it full tiles only. Scales (and int4 minimums) are converted 16 at
-//! a time with `vcvtph2ps` into small stack arrays and broadcast from there per block.
+//! whole row length and reduces its accumulators at the end; with fewer than 8 (row,
+//! activation) pairs it keeps two accumulators per pair so the FMA latency chains stay
+//! short (see [`split`]). The `drive` loop feeds it full tiles only. Scales (and int4
+//! minimums) are converted 16 at a time with `vcvtph2ps` into cache-line-aligned stack
+//! arrays and broadcast from there per block. Tile sizes (measured on a Zen 4 VM):
+//! matvec 8 rows (int4) or 4 rows (int8, f32, f16; 8 rows of int8 thrashed the
+//! prefetching from DRAM); matmul 2 rows x 8 activations, a remainder of up to 4
+//! activations in 2 x 4 tiles.
 //!
 //! int4: for each block and weight row, `lut = d * [0, 1, .., 15] + m` is one FMA, and the
 //! 32 weights are `vpermps(nibbles, lut)`: `vpermps` only reads the low 4 bits of each
@@ -17,14 +21,20 @@ use core::ops::Range;
 
 use glint_format::{BLOCK, DType, Matrix};
 
-use super::{Out, drive};
+use super::{Aligned, NextTile, Out, drive};
 
-/// Weight rows per tile for a single activation row (matvec).
-const MV_ROWS: usize = 8;
+/// Weight rows per tile for a single activation row (matvec), int4.
+const MV_ROWS_Q4: usize = 8;
+/// Weight rows per tile for a single activation row (matvec), int8.
+const MV_ROWS_Q8: usize = 4;
+/// Weight rows per tile for a single activation row (matvec), f32 and f16.
+const MV_ROWS_FLOAT: usize = 4;
 /// Weight rows per tile for several activation rows (matmul).
 const MM_ROWS: usize = 2;
 /// Activation rows per tile (matmul).
-const MM_ACTS: usize = 4;
+const MM_ACTS: usize = 8;
+/// Activation rows per tile for a remainder of at most this many rows (matmul).
+const MM_REST: usize = 4;
 
 /// Whether a tile keeps a second accumulator set: with fewer than 8 (row, activation)
 /// pairs one FMA chain per pair would be latency-bound; with more, a second set would
@@ -38,30 +48,42 @@ const fn split(r: usize, n: usize) -> bool {
 /// must have passed; `out` must be writable at every `(i, r)`, `i < n`, `r` in `rows`.
 pub(super) unsafe fn run(w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, out: Out) {
     macro_rules! go {
-        ($tile:ident $(, $extra:expr)?) => {
+        ($mv:expr, $tile:ident $(, $extra:expr)?) => {
             if n == 1 {
                 // SAFETY: the tiles get in-range rows and activation pointers from `drive`
                 // and the planes were validated by `check`; CPU support is our contract.
                 unsafe {
-                    drive::<MV_ROWS, 1>(x, w.cols, n, rows, out, |r, xs| {
-                        $tile::<MV_ROWS, 1>(w, r, xs $(, $extra)?)
-                    })
+                    drive::<{ $mv }, 1, 1>(
+                        x,
+                        w.cols,
+                        n,
+                        rows,
+                        out,
+                        |r, xs| $tile::<{ $mv }, 1>(w, r, xs $(, $extra)?),
+                        |r, xs| $tile::<{ $mv }, 1>(w, r, xs $(, $extra)?),
+                    )
                 }
             } else {
                 // SAFETY: as above.
                 unsafe {
-                    drive::<MM_ROWS, MM_ACTS>(x, w.cols, n, rows, out, |r, xs| {
-                        $tile::<MM_ROWS, MM_ACTS>(w, r, xs $(, $extra)?)
-                    })
+                    drive::<MM_ROWS, MM_ACTS, MM_REST>(
+                        x,
+                        w.cols,
+                        n,
+                        rows,
+                        out,
+                        |r, xs| $tile::<MM_ROWS, MM_ACTS>(w, r, xs $(, $extra)?),
+                        |r, xs| $tile::<MM_ROWS, MM_REST>(w, r, xs $(, $extra)?),
+                    )
                 }
             }
         };
     }
     match w.dtype {
-        DType::F32 => go!(float_tile, false),
-        DType::F16 => go!(float_tile, true),
-        DType::Q8G32 => go!(q8_tile),
-        DType::Q4G32A | DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => go!(q4_tile),
+        DType::F32 => go!(MV_ROWS_FLOAT, float_tile, false),
+        DType::F16 => go!(MV_ROWS_FLOAT, float_tile, true),
+        DType::Q8G32 => go!(MV_ROWS_Q8, q8_tile),
+        DType::Q4G32A | DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => go!(MV_ROWS_Q4, q4_tile),
     }
 }
 
@@ -80,7 +102,13 @@ unsafe fn load_f16(plane: &[u8], at: usize, count: usize) -> __m512 {
     } else {
         let mut buf = [0u16; 16];
         // SAFETY: `count <= 16` elements fit `buf`, and are in the plane, by the caller.
-        unsafe { core::ptr::copy_nonoverlapping(plane.as_ptr().add(at), buf.as_mut_ptr().cast::<u8>(), 2 * count) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                plane.as_ptr().add(at),
+                buf.as_mut_ptr().cast::<u8>(),
+                2 * count,
+            )
+        };
         // SAFETY: `buf` is 32 bytes.
         _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(buf.as_ptr().cast()) })
     }
@@ -89,7 +117,10 @@ unsafe fn load_f16(plane: &[u8], at: usize, count: usize) -> __m512 {
 /// Sum of the two accumulator sets.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[inline]
-fn reduce<const R: usize, const N: usize>(a: &[[__m512; N]; R], b: &[[__m512; N]; R]) -> [[f32; N]; R] {
+fn reduce<const R: usize, const N: usize>(
+    a: &[[__m512; N]; R],
+    b: &[[__m512; N]; R],
+) -> [[f32; N]; R] {
     let mut res = [[0f32; N]; R];
     for k in 0..R {
         for i in 0..N {
@@ -124,8 +155,9 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
     );
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = acc0;
-    let mut ds = [[0f32; 16]; R];
-    let mut ms = [[0f32; 16]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let mut ds = [Aligned([0f32; 16]); R];
+    let mut ms = [Aligned([0f32; 16]); R];
     let mut b0 = 0;
     while b0 < nb {
         let cnt = (nb - b0).min(16);
@@ -138,7 +170,11 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
             // validated plane; likewise `cnt` minimums.
             let (d, m) = unsafe {
                 let d = load_f16(w.scales, 2 * (first * BLOCK / group), cnt * BLOCK / group);
-                let d = if shift == 0 { d } else { _mm512_permutexvar_ps(expand, d) };
+                let d = if shift == 0 {
+                    d
+                } else {
+                    _mm512_permutexvar_ps(expand, d)
+                };
                 let m = if asym {
                     load_f16(w.mins, 2 * first, cnt)
                 } else {
@@ -148,22 +184,29 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
             };
             // SAFETY: 16 f32 fit each stack array.
             unsafe {
-                _mm512_storeu_ps(ds[k].as_mut_ptr(), d);
-                _mm512_storeu_ps(ms[k].as_mut_ptr(), m);
+                _mm512_storeu_ps(ds[k].0.as_mut_ptr(), d);
+                _mm512_storeu_ps(ms[k].0.as_mut_ptr(), m);
             }
         }
         for b in 0..cnt {
             let blk = b0 + b;
+            if N == 1 {
+                next.block(blk);
+            }
             let mut lo = [_mm512_setzero_ps(); R];
             let mut hi = [_mm512_setzero_ps(); R];
             for k in 0..R {
                 // SAFETY: block `blk < nb` of row `rows[k]` is 16 bytes inside the values
                 // plane (validated by `check`).
                 let q = unsafe {
-                    let p = w.values.as_ptr().add(rows[k] * cols / 2 + blk * (BLOCK / 2));
+                    let p = w
+                        .values
+                        .as_ptr()
+                        .add(rows[k] * cols / 2 + blk * (BLOCK / 2));
                     _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
                 };
-                let lut = _mm512_fmadd_ps(iota, _mm512_set1_ps(ds[k][b]), _mm512_set1_ps(ms[k][b]));
+                let lut =
+                    _mm512_fmadd_ps(iota, _mm512_set1_ps(ds[k].0[b]), _mm512_set1_ps(ms[k].0[b]));
                 lo[k] = _mm512_permutexvar_ps(q, lut);
                 hi[k] = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), lut);
             }
@@ -175,7 +218,11 @@ unsafe fn q4_tile<const R: usize, const N: usize>(
                 };
                 for k in 0..R {
                     acc0[k][i] = _mm512_fmadd_ps(lo[k], x0, acc0[k][i]);
-                    let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                    let a1 = if split(R, N) {
+                        &mut acc1[k][i]
+                    } else {
+                        &mut acc0[k][i]
+                    };
                     *a1 = _mm512_fmadd_ps(hi[k], x1, *a1);
                 }
             }
@@ -199,7 +246,8 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
     let nb = cols / BLOCK;
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = acc0;
-    let mut ds = [[0f32; 16]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let mut ds = [Aligned([0f32; 16]); R];
     let mut b0 = 0;
     while b0 < nb {
         let cnt = (nb - b0).min(16);
@@ -208,11 +256,14 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
             // f32 fit `ds[k]`.
             unsafe {
                 let d = load_f16(w.scales, 2 * (rows[k] * nb + b0), cnt);
-                _mm512_storeu_ps(ds[k].as_mut_ptr(), d);
+                _mm512_storeu_ps(ds[k].0.as_mut_ptr(), d);
             }
         }
         for b in 0..cnt {
             let blk = b0 + b;
+            if N == 1 {
+                next.block(blk);
+            }
             // Widened int8 weights of the block, per row.
             let mut q0 = [_mm512_setzero_ps(); R];
             let mut q1 = [_mm512_setzero_ps(); R];
@@ -221,7 +272,8 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                 unsafe {
                     let p = w.values.as_ptr().add(rows[k] * cols + blk * BLOCK);
                     q0[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));
-                    q1[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16).cast())));
+                    q1[k] =
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16).cast())));
                 }
             }
             if N == 1 {
@@ -233,12 +285,12 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                 };
                 for k in 0..R {
                     let t = _mm512_fmadd_ps(q1[k], x1, _mm512_mul_ps(q0[k], x0));
-                    acc0[k][0] = _mm512_fmadd_ps(t, _mm512_set1_ps(ds[k][b]), acc0[k][0]);
+                    acc0[k][0] = _mm512_fmadd_ps(t, _mm512_set1_ps(ds[k].0[b]), acc0[k][0]);
                 }
             } else {
                 // Several: scale the weights once and reuse them.
                 for k in 0..R {
-                    let d = _mm512_set1_ps(ds[k][b]);
+                    let d = _mm512_set1_ps(ds[k].0[b]);
                     q0[k] = _mm512_mul_ps(q0[k], d);
                     q1[k] = _mm512_mul_ps(q1[k], d);
                 }
@@ -250,7 +302,11 @@ unsafe fn q8_tile<const R: usize, const N: usize>(
                     };
                     for k in 0..R {
                         acc0[k][i] = _mm512_fmadd_ps(q0[k], x0, acc0[k][i]);
-                        let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+                        let a1 = if split(R, N) {
+                            &mut acc1[k][i]
+                        } else {
+                            &mut acc0[k][i]
+                        };
                         *a1 = _mm512_fmadd_ps(q1[k], x1, *a1);
                     }
                 }
@@ -305,7 +361,11 @@ unsafe fn float_step<const R: usize, const N: usize, const HALF: bool>(
         let (x0, x1) = unsafe { (_mm512_loadu_ps(xp[i]), _mm512_loadu_ps(xp[i].add(16))) };
         for k in 0..R {
             acc0[k][i] = _mm512_fmadd_ps(w0[k], x0, acc0[k][i]);
-            let a1 = if split(R, N) { &mut acc1[k][i] } else { &mut acc0[k][i] };
+            let a1 = if split(R, N) {
+                &mut acc1[k][i]
+            } else {
+                &mut acc0[k][i]
+            };
             *a1 = _mm512_fmadd_ps(w1[k], x1, *a1);
         }
     }
@@ -349,7 +409,8 @@ unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = acc0;
     // SAFETY: each row `rows[k]` spans `cols * esize` bytes of the validated plane.
-    let wrow: [*const u8; R] = core::array::from_fn(|k| unsafe { w.values.as_ptr().add(rows[k] * cols * esize) });
+    let wrow: [*const u8; R] =
+        core::array::from_fn(|k| unsafe { w.values.as_ptr().add(rows[k] * cols * esize) });
     let mut c = 0;
     while c < main {
         // SAFETY: `c + 32 <= cols` for the weight rows and the activation rows.
@@ -367,7 +428,13 @@ unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
         for k in 0..R {
             // SAFETY: the last `tail` weights of the row are in the plane; the buffer has
             // room for 32 f32.
-            unsafe { core::ptr::copy_nonoverlapping(wrow[k].add(main * esize), wbuf[k].as_mut_ptr(), tail * esize) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    wrow[k].add(main * esize),
+                    wbuf[k].as_mut_ptr(),
+                    tail * esize,
+                )
+            };
         }
         for i in 0..N {
             // SAFETY: the last `tail` activations of row `i`; the buffer holds 32.

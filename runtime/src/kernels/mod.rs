@@ -39,16 +39,22 @@
 //! * int8: `d * sum(q x)` per block (one row) or `w = d q` reused (several rows);
 //! * f32/f16: plain FMA (f16 through `vcvtph2ps`).
 //!
-//! # Adding an architecture
+//! # Adding an architecture (NEON)
 //!
-//! A NEON kernel for aarch64 (smart-glasses SoCs) plugs in exactly like the x86 ones:
-//! add a `neon.rs` module gated on `#[cfg(target_arch = "aarch64")]` with an
-//! `unsafe fn run(w, x, n, rows, out: Out)` built on [`drive`]-style tiles (NEON is
-//! baseline on aarch64, so no run-time detection is needed; `dotprod`/`sdot` for a future
-//! quantized-activation path would be detected with
-//! `std::arch::is_aarch64_feature_detected!("dotprod")`), add a `Kernel::Neon` variant,
-//! and extend [`Kernel::available`], [`Kernel::best`], [`Kernel::from_name`] and the
-//! dispatch in `Kernel::run`. The tests pick up every available kernel automatically.
+//! An aarch64 NEON kernel (the smart-glasses SoCs) plugs in exactly like the x86 ones:
+//! 1. a `neon.rs` module behind `#[cfg(target_arch = "aarch64")]` exporting
+//!    `unsafe fn run(w, x, n, rows, out: Out)`, which picks tile sizes and calls the
+//!    shared `drive` with its tile functions (4-lane `float32x4_t`; int4 through
+//!    `vqtbl1q_u8`/widening + `vcvtq_f32_u32` and `vfmaq_f32`, same structure as
+//!    `avx2.rs`). NEON is baseline on aarch64, so it needs no run-time detection;
+//! 2. a `Kernel::Neon` variant, with its arms in [`Kernel::name`],
+//!    [`Kernel::available`] and the dispatch in `Kernel::run` ([`Kernel::best`],
+//!    [`Kernel::from_name`] and the tests pick it up from [`Kernel::ALL`]).
+//!
+//! `sdot` (`vdotq_s32`, the `dotprod` extension, detected with
+//! `std::arch::is_aarch64_feature_detected!("dotprod")`) multiplies int8 by int8, so it
+//! needs activations quantized to int8 per block: that is a different, approximate
+//! entry point (`matvec_q8act`-style, next to these), not a kernel of this exact path.
 
 use core::ops::Range;
 use std::sync::OnceLock;
@@ -113,7 +119,11 @@ impl Kernel {
 
     /// The fastest kernel this CPU can run.
     pub fn best() -> Kernel {
-        Kernel::ALL.into_iter().rev().find(|k| k.available()).unwrap_or(Kernel::Scalar)
+        Kernel::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Scalar)
     }
 
     /// Every kernel this CPU can run, slowest first.
@@ -124,8 +134,16 @@ impl Kernel {
     /// [`matvec_rows`] with this kernel. Panics if the CPU lacks it.
     pub fn matvec_rows(self, w: &Matrix<'_>, x: &[f32], rows: Range<usize>, y_rows: &mut [f32]) {
         check(w, x, 1, &rows);
-        assert_eq!(y_rows.len(), rows.len(), "output length must equal the row range length");
-        let out = Out { ptr: y_rows.as_mut_ptr(), ld: rows.len(), row0: rows.start };
+        assert_eq!(
+            y_rows.len(),
+            rows.len(),
+            "output length must equal the row range length"
+        );
+        let out = Out {
+            ptr: y_rows.as_mut_ptr(),
+            ld: rows.len(),
+            row0: rows.start,
+        };
         // SAFETY: `check` validated the planes and `x`; `y_rows` holds exactly one slot per
         // row of the range, which is where `out` maps row `r` (`r - rows.start`), and the
         // exclusive borrow keeps anyone else from touching it.
@@ -142,8 +160,16 @@ impl Kernel {
         y_rows: &mut [f32],
     ) {
         check(w, x, n, &rows);
-        assert_eq!(y_rows.len(), n * rows.len(), "output length must be n * rows.len()");
-        let out = Out { ptr: y_rows.as_mut_ptr(), ld: rows.len(), row0: rows.start };
+        assert_eq!(
+            y_rows.len(),
+            n * rows.len(),
+            "output length must be n * rows.len()"
+        );
+        let out = Out {
+            ptr: y_rows.as_mut_ptr(),
+            ld: rows.len(),
+            row0: rows.start,
+        };
         // SAFETY: as in `matvec_rows`; element (i, r) lands at `i * rows.len() + r -
         // rows.start < n * rows.len()`.
         unsafe { self.run(w, x, n, rows, out) }
@@ -164,7 +190,11 @@ impl Kernel {
     ) {
         check(w, x, n, &rows);
         assert!(ldy >= rows.end || n <= 1, "ldy must be at least rows.end");
-        let out = Out { ptr: y, ld: ldy, row0: 0 };
+        let out = Out {
+            ptr: y,
+            ld: ldy,
+            row0: 0,
+        };
         // SAFETY: the caller guarantees `y` is writable at `i * ldy + r` for `i < n`,
         // `r` in `rows`, and that nothing else accesses those elements meanwhile.
         unsafe { self.run(w, x, n, rows, out) }
@@ -176,7 +206,11 @@ impl Kernel {
     /// `check(w, x, n, &rows)` must have passed, and `out` must be writable at every
     /// `(i, r)` for `i < n`, `r` in `rows`.
     unsafe fn run(self, w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, out: Out) {
-        assert!(self.available(), "kernel {} is not supported by this CPU", self.name());
+        assert!(
+            self.available(),
+            "kernel {} is not supported by this CPU",
+            self.name()
+        );
         if rows.is_empty() || n == 0 {
             return;
         }
@@ -238,7 +272,11 @@ pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(y.len(), n * w.rows, "output length must be n * w.rows");
     let rows = 0..w.rows;
     check(w, x, n, &rows);
-    let out = Out { ptr: y.as_mut_ptr(), ld: w.rows, row0: 0 };
+    let out = Out {
+        ptr: y.as_mut_ptr(),
+        ld: w.rows,
+        row0: 0,
+    };
     // SAFETY: checked above; element (i, r) lands at `i * w.rows + r < y.len()`.
     unsafe { active().run(w, x, n, rows, out) }
 }
@@ -282,19 +320,108 @@ fn value_bytes_x2(dtype: DType) -> usize {
 
 /// Validates shapes and plane lengths so the kernels can read through raw pointers.
 fn check(w: &Matrix<'_>, x: &[f32], n: usize, rows: &Range<usize>) {
-    assert!(rows.start <= rows.end && rows.end <= w.rows, "row range {rows:?} outside 0..{}", w.rows);
+    assert!(
+        rows.start <= rows.end && rows.end <= w.rows,
+        "row range {rows:?} outside 0..{}",
+        w.rows
+    );
     let elems = w.rows.checked_mul(w.cols).expect("matrix size overflows");
-    assert_eq!(Some(x.len()), n.checked_mul(w.cols), "x must be [n][w.cols]");
-    let values = elems.checked_mul(value_bytes_x2(w.dtype)).expect("matrix size overflows") / 2;
+    assert_eq!(
+        Some(x.len()),
+        n.checked_mul(w.cols),
+        "x must be [n][w.cols]"
+    );
+    let values = elems
+        .checked_mul(value_bytes_x2(w.dtype))
+        .expect("matrix size overflows")
+        / 2;
     assert!(w.values.len() >= values, "values plane too short");
     if let Some(group) = w.dtype.group() {
-        assert!(w.cols % group == 0 && w.cols % BLOCK == 0, "cols not a multiple of the group");
-        assert!(w.scales.len() >= elems / group * 2, "scales plane too short");
+        assert!(
+            w.cols.is_multiple_of(group) && w.cols.is_multiple_of(BLOCK),
+            "cols not a multiple of the group"
+        );
+        assert!(
+            w.scales.len() >= elems / group * 2,
+            "scales plane too short"
+        );
         if w.dtype == DType::Q4G32A {
             assert!(w.mins.len() >= elems / BLOCK * 2, "mins plane too short");
         }
     }
 }
+
+/// Software prefetch of the next tile of weight rows of a quantized matrix, for the SIMD
+/// kernels. Rows of small matrices are short (576 int4 columns are 360 bytes), so a tile
+/// of rows is several short interleaved streams that the hardware prefetchers barely pick
+/// up before they end; from DRAM that halved the int8 output head's throughput. The
+/// tile after this one is contiguous in every plane, so its values are prefetched a
+/// slice per block while this tile runs, and its scales and minimums up front. Only
+/// matvec tiles prefetch per block: matmul tiles are compute-bound and revisit the same
+/// weight rows for every activation tile (measured: per-block prefetches there cost 20%).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct NextTile {
+    /// Start of the next tile's values (possibly past the end of the plane: only
+    /// prefetched, never read).
+    values: *const u8,
+    /// Value bytes of the next tile per block of this one.
+    slice: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NextTile {
+    /// For a tile of `rows` rows of `w` whose last row is `last`; prefetches the scales
+    /// and minimums of the next `rows` rows right away.
+    #[inline(always)]
+    fn new(w: &Matrix<'_>, last: usize, rows: usize) -> Self {
+        let group = w.dtype.group().unwrap_or(BLOCK);
+        let nb = (w.cols / BLOCK).max(1);
+        let row_bytes = w.cols * value_bytes_x2(w.dtype) / 2;
+        let scale_bytes = w.cols / group * 2;
+        let min_bytes = if w.dtype == DType::Q4G32A {
+            w.cols / BLOCK * 2
+        } else {
+            0
+        };
+        for (plane, bytes) in [(w.scales, scale_bytes), (w.mins, min_bytes)] {
+            let start = plane.as_ptr().wrapping_add((last + 1) * bytes);
+            for off in (0..rows * bytes).step_by(64) {
+                prefetch(start.wrapping_add(off));
+            }
+        }
+        Self {
+            values: w.values.as_ptr().wrapping_add((last + 1) * row_bytes),
+            slice: rows * row_bytes / nb,
+        }
+    }
+
+    /// Call once per block `blk` of the current tile.
+    #[inline(always)]
+    fn block(self, blk: usize) {
+        let at = self.values.wrapping_add(blk * self.slice);
+        for off in (0..self.slice).step_by(64) {
+            prefetch(at.wrapping_add(off));
+        }
+    }
+}
+
+/// Hints the cache line holding `p` into L1; never faults, whatever `p`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    // SAFETY: a prefetch is only a hint: it never faults nor dereferences in the
+    // language's sense, for any address. SSE is part of the x86-64 baseline.
+    unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
+}
+
+/// Cache-line-aligned stack storage: the SIMD kernels spill per-chunk scales into such
+/// arrays and broadcast them back per block; an unaligned 32- or 64-byte store that
+/// straddles two cache lines (and the loads that follow it) is several times slower.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Aligned<T>(T);
 
 /// Where results go: element `(i, r)` (activation row `i`, weight row `r`) is written to
 /// `ptr + i * ld + (r - row0)`.
@@ -315,25 +442,52 @@ impl Out {
     }
 }
 
-/// Shared tiling driver of the SIMD kernels: walks `rows` in tiles of `R` weight rows and
-/// the `n` activation rows in tiles of `N`, calls `tile(row indices, activation row
-/// pointers)` for each and scatters its `[R][N]` results. Partial tiles repeat their last
-/// row (weight or activation) to fill the tile and drop the duplicate results, so every
-/// tile function handles full tiles only and computes each row identically regardless
-/// of its neighbours.
+/// Shared tiling driver of the SIMD kernels: walks `rows` in tiles of `R` weight rows and,
+/// for each, the `n` activation rows in tiles of `N` through `big`; a remainder of at
+/// most `S` activation rows goes through `small` instead (a cheaper `[R][S]` tile), a
+/// larger one through `big`. Partial tiles repeat their last row (weight or activation)
+/// to fill the tile and drop the duplicate results, so tile functions handle full tiles
+/// only and compute each (row, activation) pair the same way regardless of its
+/// neighbours. Activation tiles are the inner loop, so a tile's weight rows stay in L1
+/// while all activation rows go past them.
 ///
 /// # Safety
 /// `x` must hold `n * cols` elements and `out` must be writable at every `(i, r)`,
 /// `i < n`, `r` in `rows`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-unsafe fn drive<const R: usize, const N: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive<const R: usize, const N: usize, const S: usize>(
     x: &[f32],
     cols: usize,
     n: usize,
     rows: Range<usize>,
     out: Out,
-    mut tile: impl FnMut(&[usize; R], &[*const f32; N]) -> [[f32; N]; R],
+    mut big: impl FnMut(&[usize; R], &[*const f32; N]) -> [[f32; N]; R],
+    mut small: impl FnMut(&[usize; R], &[*const f32; S]) -> [[f32; S]; R],
 ) {
+    /// Activation row pointers `i0..i0 + len`, the last repeated to fill `M` slots.
+    fn acts<const M: usize>(x: &[f32], cols: usize, i0: usize, len: usize) -> [*const f32; M] {
+        core::array::from_fn(|j| x[(i0 + j.min(len - 1)) * cols..].as_ptr())
+    }
+    /// Writes the `rr x nn` valid corner of a tile's results.
+    ///
+    /// # Safety
+    /// As for `drive`, for rows `r0..r0 + rr` and activations `i0..i0 + nn`.
+    unsafe fn scatter<const R: usize, const M: usize>(
+        out: Out,
+        res: &[[f32; M]; R],
+        r0: usize,
+        rr: usize,
+        i0: usize,
+        nn: usize,
+    ) {
+        for (k, row) in res.iter().enumerate().take(rr) {
+            for (j, &v) in row.iter().enumerate().take(nn) {
+                // SAFETY: `i0 + j < n` and `r0 + k` lies in `rows`, by the caller.
+                unsafe { out.write(i0 + j, r0 + k, v) };
+            }
+        }
+    }
     let mut r0 = rows.start;
     while r0 < rows.end {
         let rr = (rows.end - r0).min(R);
@@ -341,13 +495,14 @@ unsafe fn drive<const R: usize, const N: usize>(
         let mut i0 = 0;
         while i0 < n {
             let nn = (n - i0).min(N);
-            let xs: [*const f32; N] = core::array::from_fn(|j| x[(i0 + j.min(nn - 1)) * cols..].as_ptr());
-            let res = tile(&ridx, &xs);
-            for (k, row) in res.iter().enumerate().take(rr) {
-                for (j, &v) in row.iter().enumerate().take(nn) {
-                    // SAFETY: `i0 + j < n` and `r0 + k` lies in `rows`.
-                    unsafe { out.write(i0 + j, r0 + k, v) };
-                }
+            if nn <= S && nn < N {
+                let res = small(&ridx, &acts::<S>(x, cols, i0, nn));
+                // SAFETY: rows `r0..r0 + rr` lie in `rows`, activations `i0..i0 + nn` in `0..n`.
+                unsafe { scatter(out, &res, r0, rr, i0, nn) };
+            } else {
+                let res = big(&ridx, &acts::<N>(x, cols, i0, nn));
+                // SAFETY: as above.
+                unsafe { scatter(out, &res, r0, rr, i0, nn) };
             }
             i0 += N;
         }

@@ -25,7 +25,12 @@ fn dequantize(w: &Matrix<'_>, r: usize, c0: usize, out: &mut [f32]) {
         DType::F32 => {
             for (j, o) in out.iter_mut().enumerate() {
                 let at = 4 * (base + j);
-                *o = f32::from_le_bytes([w.values[at], w.values[at + 1], w.values[at + 2], w.values[at + 3]]);
+                *o = f32::from_le_bytes([
+                    w.values[at],
+                    w.values[at + 1],
+                    w.values[at + 2],
+                    w.values[at + 3],
+                ]);
             }
         }
         DType::F16 => {

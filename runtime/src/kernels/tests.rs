@@ -1,8 +1,15 @@
 use super::*;
 use glint_format::quant::{dequantize_row, quantize};
 
-const DTYPES: [DType; 7] =
-    [DType::F32, DType::F16, DType::Q4G32A, DType::Q4G32, DType::Q4G64, DType::Q4G128, DType::Q8G32];
+const DTYPES: [DType; 7] = [
+    DType::F32,
+    DType::F16,
+    DType::Q4G32A,
+    DType::Q4G32,
+    DType::Q4G64,
+    DType::Q4G128,
+    DType::Q8G32,
+];
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn sample(n: usize, seed: u32) -> Vec<f32> {
@@ -85,7 +92,13 @@ fn matvec_matches_dequantize_then_dot() {
                 k.matvec_rows(&w, &x, 0..rows, &mut y);
                 for r in 0..rows {
                     let (v, s) = want[r];
-                    assert!(close(y[r], v, s), "{} {} {rows}x{cols} row {r}: {} vs {v}", k.name(), dtype.name(), y[r]);
+                    assert!(
+                        close(y[r], v, s),
+                        "{} {} {rows}x{cols} row {r}: {} vs {v}",
+                        k.name(),
+                        dtype.name(),
+                        y[r]
+                    );
                     assert!(
                         close(y[r], scalar[r] as f64, s),
                         "{} {} {rows}x{cols} row {r}: {} vs scalar {}",
@@ -111,7 +124,8 @@ fn matmul_matches_matvec() {
             let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
             for n in [1, 3, 8, 37] {
                 let x = sample(n * cols, 99 + n as u32);
-                let want: Vec<Vec<(f64, f64)>> = x.chunks_exact(cols).map(|xi| reference(&w, xi)).collect();
+                let want: Vec<Vec<(f64, f64)>> =
+                    x.chunks_exact(cols).map(|xi| reference(&w, xi)).collect();
                 for k in Kernel::all_available() {
                     let mut y = vec![f32::NAN; n * rows];
                     k.matmul_rows(&w, &x, n, 0..rows, &mut y);
@@ -121,9 +135,17 @@ fn matmul_matches_matvec() {
                         for r in 0..rows {
                             let (v, s) = want[i][r];
                             let got = y[i * rows + r];
-                            let ctx = format!("{} {} {rows}x{cols} n={n} i={i} r={r}", k.name(), dtype.name());
+                            let ctx = format!(
+                                "{} {} {rows}x{cols} n={n} i={i} r={r}",
+                                k.name(),
+                                dtype.name()
+                            );
                             assert!(close(got, v, s), "{ctx}: {got} vs {v}");
-                            assert!(close(got, yv[r] as f64, s), "{ctx}: {got} vs matvec {}", yv[r]);
+                            assert!(
+                                close(got, yv[r] as f64, s),
+                                "{ctx}: {got} vs matvec {}",
+                                yv[r]
+                            );
                         }
                     }
                 }
@@ -140,7 +162,12 @@ fn row_ranges_are_bit_identical() {
         let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
         let n = 5;
         let x = sample(n * cols, 11);
-        let splits: &[&[usize]] = &[&[0, 33], &[0, 1, 33], &[0, 3, 7, 8, 20, 33], &[0, 13, 13, 32, 33]];
+        let splits: &[&[usize]] = &[
+            &[0, 33],
+            &[0, 1, 33],
+            &[0, 3, 7, 8, 20, 33],
+            &[0, 13, 13, 32, 33],
+        ];
         for k in Kernel::all_available() {
             let mut full = vec![0f32; rows];
             k.matvec_rows(&w, &x[..cols], 0..rows, &mut full);
@@ -159,12 +186,28 @@ fn row_ranges_are_bit_identical() {
                     for i in 0..n {
                         let a = &packed[i * range.len()..][..range.len()];
                         let b = &full_mm[i * rows..][range.clone()];
-                        assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}", k.name(), dtype.name());
+                        assert!(
+                            a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{} {}",
+                            k.name(),
+                            dtype.name()
+                        );
                     }
                 }
-                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same(&y, &full), "{} {} split {split:?}", k.name(), dtype.name());
-                assert!(same(&y_mm, &full_mm), "{} {} split {split:?} (matmul)", k.name(), dtype.name());
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same(&y, &full),
+                    "{} {} split {split:?}",
+                    k.name(),
+                    dtype.name()
+                );
+                assert!(
+                    same(&y_mm, &full_mm),
+                    "{} {} split {split:?} (matmul)",
+                    k.name(),
+                    dtype.name()
+                );
             }
         }
     }
@@ -244,6 +287,7 @@ fn throughput() {
         (DType::Q4G32A, 1536, 576, 8),
         (DType::Q4G32A, 1536, 576, 64),
         (DType::Q4G32, 1536, 576, 1),
+        (DType::Q4G32A, 98304, 576, 1),
         (DType::Q8G32, 1536, 576, 1),
         (DType::Q8G32, 49152, 576, 1),
         (DType::F16, 1536, 576, 1),
