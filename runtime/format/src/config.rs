@@ -2,6 +2,7 @@
 
 use crate::FormatError;
 use crate::bytes::Reader;
+#[cfg(feature = "std")]
 use no_std_compat::vec::Vec;
 
 /// Bytes of the config section in format 1.0. Later minor versions may append fields;
@@ -105,6 +106,7 @@ fn token(v: i32, vocab: u32, what: &'static str) -> Result<Option<u32>, FormatEr
     }
 }
 
+#[cfg(feature = "std")]
 fn opt_token(t: Option<u32>) -> i32 {
     t.map_or(-1, |t| t as i32)
 }
@@ -229,6 +231,7 @@ impl ModelConfig {
         Ok(())
     }
 
+#[cfg(feature = "std")]
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let s = self.rope_scaling.unwrap_or(RopeScaling {
             factor: 0.0,

@@ -5,6 +5,7 @@
 
 use crate::FormatError;
 use crate::bytes::{Reader, u32_at};
+#[cfg(feature = "std")]
 use no_std_compat::vec::Vec;
 
 /// A validated list of strings borrowed from the file.
@@ -66,6 +67,7 @@ impl<'a> StrList<'a> {
     }
 }
 
+#[cfg(feature = "std")]
 /// Appends a string list in the file encoding.
 pub(crate) fn write_strlist<S: AsRef<str>>(out: &mut Vec<u8>, items: &[S]) {
     let blob_len: usize = items.iter().map(|s| s.as_ref().len()).sum();
@@ -82,6 +84,7 @@ pub(crate) fn write_strlist<S: AsRef<str>>(out: &mut Vec<u8>, items: &[S]) {
     pad4(out);
 }
 
+#[cfg(feature = "std")]
 pub(crate) fn pad4(out: &mut Vec<u8>) {
     out.resize(out.len().next_multiple_of(4), 0);
 }

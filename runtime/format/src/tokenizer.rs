@@ -3,7 +3,9 @@
 
 use crate::FormatError;
 use crate::bytes::Reader;
-use crate::strlist::{StrList, pad4, write_strlist};
+use crate::strlist::StrList;
+#[cfg(feature = "std")]
+use crate::strlist::{pad4, write_strlist};
 use no_std_compat::string::String;
 use no_std_compat::vec::Vec;
 
@@ -122,6 +124,7 @@ pub struct TokenizerSpec {
 }
 
 impl TokenizerSpec {
+#[cfg(feature = "std")]
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let flags = [
             (self.add_bos, FLAG_ADD_BOS),
