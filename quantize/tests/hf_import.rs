@@ -1,13 +1,20 @@
-//! Imports tiny random Llama checkpoints written in Hugging Face layout.
+//! Imports tiny random Llama checkpoints written in Hugging Face layout, packs them
+//! with every scheme and runs the packed files in the runtime.
 
-use glint_format::{RopeStyle, TokenizerModel, expected_llama_tensors};
+use glint_format::quant::dequantize_row;
+use glint_format::{DType, GlintFile, RopeStyle, TokenizerModel, expected_llama_tensors};
 use glint_models::{Mapped, ModelError, canonical_name};
 use glint_quantize::hf::{ImportError, import_hf};
 use glint_quantize::source::{Encoding, Imported};
+use glint_quantize::{Scheme, write_packed};
+use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
+use glint_runtime::model::{KvCache, Scratch};
+use glint_runtime::sampler::{SamplerConfig, argmax};
 use half::{bf16, f16};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 const DIM: usize = 64;
@@ -30,6 +37,17 @@ struct T {
 }
 
 impl T {
+    /// The values as the checkpoint holds them (rounded to its dtype).
+    fn stored_values(&self) -> Vec<f32> {
+        let v = &self.values;
+        match self.dtype {
+            Dtype::F32 => v.clone(),
+            Dtype::F16 => v.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+            Dtype::BF16 => v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
+            d => panic!("test stores no {d:?}"),
+        }
+    }
+
     fn bytes(&self) -> Vec<u8> {
         let v = &self.values;
         match self.dtype {
@@ -477,4 +495,219 @@ fn no_weights() {
         import_hf(dir.path()),
         Err(ImportError::NoWeights(_))
     ));
+}
+
+/// The largest error packing into `dtype` may put on the values of one quantization
+/// group: half a step where values round to nearest (q8, asymmetric q4), a whole
+/// eighth of the magnitude for symmetric q4 (the value opposite the group's extreme
+/// clamps from -8 to 7 steps), plus the f16 rounding of the scale and minimum
+/// (under 2^-11 relative each, times at most 15 steps).
+fn group_bound(dtype: DType, group: &[f32]) -> f32 {
+    let amax = group.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let min = group.iter().fold(f32::INFINITY, |a, &x| a.min(x));
+    let max = group.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let f16_rounding = 2e-3 * amax;
+    match dtype {
+        DType::F32 => 0.0,
+        // Per element, see `element_bound`.
+        DType::F16 => f32::INFINITY,
+        DType::Q8G32 => amax / 127.0 / 2.0 + f16_rounding,
+        DType::Q4G32A => (max - min) / 15.0 / 2.0 + f16_rounding,
+        DType::Q4G32 | DType::Q4G64 | DType::Q4G128 => amax / 8.0 + f16_rounding,
+    }
+}
+
+/// The largest error on one value: f16 keeps 1e-3 relative (down to its subnormal
+/// spacing); f32 is exact; the quantized types are bounded per group.
+fn element_bound(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::F16 => 1e-3 * x.abs() + 2f32.powi(-24),
+        DType::F32 => 0.0,
+        _ => f32::INFINITY,
+    }
+}
+
+/// Logits after `prompt` from an empty cache.
+fn logits_after(engine: &Engine, prompt: &[u32]) -> Vec<f32> {
+    let c = engine.model().config();
+    let mut cache = KvCache::new(c, 32);
+    let mut scratch = Scratch::new(c, 32, 32, engine.threads(), false);
+    engine.forward(prompt, &mut cache, &mut scratch);
+    scratch.logits().to_vec()
+}
+
+/// Up to 6 greedy tokens after `prompt` in a new session: the ids the context holds
+/// after the prompt plus the last one, not yet run.
+fn greedy(engine: &Engine, prompt: &[u32]) -> (Vec<u32>, GenerateStats) {
+    let mut session = engine.session(32);
+    let params = GenerateParams {
+        max_tokens: 6,
+        sampler: SamplerConfig::greedy(),
+        ..GenerateParams::default()
+    };
+    let stats = session
+        .generate_tokens(prompt, &params, |_| ControlFlow::Continue(()))
+        .expect("generate");
+    let mut ids = session.tokens()[prompt.len()..].to_vec();
+    ids.extend(session.pending());
+    (ids, stats)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(&p, &q)| p as f64 * q as f64)
+            .sum::<f64>()
+    };
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
+}
+
+#[test]
+fn packs_with_every_scheme_and_runs_in_the_runtime() {
+    let source = llama_tensors();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("tiny-llama");
+    std::fs::create_dir(&checkpoint).unwrap();
+    write_checkpoint(&checkpoint, &config(), &source, true);
+    let imp = import_hf(&checkpoint).unwrap();
+    let original = |name: &str| -> Vec<f32> {
+        source
+            .iter()
+            .find(|s| canonical_name(&s.name) == Mapped::Tensor(name.to_owned()))
+            .unwrap_or_else(|| panic!("no source tensor for {name}"))
+            .stored_values()
+    };
+
+    let mut packed = Vec::new();
+    for scheme in Scheme::ALL {
+        let name = scheme.name();
+        let path = dir.path().join(format!("tiny.{name}.glint"));
+        let len = write_packed(&imp, scheme, &path, |_, _| {}).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(len, bytes.len() as u64, "{name}");
+        let f = GlintFile::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        f.verify().unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        // Config, tokenizer, chat template and provenance survive.
+        assert_eq!(*f.config(), imp.config, "{name}");
+        let (tok, want) = (f.tokenizer(), &imp.tokenizer);
+        assert_eq!(tok.model, want.model);
+        assert_eq!(
+            (tok.add_bos, tok.add_eos, tok.add_space_prefix),
+            (want.add_bos, want.add_eos, want.add_space_prefix)
+        );
+        assert_eq!(tok.pre, want.pre);
+        assert_eq!(tok.tokens.iter().collect::<Vec<_>>(), want.tokens);
+        assert_eq!(tok.token_types, want.token_types);
+        assert_eq!(tok.merges.iter().collect::<Vec<_>>(), want.merges);
+        assert!(tok.scores.is_none());
+        assert_eq!(f.chat_template(), TEMPLATE);
+        assert_eq!(f.provenance_value("scheme"), Some(name));
+        assert_eq!(f.provenance_value("source"), Some("tiny-llama"));
+        assert_eq!(f.provenance_value("source_format"), Some("safetensors"));
+        assert_eq!(f.provenance_value("tool"), Some("glint-quantize"));
+
+        // Every tensor, in order, in the scheme's dtype, within its error bound.
+        let names: Vec<&str> = f.tensors().iter().map(|t| t.name).collect();
+        let expected: Vec<String> = expected_llama_tensors(&imp.config)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, expected, "{name}");
+        for t in f.tensors() {
+            let dtype = scheme.dtype_for(t.name, t.shape());
+            assert_eq!(t.dtype, dtype, "{name} {}", t.name);
+            if t.shape().len() == 1 {
+                assert_eq!(dtype, DType::F32, "{name} {}: vectors stay f32", t.name);
+            }
+            let want = original(t.name);
+            let m = t.matrix().unwrap();
+            let mut got = vec![0f32; m.rows * m.cols];
+            for (r, row) in got.chunks_exact_mut(m.cols).enumerate() {
+                dequantize_row(&m, r, row);
+            }
+            assert_eq!(got.len(), want.len());
+            let group = dtype.group().unwrap_or(m.cols);
+            for (g, (w, x)) in want.chunks(group).zip(got.chunks(group)).enumerate() {
+                let bound = group_bound(dtype, w);
+                for (&a, &b) in w.iter().zip(x) {
+                    let bound = bound.min(element_bound(dtype, a));
+                    assert!(
+                        (a - b).abs() <= bound,
+                        "{name} {} ({}) group {g}: {a} packed as {b}, bound {bound}",
+                        t.name,
+                        dtype.name()
+                    );
+                }
+            }
+        }
+        packed.push((scheme, path));
+    }
+
+    // Each packed file loads in the runtime and generates greedily.
+    let mut reference: Option<Vec<f32>> = None;
+    for (scheme, path) in packed.iter().rev() {
+        let name = scheme.name();
+        let engine = Engine::load(path, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(*engine.model().config(), imp.config);
+        let prompt = engine.tokenizer().encode("the in the", false);
+        // t he | Ġ in | Ġthe: the merges work, the word split is GPT-2's.
+        assert_eq!(prompt, [116, 257, 32, 259, 258], "{name}");
+        let logits = logits_after(&engine, &prompt);
+        assert_eq!(logits.len(), VOCAB);
+        assert!(logits.iter().all(|l| l.is_finite()), "{name}: {logits:?}");
+        // f16 (packed last, run first) is the reference: the others' logits point the
+        // same way.
+        match &reference {
+            None => reference = Some(logits.clone()),
+            Some(r) => {
+                let cos = cosine(r, &logits);
+                eprintln!("{name}: cosine to f16 logits {cos:.5}");
+                let floor = if *scheme == Scheme::Q8 { 0.999 } else { 0.95 };
+                assert!(cos > floor, "{name}: cosine {cos} to the f16 logits");
+            }
+        }
+
+        let (ids, stats) = greedy(&engine, &prompt);
+        assert!(stats.generated_tokens >= 1, "{name}: {stats:?}");
+        assert_eq!(ids.len(), stats.generated_tokens, "{name}: {ids:?}");
+        assert!(
+            ids.iter().all(|&id| (id as usize) < VOCAB),
+            "{name}: {ids:?}"
+        );
+        assert_eq!(ids[0], argmax(logits.iter().copied()), "{name}");
+        // Greedy decoding is deterministic.
+        assert_eq!(greedy(&engine, &prompt).0, ids, "{name}");
+    }
+}
+
+#[test]
+fn qwen2_pre_tokenizer_imports_and_runs() {
+    // Qwen2's tokenizer.json: the regex split (single digits), then byte-level mapping.
+    let regex = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &config(), &llama_tensors(), false);
+    let mut tok = tokenizer_json();
+    tok["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
+    write_json(&dir.path().join("tokenizer.json"), &tok);
+    let imp = import_hf(dir.path()).unwrap();
+    assert_eq!(imp.tokenizer.pre, "qwen2");
+
+    let path = dir.path().join("tiny.glint");
+    write_packed(&imp, Scheme::Q8, &path, |_, _| {}).unwrap();
+    let engine = Engine::load(&path, 1).unwrap();
+    let tok = engine.tokenizer();
+    assert_eq!(
+        tok.pre_tokenizer(),
+        glint_runtime::tokenizer::PreTokenizer::Qwen2
+    );
+    // Every digit is its own word; letters still merge.
+    let ids = tok.encode("in 2024 the", false);
+    assert_eq!(ids, [259, 32, 50, 48, 50, 52, 258]);
+    assert_eq!(tok.decode(&ids, false), "in 2024 the");
+    let (generated, _) = greedy(&engine, &ids);
+    assert!(!generated.is_empty());
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, StopReason};
+use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
 use glint_runtime::model::{KvCache, Model, Scratch};
 use glint_runtime::pool::ThreadPool;
 use glint_runtime::sampler::{SamplerConfig, argmax};
@@ -11,6 +11,7 @@ use glint_runtime::{Message, Role, kernels, peak_rss_bytes};
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -156,12 +157,14 @@ enum Command {
 fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     match m {
         Some(p) => Ok(p.clone()),
-        None => glint_quantize::default_model(|msg| eprintln!("{msg}")).context("preparing the default model"),
+        None => glint_quantize::default_model(|msg| eprintln!("{msg}"))
+            .context("preparing the default model"),
     }
 }
 
 fn threads(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
 }
 
 fn engine(m: &ModelArgs) -> Result<Engine> {
@@ -183,44 +186,112 @@ fn print_stats(s: &GenerateStats) {
     );
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let process_start = Instant::now();
+    // Bad arguments (including ones that are not valid UTF-8) exit with clap's message
+    // and status 2.
     let cli = Cli::parse();
+    match run(cli, process_start) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`glint tokenize ... | head -1`) is not worth a message.
+        Err(e) if is_broken_pipe(&e) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line. A cause whose text is already part of the
+/// message (these error types often print their source) is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn run(cli: Cli, process_start: Instant) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
     match cli.command {
-        Command::Run { model, sample, prompt, chat, ids } => {
+        Command::Run {
+            model,
+            sample,
+            prompt,
+            chat,
+            ids,
+        } => {
             let engine = engine(&model)?;
             let mut session = engine.session(sample.ctx);
-            let text = if chat { engine.render_chat(&[Message::new(Role::User, prompt)], true)? } else { prompt };
-            let mut out = std::io::stdout().lock();
-            let mut generated = Vec::new();
+            let text = if chat {
+                engine.render_chat(&[Message::new(Role::User, prompt)], true)?
+            } else {
+                prompt
+            };
+            let out = &mut stdout;
             let mut first_token_since_start = None;
+            let mut write_error = None;
             let stats = session.generate(&text, &sample.params(), |ev| {
                 first_token_since_start.get_or_insert_with(|| process_start.elapsed());
-                generated.push(ev.id);
-                let _ = out.write_all(ev.text.as_bytes());
-                let _ = out.flush();
-                ControlFlow::Continue(())
+                match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(e) => {
+                        write_error = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
             })?;
-            // The end-of-text token is generated but not streamed.
-            if stats.stop == StopReason::EndOfText {
-                generated.extend(session.pending());
+            if let Some(e) = write_error {
+                return Err(e.into());
             }
+            // The generated ids are what the context holds after the prompt, plus the
+            // last token when it was not run (end of text, stop string). Not the ids
+            // of the streamed events: the end-of-text token is not streamed, and text
+            // held back for a stop string or a split character comes in one more event
+            // that repeats the last id.
+            let mut generated = session
+                .tokens()
+                .get(stats.prompt_tokens..)
+                .unwrap_or_default()
+                .to_vec();
+            generated.extend(session.pending());
+            debug_assert_eq!(generated.len(), stats.generated_tokens);
             writeln!(out)?;
             if ids {
                 writeln!(out, "{}", serde_json::to_string(&generated)?)?;
             }
             let ttft = first_token_since_start.unwrap_or_default();
             print_stats(&stats);
-            eprintln!("[time from process start to first token: {:.0} ms]", ttft.as_secs_f64() * 1e3);
+            eprintln!(
+                "[time from process start to first token: {:.0} ms]",
+                ttft.as_secs_f64() * 1e3
+            );
         }
-        Command::Chat { model, sample, system } => {
+        Command::Chat {
+            model,
+            sample,
+            system,
+        } => {
             let engine = engine(&model)?;
             let mut session = engine.session(sample.ctx);
             if let Some(sys) = system {
                 session.set_system(&sys);
             }
             let stdin = std::io::stdin();
-            let mut out = std::io::stdout();
+            let out = &mut stdout;
             loop {
                 write!(out, "> ")?;
                 out.flush()?;
@@ -237,16 +308,26 @@ fn main() -> Result<()> {
                     "" => continue,
                     _ => {}
                 }
-                let r = session.chat(line.trim_end_matches(['\n', '\r']), &sample.params(), |ev| {
-                    print!("{}", ev.text);
-                    let _ = std::io::stdout().flush();
-                    ControlFlow::Continue(())
-                });
+                let mut write_error = None;
+                let r = session.chat(
+                    line.trim_end_matches(['\n', '\r']),
+                    &sample.params(),
+                    |ev| match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(e) => {
+                            write_error = Some(e);
+                            ControlFlow::Break(())
+                        }
+                    },
+                );
+                if let Some(e) = write_error {
+                    return Err(e.into());
+                }
                 match r {
                     Ok((_, stats)) => print_stats(&stats),
                     Err(e) => eprintln!("error: {e}"),
                 }
-                println!();
+                writeln!(out)?;
             }
         }
         Command::Tokenize { model, ids, text } => {
@@ -259,24 +340,34 @@ fn main() -> Result<()> {
             v.extend(tok.encode(&text, true));
             if !ids {
                 for &id in &v {
-                    println!("{id:6} -> '{}'", tok.decode(&[id], true));
+                    writeln!(stdout, "{id:6} -> '{}'", tok.decode(&[id], true))?;
                 }
             }
-            println!("{}", serde_json::to_string(&v)?);
+            writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
         }
         Command::Perplexity { model, file, ctx } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let engine = engine(&model)?;
-            let ppl = glint_runtime::eval::perplexity(&engine, &text, ctx, |chunk, ppl| eprint!("[{chunk}] {ppl:.4} "))?;
+            let ppl = glint_runtime::eval::perplexity(&engine, &text, ctx, |chunk, ppl| {
+                eprint!("[{chunk}] {ppl:.4} ")
+            })?;
             eprintln!();
-            println!("PPL = {ppl:.4}");
+            writeln!(stdout, "PPL = {ppl:.4}")?;
         }
-        Command::Bench { model, n_prompt, n_gen, reps, json } => bench(&model, n_prompt, n_gen, reps, json)?,
+        Command::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            reps,
+            json,
+        } => bench(&mut stdout, &model, n_prompt, n_gen, reps, json)?,
         Command::Info { file } => {
             let path = model_path(&file)?;
-            let engine = Engine::load(&path, 1)?;
-            print!("{}", glint_runtime::describe(engine.model()));
-            println!("kernel: {}", kernels::kernel_name());
+            let engine =
+                Engine::load(&path, 1).with_context(|| format!("loading {}", path.display()))?;
+            write!(stdout, "{}", glint_runtime::describe(engine.model()))?;
+            writeln!(stdout, "kernel: {}", kernels::kernel_name())?;
         }
     }
     Ok(())
@@ -287,17 +378,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
+fn bench(
+    out: &mut impl Write,
+    m: &ModelArgs,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
     let path = model_path(&m.model)?;
     let threads = threads(m.threads);
-    let model = Model::load(&path)?;
+    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let c = *model.config();
     let pool = ThreadPool::new(threads);
     let ctx = (n_prompt + n_gen).max(1);
     let mut cache = KvCache::new(&c, ctx);
     let mut scratch = Scratch::new(&c, 64, ctx, threads, false);
     // Pseudo-random prompt tokens, as llama-bench uses.
-    let prompt: Vec<u32> = (0..n_prompt as u64).map(|i| ((i * 2_654_435_761) % c.vocab_size as u64) as u32).collect();
+    let prompt: Vec<u32> = (0..n_prompt as u64)
+        .map(|i| ((i * 2_654_435_761) % c.vocab_size as u64) as u32)
+        .collect();
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..reps.max(1) + 1 {
@@ -325,6 +425,7 @@ fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) 
             "model": path.display().to_string(),
             "file_bytes": model.file().file_len(),
             "kernel": kernels::kernel_name(),
+            "precision": model.precision().name(),
             "threads": threads,
             "n_prompt": n_prompt,
             "n_gen": n_gen,
@@ -335,18 +436,38 @@ fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) 
             "decode_weight_gb_s": tg * bytes as f64 / 1e9,
             "peak_rss_bytes": rss,
         });
-        println!("{j}");
+        writeln!(out, "{j}")?;
     } else {
-        println!("| model | threads | kernel | test | t/s |");
-        println!("| --- | --- | --- | --- | --- |");
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        println!("| {name} | {threads} | {} | pp{n_prompt} | {pp:.1} |", kernels::kernel_name());
-        println!("| {name} | {threads} | {} | tg{n_gen} | {tg:.1} |", kernels::kernel_name());
-        println!("peak RSS {:.1} MiB; weights read per token {:.1} MB", rss as f64 / (1 << 20) as f64, bytes as f64 / 1e6);
+        writeln!(out, "| model | threads | kernel | test | t/s |")?;
+        writeln!(out, "| --- | --- | --- | --- | --- |")?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "| {name} | {threads} | {} | pp{n_prompt} | {pp:.1} |",
+            kernels::kernel_name()
+        )?;
+        writeln!(
+            out,
+            "| {name} | {threads} | {} | tg{n_gen} | {tg:.1} |",
+            kernels::kernel_name()
+        )?;
+        writeln!(
+            out,
+            "peak RSS {:.1} MiB; weights read per token {:.1} MB",
+            rss as f64 / (1 << 20) as f64,
+            bytes as f64 / 1e6
+        )?;
     }
     Ok(())
 }
 
 fn rate(n: usize, t: Duration) -> f64 {
-    if t.is_zero() { 0.0 } else { n as f64 / t.as_secs_f64() }
+    if t.is_zero() {
+        0.0
+    } else {
+        n as f64 / t.as_secs_f64()
+    }
 }

@@ -55,7 +55,7 @@ pub struct TokenizerSpec<'a> {
 #[non_exhaustive]
 pub enum TokenizerError {
     /// The pre-tokenizer name is not one this tokenizer implements.
-    #[error("unsupported pre-tokenizer {0:?} (supported: gpt2, default, llama3, smollm)")]
+    #[error("unsupported pre-tokenizer {0:?} (supported: gpt2, default, llama3, smollm, qwen2)")]
     UnknownPreTokenizer(String),
     /// A merge has no space separating two non-empty halves.
     #[error("merge #{index} {merge:?} is not of the form \"left right\"")]

@@ -350,3 +350,194 @@ fn mapped_open_reports_io_and_format_errors() {
         Err(OpenError::Format { .. })
     ));
 }
+
+/// xorshift64: a tiny deterministic generator for the fuzz smoke test.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform-ish in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// What a consumer of a parsed file touches: every accessor, every tensor's matrix
+/// and every row of it decoded, and the integrity check. None of it may panic.
+fn use_parsed_file(f: &GlintFile<'_>) {
+    let _ = (f.config(), f.version(), f.chat_template().len());
+    let tok = f.tokenizer();
+    let _ = tok.tokens.iter().map(str::len).sum::<usize>();
+    let _ = tok.merges.iter().map(str::len).sum::<usize>();
+    let _ = (0..tok.tokens.len()).map(|i| tok.score(i)).sum::<f32>();
+    let _ = f.provenance().count();
+    for t in f.tensors() {
+        let m = t.matrix().expect("a parsed tensor is a matrix");
+        let mut row = vec![0f32; m.cols];
+        for r in 0..m.rows {
+            quant::dequantize_row(&m, r, &mut row);
+        }
+        if t.dtype == DType::F32 {
+            assert_eq!(t.to_f32_vec().unwrap().len() as u64, t.elements());
+        }
+    }
+    let _ = f.verify();
+}
+
+/// A deterministic, stable-Rust stand-in for the cargo-fuzz target in `fuzz/`: 20,000
+/// mutants of a valid file (random byte writes anywhere and in the header sections,
+/// bit flips, truncations, and u32/u64 overwrites of header, section and tensor-table
+/// fields with boundary values), each parsed and, when accepted, used in full. Any
+/// panic fails with the iteration and its mutations, so it can be replayed.
+#[test]
+fn fuzz_smoke_mutants_never_panic() {
+    let base = tiny_file();
+    let f = GlintFile::parse(&base).unwrap();
+    let data_off = f.section(Section::Data).0 as usize;
+    let n_tensors = f.tensors().len();
+    // Field offsets worth overwriting: every 4 bytes of the header (magic, version,
+    // lengths, the section directory, flags), the start of every section, and every
+    // field of every tensor-table entry.
+    let mut fields: Vec<usize> = (0..HEADER_LEN as usize).step_by(4).collect();
+    fields.extend(ALL_SECTIONS.iter().map(|&s| f.section(s).0 as usize));
+    let table = f.section(Section::Tensors).0 as usize;
+    fields.extend([table, table + 4]);
+    drop(f);
+    for i in 0..n_tensors {
+        let e = table_entry(&base, i);
+        fields.extend([0, 4, 8, 16, 24, 32, 40, 48, 56].map(|at| e + at));
+    }
+    let len = base.len() as u64;
+    let interesting = [
+        0,
+        1,
+        2,
+        3,
+        4,
+        8,
+        31,
+        32,
+        255,
+        256,
+        4095,
+        4096,
+        u64::from(u16::MAX),
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+        i64::MAX as u64,
+        1 << 63,
+        u64::MAX,
+        u64::MAX - 7,
+        len - 32,
+        len - 1,
+        len,
+        len + 1,
+        data_off as u64,
+    ];
+
+    let mut rng = XorShift(0x5EED_0F61_1A7F_u64);
+    let mut accepted = 0;
+    for iteration in 0..20_000 {
+        let mut bytes = base.clone();
+        let mut log = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let field = fields[rng.below(fields.len())];
+            let value = match rng.below(3) {
+                0 => interesting[rng.below(interesting.len())],
+                1 => rng.next(),
+                // Near the current value: off-by-a-few lengths and offsets.
+                _ => bytes
+                    .get(field..field + 8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                    .unwrap_or(0)
+                    .wrapping_add(rng.below(17) as u64)
+                    .wrapping_sub(8),
+            };
+            let op = rng.below(7);
+            match op {
+                0 => {
+                    let at = rng.below(bytes.len().max(1));
+                    if let Some(b) = bytes.get_mut(at) {
+                        *b = rng.next() as u8;
+                    }
+                    log.push(format!("byte {at}"));
+                }
+                1 => {
+                    let at = rng.below(data_off);
+                    if let Some(b) = bytes.get_mut(at) {
+                        *b = rng.next() as u8;
+                    }
+                    log.push(format!("header byte {at}"));
+                }
+                2 => {
+                    let at = rng.below(data_off);
+                    if let Some(b) = bytes.get_mut(at) {
+                        *b ^= 1 << rng.below(8);
+                    }
+                    log.push(format!("bit flip at {at}"));
+                }
+                3 => {
+                    let keep = rng.below(bytes.len() + 1);
+                    bytes.truncate(keep);
+                    log.push(format!("truncate to {keep}"));
+                }
+                4 | 5 => {
+                    if let Some(b) = bytes.get_mut(field..field + 8) {
+                        b.copy_from_slice(&value.to_le_bytes());
+                    }
+                    log.push(format!("u64 {value:#x} at {field}"));
+                }
+                _ => {
+                    if let Some(b) = bytes.get_mut(field..field + 4) {
+                        b.copy_from_slice(&(value as u32).to_le_bytes());
+                    }
+                    log.push(format!("u32 {:#x} at {field}", value as u32));
+                }
+            }
+        }
+        let outcome = std::panic::catch_unwind(|| match GlintFile::parse(&bytes) {
+            Ok(f) => {
+                use_parsed_file(&f);
+                true
+            }
+            Err(_) => false,
+        });
+        match outcome {
+            Ok(ok) => accepted += usize::from(ok),
+            Err(_) => panic!("iteration {iteration}: mutations {log:?} panicked"),
+        }
+    }
+    // Both outcomes were exercised: the mutants are neither all fatal nor all benign.
+    assert!(
+        accepted > 100 && accepted < 19_900,
+        "{accepted} of 20000 accepted"
+    );
+}
+
+/// Every section, in directory order.
+const ALL_SECTIONS: [Section; SECTIONS] = [
+    Section::Config,
+    Section::Tokenizer,
+    Section::ChatTemplate,
+    Section::Provenance,
+    Section::Tensors,
+    Section::Data,
+    Section::Integrity,
+];
+
+/// Writes the valid tiny file as a seed for `cargo fuzz run parse` when
+/// `GLINT_FUZZ_SEED_DIR` names a folder (see `fuzz/README.md`); otherwise does nothing.
+#[test]
+fn write_fuzz_seed_when_asked() {
+    if let Some(dir) = std::env::var_os("GLINT_FUZZ_SEED_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tiny.glint"), tiny_file()).unwrap();
+    }
+}

@@ -17,6 +17,15 @@
 //! * The simple class regexes (`\p{N}`, `\p{N}+`, `[0-9][0-9][0-9]`, the
 //!   punctuation run of the "default" kind) run through `std::regex` in
 //!   llama.cpp; their behaviour is small enough to write out directly.
+//! * The QWEN2 regex has no hand-written splitter in llama.cpp: it runs
+//!   through `std::regex` on the "collapsed" text (every non-ASCII code
+//!   point replaced by one byte standing for its category), so it follows
+//!   the regex's own semantics. It differs from LLAMA3's only in `\p{N}`
+//!   instead of `\p{N}{1,3}`, and the LLAMA3 state machine matches what the
+//!   regex matches on every input (its one quirk, a lone space at the end of
+//!   a piece taken by the punctuation branch, yields the same lone-space word
+//!   that `\s+(?!\S)` gives), so QWEN2 is that machine with one-digit
+//!   numbers.
 
 use super::unicode::{self, LETTER, NUMBER, PUNCT, WHITESPACE};
 
@@ -35,6 +44,10 @@ pub enum PreTokenizer {
     /// `LLAMA_VOCAB_PRE_TYPE_SMOLLM`: `\p{N}` (every digit its own piece),
     /// then the GPT-2 regex.
     SmolLm,
+    /// `LLAMA_VOCAB_PRE_TYPE_QWEN2`: `(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`:
+    /// LLAMA3's regex with every digit its own piece, and merges always
+    /// applied (no `ignore_merges`).
+    Qwen2,
 }
 
 impl PreTokenizer {
@@ -46,6 +59,7 @@ impl PreTokenizer {
             "default" => Self::Default,
             "llama3" | "llama-v3" | "llama-bpe" => Self::Llama3,
             "smollm" => Self::SmolLm,
+            "qwen2" | "deepseek-r1-qwen" => Self::Qwen2,
             _ => return None,
         })
     }
@@ -117,7 +131,8 @@ pub(crate) fn split(
             stage(&|t, s, out| each_single(t, s, out, is_number));
             stage(&gpt2);
         }
-        PreTokenizer::Llama3 => stage(&llama3),
+        PreTokenizer::Llama3 => stage(&|t, s, out| llama3(t, s, out, 3)),
+        PreTokenizer::Qwen2 => stage(&|t, s, out| llama3(t, s, out, 1)),
         PreTokenizer::Default => {
             stage(&|t, s, out| runs(t, s, out, default_punct_class));
             stage(&gpt2);
@@ -250,8 +265,10 @@ fn gpt2(t: &Text<'_>, (start, end): Span, out: &mut Vec<Span>) {
     }
 }
 
-/// llama.cpp's `unicode_regex_split_custom_llama3`.
-fn llama3(t: &Text<'_>, (start, end): Span, out: &mut Vec<Span>) {
+/// llama.cpp's `unicode_regex_split_custom_llama3`, with numbers split into
+/// runs of at most `max_digits` (3 for LLAMA3's `\p{N}{1,3}`, 1 for QWEN2's
+/// `\p{N}`).
+fn llama3(t: &Text<'_>, (start, end): Span, out: &mut Vec<Span>, max_digits: usize) {
     let mut em = Emitter {
         out,
         prev_end: start,
@@ -293,12 +310,12 @@ fn llama3(t: &Text<'_>, (start, end): Span, out: &mut Vec<Span>) {
             continue;
         }
 
-        // \p{N}{1,3}
+        // \p{N}{1,max_digits}
         if f & NUMBER != 0 {
             let mut group_start = pos;
             while has(flags_at(t, pos, end), NUMBER) {
                 pos += 1;
-                if pos - group_start >= 3 {
+                if pos - group_start >= max_digits {
                     em.add(pos);
                     group_start = pos;
                 }

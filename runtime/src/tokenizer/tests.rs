@@ -214,8 +214,8 @@ fn invalid_specs_are_rejected() {
     let vocab = hello_vocab();
     let err = |spec| Tokenizer::new(spec).unwrap_err();
     assert_eq!(
-        err(vocab.spec("qwen2")),
-        TokenizerError::UnknownPreTokenizer("qwen2".into())
+        err(vocab.spec("qwen35")),
+        TokenizerError::UnknownPreTokenizer("qwen35".into())
     );
     for bad in ["ab", "a ", " ", ""] {
         let merges = vec!["h e", bad];
@@ -274,6 +274,11 @@ fn pre_tokenizer_names() {
         PreTokenizer::from_name("default"),
         Some(PreTokenizer::Default)
     );
+    assert_eq!(PreTokenizer::from_name("qwen2"), Some(PreTokenizer::Qwen2));
+    assert_eq!(
+        PreTokenizer::from_name("deepseek-r1-qwen"),
+        Some(PreTokenizer::Qwen2)
+    );
     assert_eq!(PreTokenizer::from_name(""), None);
 }
 
@@ -320,6 +325,60 @@ fn llama3_split() {
         words(PreTokenizer::Llama3, "a+b;\n\nc  "),
         ["a", "+b", ";\n\n", "c", "  "]
     );
+}
+
+#[test]
+fn qwen2_split_is_llama3_with_single_digits() {
+    assert_eq!(
+        words(PreTokenizer::Qwen2, "Hello  world\n\n  x 12345 don'T"),
+        [
+            "Hello", " ", " world", "\n\n", " ", " x", " ", "1", "2", "3", "4", "5", " don", "'T"
+        ]
+    );
+    assert_eq!(
+        words(PreTokenizer::Qwen2, "a+b;\n\nc  "),
+        ["a", "+b", ";\n\n", "c", "  "]
+    );
+    // Every number code point is its own word, ASCII or not; a space before
+    // a number stays a word of its own.
+    assert_eq!(
+        words(PreTokenizer::Qwen2, "x²3 ½ v1.25"),
+        ["x", "²", "3", " ", "½", " v", "1", ".", "2", "5"]
+    );
+    // Contractions match in either case; `\s*[\r\n]+` ends at the last
+    // line break of a white-space run; a lone trailing space is its own word.
+    assert_eq!(
+        words(PreTokenizer::Qwen2, "I'M HE'LL it's  \r\n \n\tz !\n\n "),
+        [
+            "I",
+            "'M",
+            " HE",
+            "'LL",
+            " it",
+            "'s",
+            "  \r\n \n",
+            "\tz",
+            " !\n\n",
+            " "
+        ]
+    );
+    assert_eq!(words(PreTokenizer::Qwen2, "中文 café"), ["中文", " café"]);
+}
+
+#[test]
+fn qwen2_applies_merges_to_whole_word_tokens() {
+    // Unlike llama3 (`ignore_merges`), a word that is itself a token is
+    // still built by the merges.
+    let vocab = Vocab::new(&["bc", "abc"], &["b c"], &[]);
+    let qwen2 = vocab.build("qwen2");
+    assert_eq!(qwen2.pre_tokenizer(), PreTokenizer::Qwen2);
+    assert_eq!(texts(&qwen2, &qwen2.encode("abc", false)), ["a", "bc"]);
+    // Digits never merge across the split.
+    let digits = Vocab::new(&["12"], &["1 2"], &[]);
+    let qwen2 = digits.build("qwen2");
+    assert_eq!(texts(&qwen2, &qwen2.encode("12", false)), ["1", "2"]);
+    let llama3 = digits.build("llama3");
+    assert_eq!(texts(&llama3, &llama3.encode("12", false)), ["12"]);
 }
 
 #[test]
@@ -380,7 +439,7 @@ fn awkward_text(seed: &mut u64) -> String {
 #[test]
 fn round_trips_awkward_text_with_every_pre_tokenizer() {
     let vocab = hello_vocab();
-    for pre in ["gpt2", "default", "llama3", "smollm"] {
+    for pre in ["gpt2", "default", "llama3", "smollm", "qwen2"] {
         let tok = vocab.build(pre);
         let mut seed = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..2000 {

@@ -1,0 +1,360 @@
+//! End-to-end tests of the `glint` command line on the real model: `$GLINT_MODEL` when
+//! set, else no `-m` so the default model is used (CI fetches it into the cache first).
+//! Outputs are checked against llama.cpp's fixture (`../shared/fixtures/`), and every
+//! failure must be a non-zero exit with a clear message, never a panic.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Runs `glint` with `args`.
+fn glint<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glint"))
+        .args(args)
+        .output()
+        .expect("start glint")
+}
+
+/// `-m $GLINT_MODEL` when set (else the default model), on one thread: tests run in
+/// parallel on small machines, and one thread keeps each `glint` fast and deterministic.
+fn model_args() -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec!["-t".into(), "1".into()];
+    if let Some(m) = std::env::var_os("GLINT_MODEL") {
+        v.extend(["-m".into(), m]);
+    }
+    v
+}
+
+/// The model file the CLI uses, for tests that also load it in-process.
+fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| match std::env::var_os("GLINT_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => glint_quantize::default_model(|m| eprintln!("{m}"))
+            .expect("fetch and pack the default model"),
+    })
+    .clone()
+}
+
+/// `args` then the model arguments.
+fn with_model(args: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = args.iter().map(OsString::from).collect();
+    v.extend(model_args());
+    v
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The command succeeded without panicking; returns its stdout.
+fn ok(o: &Output) -> String {
+    let err = stderr(o);
+    assert!(o.status.success(), "{}\nstderr:\n{err}", o.status);
+    assert!(!err.contains("panicked"), "stderr:\n{err}");
+    stdout(o)
+}
+
+/// The command failed with an exit status (not a signal), without a panic, and its
+/// stderr contains each of `needles`.
+fn fails(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        o.status.code().is_some_and(|c| c != 0),
+        "{}\nstderr:\n{err}",
+        o.status
+    );
+    assert!(!err.contains("panicked"), "stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+fn fixture() -> &'static serde_json::Value {
+    static F: OnceLock<serde_json::Value> = OnceLock::new();
+    F.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/llamacpp-smollm2.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("fixture JSON")
+    })
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| u32::try_from(x.as_u64().expect("id")).expect("u32 id"))
+        .collect()
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or_default()
+}
+
+#[test]
+fn tokenize_ids_match_llamacpp() {
+    for case in fixture()["tokenize"]["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let mut args = with_model(&["tokenize", "--ids"]);
+        args.extend(["--".into(), text.into()]);
+        let out = ok(&glint(&args));
+        assert_eq!(out.lines().count(), 1, "{text:?}: {out:?}");
+        let got: serde_json::Value = serde_json::from_str(last_line(&out)).expect("a JSON array");
+        assert_eq!(ids(&got), ids(&case["ids"]), "{text:?}");
+    }
+}
+
+#[test]
+fn tokenize_without_ids_lists_each_token_then_the_array() {
+    let out = ok(&glint(
+        &[with_model(&["tokenize"]), vec!["Hello, world!".into()]].concat(),
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[0].contains("19556") && lines[0].contains("'Hello'"),
+        "{out}"
+    );
+    assert_eq!(lines[4], "[19556,28,905,17]");
+}
+
+#[test]
+fn chat_run_greedy_prints_text_then_generated_ids() {
+    // llama.cpp's exact-f32 greedy continuation, up to and including <|im_end|>.
+    let g = &fixture()["greedy"]["exact_f32"];
+    let all = ids(&g["greedy_token_ids_32"]);
+    let end = all
+        .iter()
+        .position(|&id| id == 2)
+        .expect("<|im_end|> in the fixture");
+    let want = &all[..=end];
+    assert_eq!(want, [504, 3575, 282, 4649, 314, 7042, 30, 2]);
+    let want_text = g["greedy_text_32"]
+        .as_str()
+        .unwrap()
+        .split("<|im_end|>")
+        .next()
+        .unwrap();
+
+    let args = with_model(&[
+        "run",
+        "--chat",
+        "-p",
+        "What is the capital of France?",
+        "--temp",
+        "0",
+        "-n",
+        "32",
+        "--ids",
+    ]);
+    let o = glint(&args);
+    let out = ok(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[0], want_text);
+    let got: serde_json::Value = serde_json::from_str(lines[1]).expect("a JSON array");
+    assert_eq!(ids(&got), want);
+    assert!(stderr(&o).contains("stop: EndOfText"), "{}", stderr(&o));
+}
+
+/// `glint run ... --ids`: the text and the generated ids.
+fn run_with_ids(extra: &[&str]) -> (String, Vec<u32>) {
+    let mut args = with_model(&["run", "-p", "Hello", "--temp", "0", "-n", "3", "--ids"]);
+    args.extend(extra.iter().map(OsString::from));
+    let out = ok(&glint(&args));
+    let (text, json) = out
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .expect("two lines");
+    let got: serde_json::Value = serde_json::from_str(json).expect("a JSON array");
+    (text.to_owned(), ids(&got))
+}
+
+#[test]
+fn ids_are_the_generated_tokens_even_when_text_is_held_back() {
+    let (text, want) = run_with_ids(&[]);
+    assert_eq!(want.len(), 3, "{text:?}");
+    // A stop string that the whole output starts: every piece is held back until the
+    // end, then released at once; the ids must not change.
+    let stop = format!("--stop={text}\u{2603}never");
+    assert_eq!(run_with_ids(&[&stop]), (text, want));
+}
+
+#[test]
+fn bench_json_is_one_object_with_the_figures() {
+    let out = ok(&glint(&with_model(&[
+        "bench", "-p", "16", "-n", "8", "-r", "1", "--json",
+    ])));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON object");
+    assert!(j.is_object(), "{j}");
+    for key in ["prefill_tok_s", "decode_tok_s"] {
+        let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} in {j}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(j["threads"], 1);
+    assert_eq!(j["n_prompt"], 16);
+    assert_eq!(j["n_gen"], 8);
+    assert!(j["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{j}");
+}
+
+#[test]
+fn info_describes_the_model() {
+    let mut args: Vec<OsString> = vec!["info".into()];
+    args.extend(std::env::var_os("GLINT_MODEL"));
+    let out = ok(&glint(&args));
+    for needle in [
+        "format 1.",
+        "scheme ",
+        "dim 576, 30 layers, 9 heads (3 kv)",
+        "vocab 49152",
+        "kernel: ",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+    if std::env::var_os("GLINT_MODEL").is_none() {
+        assert!(out.contains("scheme q4g32a"), "{out}");
+    }
+}
+
+#[test]
+fn perplexity_prints_ppl_last() {
+    // The first ~1500 characters of the evaluation text: a few hundred tokens, so four
+    // or five windows of 64.
+    let full = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eval-gpl3.txt"),
+    )
+    .expect("read eval-gpl3.txt");
+    let mut cut = 1500.min(full.len());
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let text = &full[..cut];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("text.txt");
+    std::fs::write(&file, text).unwrap();
+
+    let mut args = with_model(&["perplexity", "-c", "64"]);
+    args.extend(["-f".into(), file.into()]);
+    let out = ok(&glint(&args));
+    let line = last_line(&out);
+    let ppl: f64 = line
+        .strip_prefix("PPL = ")
+        .unwrap_or_else(|| panic!("last line {line:?}"))
+        .parse()
+        .expect("a number");
+    assert!(ppl.is_finite() && ppl > 1.0, "PPL {ppl}");
+
+    // The same figure as the library computes.
+    let engine = glint_runtime::Engine::load(model_path(), 1).expect("load the model");
+    let want = glint_runtime::eval::perplexity(&engine, text, 64, |_, _| {}).expect("perplexity");
+    assert!(
+        (ppl - want).abs() <= 1e-3 * want,
+        "CLI {ppl} vs library {want}"
+    );
+}
+
+#[test]
+fn invalid_utf8_arguments_are_rejected_cleanly() {
+    let bad = OsString::from_vec(b"caf\xe9 \xff\xfe".to_vec());
+    let mut args = with_model(&["run", "-n", "4"]);
+    args.extend(["-p".into(), bad.clone()]);
+    fails(&glint(&args), &["invalid UTF-8"]);
+    let mut args = with_model(&["tokenize", "--ids"]);
+    args.push(bad);
+    fails(&glint(&args), &["invalid UTF-8"]);
+}
+
+/// Each model-loading subcommand on `model`, expecting a clean failure whose message
+/// contains `needles`.
+fn every_subcommand_fails_on(model: &Path, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "Some text to score.").unwrap();
+    let m = || vec![OsString::from("-m"), model.into(), "-t".into(), "1".into()];
+    let runs: Vec<Vec<OsString>> = vec![
+        [vec!["run".into(), "-p".into(), "hi".into()], m()].concat(),
+        [vec!["tokenize".into(), "hi".into()], m()].concat(),
+        [vec!["perplexity".into(), "-f".into(), text.into()], m()].concat(),
+        [
+            vec![
+                "bench".into(),
+                "-p".into(),
+                "4".into(),
+                "-n".into(),
+                "2".into(),
+            ],
+            m(),
+        ]
+        .concat(),
+        vec!["info".into(), model.into()],
+    ];
+    for args in runs {
+        let o = glint(&args);
+        fails(&o, needles);
+        assert!(
+            stderr(&o).starts_with("error: "),
+            "{args:?}: stderr:\n{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn missing_model_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("absent.glint");
+    every_subcommand_fails_on(&absent, &["absent.glint", "No such file"]);
+}
+
+#[test]
+fn corrupt_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pseudo-random garbage, bare and behind a valid magic.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let garbage: Vec<u8> = (0..8192)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let path = dir.path().join("garbage.glint");
+    std::fs::write(&path, &garbage).unwrap();
+    every_subcommand_fails_on(
+        &path,
+        &["garbage.glint", "not a valid .glint file", "bad magic"],
+    );
+
+    let mut with_magic = b"GLINTMDL".to_vec();
+    with_magic.extend_from_slice(&garbage);
+    std::fs::write(&path, &with_magic).unwrap();
+    every_subcommand_fails_on(&path, &["not a valid .glint file"]);
+
+    std::fs::write(&path, b"").unwrap();
+    every_subcommand_fails_on(&path, &["not a valid .glint file", "truncated"]);
+
+    // The real model cut short.
+    let mut head = vec![0u8; 1 << 16];
+    let mut f = std::fs::File::open(model_path()).expect("open the model");
+    std::io::Read::read_exact(&mut f, &mut head).expect("read the model's start");
+    std::fs::write(&path, &head).unwrap();
+    every_subcommand_fails_on(&path, &["not a valid .glint file", "truncated"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused() {
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(4);
+    let o = glint(&with_model(&["run", "-c", "8", "-n", "4", "-p", &prompt]));
+    fails(&o, &["does not fit", "of 8 context positions"]);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
