@@ -21,7 +21,13 @@ mod tests {
 
     #[test]
     fn garbage_flash_is_a_typed_error() {
-        assert_eq!(open_model_image(&[0xff; 256], true).unwrap_err(), FormatError::BadMagic);
-        assert!(matches!(open_model_image(&[], false), Err(FormatError::Truncated { .. })));
+        assert_eq!(
+            open_model_image(&[0xff; 256], true).unwrap_err(),
+            FormatError::BadMagic
+        );
+        assert!(matches!(
+            open_model_image(&[], false),
+            Err(FormatError::Truncated { .. })
+        ));
     }
 }

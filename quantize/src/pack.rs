@@ -27,7 +27,14 @@ pub enum Scheme {
 
 impl Scheme {
     /// Every scheme, for help texts and tests.
-    pub const ALL: [Scheme; 6] = [Self::Q4g32a, Self::Q4g32, Self::Q4g64, Self::Q4g128, Self::Q8, Self::F16];
+    pub const ALL: [Scheme; 6] = [
+        Self::Q4g32a,
+        Self::Q4g32,
+        Self::Q4g64,
+        Self::Q4g128,
+        Self::Q8,
+        Self::F16,
+    ];
 
     /// The scheme's command-line name.
     pub fn name(self) -> &'static str {
@@ -110,12 +117,26 @@ pub fn decode_f32(src: &Imported, t: &SourceTensor) -> Result<Vec<f32>, PackErro
     let bytes = src.bytes(t);
     let n: u64 = t.shape.iter().product();
     let values: Vec<f32> = match t.encoding {
-        Encoding::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Encoding::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Encoding::Bf16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Encoding::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Encoding::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Encoding::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         Encoding::Glint(dtype) => {
-            let m = Matrix::from_bytes(dtype, (n / t.shape.last().copied().unwrap_or(1)) as usize, *t.shape.last().unwrap_or(&1) as usize, bytes)
-                .map_err(|_| PackError::Length(t.name.clone()))?;
+            let m = Matrix::from_bytes(
+                dtype,
+                (n / t.shape.last().copied().unwrap_or(1)) as usize,
+                *t.shape.last().unwrap_or(&1) as usize,
+                bytes,
+            )
+            .map_err(|_| PackError::Length(t.name.clone()))?;
             let mut out = vec![0f32; n as usize];
             for (r, row) in out.chunks_exact_mut(m.cols).enumerate() {
                 dequantize_row(&m, r, row);
@@ -124,7 +145,10 @@ pub fn decode_f32(src: &Imported, t: &SourceTensor) -> Result<Vec<f32>, PackErro
         }
         Encoding::Gguf(ty) => {
             let mut out = vec![0f32; n as usize];
-            gguf::dequantize_into(ty, bytes, &mut out).map_err(|source| PackError::Decode { name: t.name.clone(), source })?;
+            gguf::dequantize_into(ty, bytes, &mut out).map_err(|source| PackError::Decode {
+                name: t.name.clone(),
+                source,
+            })?;
             out
         }
     };
@@ -140,33 +164,44 @@ pub fn pack_tensor(src: &Imported, t: &SourceTensor, dtype: DType) -> Result<Ten
     if let Some(group) = dtype.group() {
         let cols = *t.shape.last().unwrap_or(&0);
         if !cols.is_multiple_of(group as u64) {
-            return Err(PackError::Group { name: t.name.clone(), cols, dtype: dtype.name(), group });
+            return Err(PackError::Group {
+                name: t.name.clone(),
+                cols,
+                dtype: dtype.name(),
+                group,
+            });
         }
     }
     let bytes = src.bytes(t);
-    let transcode = |block: usize, push: &dyn Fn(&mut Planes, &[u8])| -> Result<Vec<u8>, PackError> {
-        if bytes.len() as u64 != n / 32 * block as u64 {
-            return Err(PackError::Length(t.name.clone()));
-        }
-        let mut p = Planes::default();
-        bytes.chunks_exact(block).for_each(|b| push(&mut p, b));
-        Ok(p.into_bytes(dtype, n))
-    };
+    let transcode =
+        |block: usize, push: &dyn Fn(&mut Planes, &[u8])| -> Result<Vec<u8>, PackError> {
+            if bytes.len() as u64 != n / 32 * block as u64 {
+                return Err(PackError::Length(t.name.clone()));
+            }
+            let mut p = Planes::default();
+            bytes.chunks_exact(block).for_each(|b| push(&mut p, b));
+            Ok(p.into_bytes(dtype, n))
+        };
     let out = match (t.encoding, dtype) {
-        (Encoding::Gguf(GgmlType::Q4_1), DType::Q4G32A) => {
-            transcode(20, &|p, b| p.push_q4_1_block(b.try_into().expect("20-byte chunk")))?
-        }
-        (Encoding::Gguf(GgmlType::Q4_0), DType::Q4G32) => {
-            transcode(18, &|p, b| p.push_q4_0_block(b.try_into().expect("18-byte chunk")))?
-        }
-        (Encoding::Gguf(GgmlType::Q8_0), DType::Q8G32) => {
-            transcode(34, &|p, b| p.push_q8_0_block(b.try_into().expect("34-byte chunk")))?
-        }
+        (Encoding::Gguf(GgmlType::Q4_1), DType::Q4G32A) => transcode(20, &|p, b| {
+            p.push_q4_1_block(b.try_into().expect("20-byte chunk"))
+        })?,
+        (Encoding::Gguf(GgmlType::Q4_0), DType::Q4G32) => transcode(18, &|p, b| {
+            p.push_q4_0_block(b.try_into().expect("18-byte chunk"))
+        })?,
+        (Encoding::Gguf(GgmlType::Q8_0), DType::Q8G32) => transcode(34, &|p, b| {
+            p.push_q8_0_block(b.try_into().expect("34-byte chunk"))
+        })?,
         (Encoding::F32, DType::F32) if bytes.len() as u64 == 4 * n => bytes.to_vec(),
         (Encoding::Glint(from), to) if from == to => bytes.to_vec(),
         _ => quantize(dtype, &decode_f32(src, t)?),
     };
-    Ok(TensorOut { name: t.name.clone(), dtype, shape: t.shape.clone(), bytes: out })
+    Ok(TensorOut {
+        name: t.name.clone(),
+        dtype,
+        shape: t.shape.clone(),
+        bytes: out,
+    })
 }
 
 /// Packs every tensor of `src` with `scheme`, calling `progress(i, name)` before each,

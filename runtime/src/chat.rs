@@ -37,7 +37,10 @@ pub struct Message {
 impl Message {
     /// A message.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
 }
 
@@ -68,16 +71,33 @@ impl ChatTemplate {
         let mut env = Environment::new();
         // HF templates call Python string methods (`.strip()`, `.startswith()`).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", source.to_owned())?;
-        Ok(Self { env, bos: bos.into(), eos: eos.into() })
+        Ok(Self {
+            env,
+            bos: bos.into(),
+            eos: eos.into(),
+        })
     }
 
     /// Renders `messages`, ending with the assistant's opening when `add_generation_prompt`.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
-        let msgs: Vec<_> = messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content }).collect();
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let msgs: Vec<_> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content })
+            .collect();
         let t = self.env.get_template("chat")?;
         Ok(t.render(context! {
             messages => msgs,
@@ -97,7 +117,12 @@ mod tests {
     #[test]
     fn smollm2_template_renders_the_fixture_prompt() {
         let t = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").unwrap();
-        let p = t.render(&[Message::new(Role::User, "What is the capital of France?")], true).unwrap();
+        let p = t
+            .render(
+                &[Message::new(Role::User, "What is the capital of France?")],
+                true,
+            )
+            .unwrap();
         assert_eq!(
             p,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -107,9 +132,19 @@ mod tests {
     #[test]
     fn python_methods_and_errors() {
         let t = ChatTemplate::new("{{ messages[0].content.strip() }}", "", "").unwrap();
-        assert_eq!(t.render(&[Message::new(Role::User, "  hi ")], false).unwrap(), "hi");
+        assert_eq!(
+            t.render(&[Message::new(Role::User, "  hi ")], false)
+                .unwrap(),
+            "hi"
+        );
         let t = ChatTemplate::new("{{ raise_exception('no') }}", "", "").unwrap();
-        assert!(matches!(t.render(&[], false), Err(TemplateError::Render(_))));
-        assert!(matches!(ChatTemplate::new("", "", ""), Err(TemplateError::Missing)));
+        assert!(matches!(
+            t.render(&[], false),
+            Err(TemplateError::Render(_))
+        ));
+        assert!(matches!(
+            ChatTemplate::new("", "", ""),
+            Err(TemplateError::Missing)
+        ));
     }
 }

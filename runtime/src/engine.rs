@@ -42,7 +42,9 @@ pub enum GenerateError {
     #[error("empty prompt")]
     EmptyPrompt,
     /// The prompt does not fit in the context left.
-    #[error("prompt of {prompt} tokens does not fit: {used} of {capacity} context positions are used")]
+    #[error(
+        "prompt of {prompt} tokens does not fit: {used} of {capacity} context positions are used"
+    )]
     PromptTooLong {
         /// Prompt tokens.
         prompt: usize,
@@ -121,7 +123,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 512, sampler: SamplerConfig::default(), stop: Vec::new(), cancel: CancelToken::new() }
+        Self {
+            max_tokens: 512,
+            sampler: SamplerConfig::default(),
+            stop: Vec::new(),
+            cancel: CancelToken::new(),
+        }
     }
 }
 
@@ -144,11 +151,13 @@ pub struct GenerateStats {
     pub stop: StopReason,
 }
 
-/// One generated token, as passed to the streaming callback.
+/// One streaming event: a generated token and the text it completes.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenEvent<'a> {
-    /// Token id.
-    pub id: u32,
+    /// The generated token, or `None` for the last event of a call, which only
+    /// releases text held back (for a possible stop string or an unfinished UTF-8
+    /// sequence) when generation ends.
+    pub id: Option<u32>,
     /// New complete UTF-8 text this token adds (may be empty while a multi-byte
     /// character or a possible stop string is pending).
     pub text: &'a str,
@@ -192,7 +201,14 @@ impl Engine {
         let mut stop_ids: Vec<u32> = [c.eos, c.eot].into_iter().flatten().collect();
         stop_ids.dedup();
         let pool = ThreadPool::new(threads);
-        Ok(Self(Arc::new(Shared { model, tokenizer, add_bos, template, stop_ids, pool })))
+        Ok(Self(Arc::new(Shared {
+            model,
+            tokenizer,
+            add_bos,
+            template,
+            stop_ids,
+            pool,
+        })))
     }
 
     /// The model.
@@ -225,7 +241,11 @@ impl Engine {
     /// context; `0` means the model's context).
     pub fn session(&self, context: usize) -> Session {
         let c = self.0.model.config();
-        let cap = if context == 0 { c.context_len as usize } else { context.min(c.context_len as usize) };
+        let cap = if context == 0 {
+            c.context_len as usize
+        } else {
+            context.min(c.context_len as usize)
+        };
         Session {
             engine: self.clone(),
             cache: KvCache::new(c, cap),
@@ -237,7 +257,11 @@ impl Engine {
     }
 
     /// Renders `messages` with the model's chat template.
-    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, GenerateError> {
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, GenerateError> {
         let t = self.0.template.as_ref().ok_or(TemplateError::Missing)?;
         Ok(t.render(messages, add_generation_prompt)?)
     }
@@ -334,7 +358,12 @@ impl Session {
         let tokens = self.engine.0.tokenizer.encode(&rendered, true);
         // Reuse the cached prefix the new rendering shares with the context.
         self.pending = None;
-        let common = self.tokens.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(&tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
         let (kept_cache, kept_tokens) = (self.cache.len(), self.tokens.len());
         self.cache.truncate(common);
         self.tokens.truncate(common);
@@ -379,7 +408,11 @@ impl Session {
         }
         let (used, capacity) = (self.tokens.len(), self.cache.capacity());
         if used + prompt.len() > capacity {
-            return Err(GenerateError::PromptTooLong { prompt: prompt.len(), used, capacity });
+            return Err(GenerateError::PromptTooLong {
+                prompt: prompt.len(),
+                used,
+                capacity,
+            });
         }
         self.pending = None;
         let start = Instant::now();
@@ -428,7 +461,12 @@ impl Session {
                 }
                 let piece = decoder.push(tok, id).to_string();
                 let (text, hit) = held.push(&piece);
-                if on_token(TokenEvent { id, text: &text }).is_break() {
+                if on_token(TokenEvent {
+                    id: Some(id),
+                    text: &text,
+                })
+                .is_break()
+                {
                     break StopReason::Cancelled;
                 }
                 if hit {
@@ -447,7 +485,10 @@ impl Session {
             let tail = decoder.flush().to_string();
             let rest = held.finish(&tail);
             if !rest.is_empty() {
-                let _ = on_token(TokenEvent { id: self.pending.or(self.tokens.last().copied()).unwrap_or(0), text: &rest });
+                let _ = on_token(TokenEvent {
+                    id: None,
+                    text: &rest,
+                });
             }
         }
         let total = start.elapsed();
@@ -465,7 +506,11 @@ impl Session {
 }
 
 fn rate(n: usize, t: Duration) -> f64 {
-    if t.is_zero() { 0.0 } else { n as f64 / t.as_secs_f64() }
+    if t.is_zero() {
+        0.0
+    } else {
+        n as f64 / t.as_secs_f64()
+    }
 }
 
 /// Holds back generated text that could be the start of a stop string, so a stop
@@ -479,7 +524,11 @@ struct StopHold<'a> {
 
 impl<'a> StopHold<'a> {
     fn new(stops: &'a [String]) -> Self {
-        Self { stops, text: String::new(), released: 0 }
+        Self {
+            stops,
+            text: String::new(),
+            released: 0,
+        }
     }
 
     /// Adds `piece`; returns the text that is now safe to release and whether a stop
@@ -487,7 +536,13 @@ impl<'a> StopHold<'a> {
     fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
         let pending = &self.text[self.released..];
-        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| pending.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| pending.find(s.as_str()))
+            .min()
+        {
             let out = pending[..at].to_string();
             self.released = self.text.len();
             return (out, true);
@@ -496,7 +551,12 @@ impl<'a> StopHold<'a> {
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(move |&k| s.is_char_boundary(k)).map(move |k| &s[..k]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(move |&k| s.is_char_boundary(k))
+                    .map(move |k| &s[..k])
+            })
             .filter(|p| pending.ends_with(p))
             .map(str::len)
             .max()

@@ -24,7 +24,12 @@ pub enum EvalError {
 /// non-overlapping windows, each run from an empty cache; the second half of each window
 /// is scored (positions `window/2 .. window-2` predicting the next token).
 /// `progress(chunk, running_ppl)` is called after each window.
-pub fn perplexity(engine: &Engine, text: &str, window: usize, mut progress: impl FnMut(usize, f64)) -> Result<f64, EvalError> {
+pub fn perplexity(
+    engine: &Engine,
+    text: &str,
+    window: usize,
+    mut progress: impl FnMut(usize, f64),
+) -> Result<f64, EvalError> {
     let model = engine.model();
     let c = model.config();
     if window < 4 || window > c.context_len as usize {
@@ -33,7 +38,10 @@ pub fn perplexity(engine: &Engine, text: &str, window: usize, mut progress: impl
     let tokens = engine.tokenizer().encode(text, false);
     let n_chunks = tokens.len() / window;
     if n_chunks == 0 {
-        return Err(EvalError::TooShort { tokens: tokens.len(), window });
+        return Err(EvalError::TooShort {
+            tokens: tokens.len(),
+            window,
+        });
     }
     let vocab = c.vocab_size as usize;
     let batch = crate::engine::PREFILL_BATCH;
@@ -45,7 +53,12 @@ pub fn perplexity(engine: &Engine, text: &str, window: usize, mut progress: impl
         cache.clear();
         for (b, part) in chunk.chunks(batch).enumerate() {
             engine.forward(part, &mut cache, &mut scratch);
-            for (j, logits) in scratch.logits().chunks_exact(vocab).take(part.len()).enumerate() {
+            for (j, logits) in scratch
+                .logits()
+                .chunks_exact(vocab)
+                .take(part.len())
+                .enumerate()
+            {
                 let pos = b * batch + j;
                 if pos >= first && pos + 1 < window {
                     nll += log_sum_exp(logits) - logits[chunk[pos + 1] as usize] as f64;
@@ -61,5 +74,10 @@ pub fn perplexity(engine: &Engine, text: &str, window: usize, mut progress: impl
 /// `ln(sum(exp(l)))`, computed stably in f64.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max
+    logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max
 }

@@ -42,10 +42,23 @@ pub fn describe(model: &model::Model) -> String {
     let mut s = String::new();
     let scheme = f.provenance_value("scheme").unwrap_or("?");
     let source = f.provenance_value("source").unwrap_or("?");
-    s += &format!("file: {} bytes, format {}.{}, scheme {scheme}, from {source}\n", f.file_len(), f.version().0, f.version().1);
+    s += &format!(
+        "file: {} bytes, format {}.{}, scheme {scheme}, from {source}\n",
+        f.file_len(),
+        f.version().0,
+        f.version().1
+    );
     s += &format!(
         "model: {:?}, dim {}, {} layers, {} heads ({} kv), head dim {}, ffn {}, vocab {}, context {}\n",
-        c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context_len
+        c.arch,
+        c.dim,
+        c.n_layers,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_dim,
+        c.vocab_size,
+        c.context_len
     );
     s += &format!(
         "memory: weights mapped {:.1} MiB; KV cache {:.1} KiB per position ({:.1} MiB at full context)\n",
@@ -53,6 +66,9 @@ pub fn describe(model: &model::Model) -> String {
         model::KvCache::bytes_for(c, 1) as f64 / 1024.0,
         model::KvCache::bytes_for(c, c.context_len as usize) as f64 / (1 << 20) as f64
     );
-    s += &format!("decode reads {:.1} MB of weights per token\n", model.weight_bytes_per_token() as f64 / 1e6);
+    s += &format!(
+        "decode reads {:.1} MB of weights per token\n",
+        model.weight_bytes_per_token() as f64 / 1e6
+    );
     s
 }

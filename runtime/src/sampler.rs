@@ -23,14 +23,25 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
 impl SamplerConfig {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -45,7 +56,11 @@ impl Sampler {
     /// A sampler seeded from `config.seed`.
     pub fn new(config: SamplerConfig) -> Self {
         let rng = config.seed ^ 0x9e37_79b9_7f4a_7c15;
-        Self { config, rng, candidates: Vec::new() }
+        Self {
+            config,
+            rng,
+            candidates: Vec::new(),
+        }
     }
 
     /// The settings.
@@ -65,7 +80,11 @@ impl Sampler {
     /// Picks the next token from `logits`, given the tokens so far (`history`).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         // Drawn up front so every call advances the generator once, whatever the filters keep.
-        let draw = if self.config.temperature > 0.0 { self.next_f32() } else { 0.0 };
+        let draw = if self.config.temperature > 0.0 {
+            self.next_f32()
+        } else {
+            0.0
+        };
         let c = &self.config;
         let penalised = |id: u32, l: f32| {
             if c.repeat_penalty == 1.0 {
@@ -79,12 +98,26 @@ impl Sampler {
             }
         };
         if c.temperature <= 0.0 {
-            return argmax(logits.iter().enumerate().map(|(i, &l)| penalised(i as u32, l)));
+            return argmax(
+                logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| penalised(i as u32, l)),
+            );
         }
         self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (penalised(i as u32, l), i as u32)));
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (penalised(i as u32, l), i as u32)),
+        );
         let cands = &mut self.candidates;
-        let k = if c.top_k == 0 { cands.len() } else { c.top_k.min(cands.len()) };
+        let k = if c.top_k == 0 {
+            cands.len()
+        } else {
+            c.top_k.min(cands.len())
+        };
         let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if k < cands.len() {
             cands.select_nth_unstable_by(k - 1, by_logit);
@@ -109,7 +142,10 @@ impl Sampler {
             keep = keep.min(probs.iter().take_while(|&&p| p >= cutoff).count().max(1));
         }
         cands.truncate(keep);
-        let weights: Vec<f32> = cands.iter().map(|(l, _)| ((l - max) / c.temperature).exp()).collect();
+        let weights: Vec<f32> = cands
+            .iter()
+            .map(|(l, _)| ((l - max) / c.temperature).exp())
+            .collect();
         let sum: f32 = weights.iter().sum();
         let mut r = draw * sum;
         for (w, &(_, id)) in weights.iter().zip(cands.iter()) {
@@ -146,23 +182,41 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_filters_apply() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let cfg = SamplerConfig { seed: 42, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            seed: 42,
+            ..SamplerConfig::default()
+        };
         let draw = |cfg: &SamplerConfig| {
             let mut s = Sampler::new(cfg.clone());
             (0..50).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(&cfg), draw(&cfg));
-        assert_ne!(draw(&cfg), draw(&SamplerConfig { seed: 43, ..cfg.clone() }));
+        assert_ne!(
+            draw(&cfg),
+            draw(&SamplerConfig {
+                seed: 43,
+                ..cfg.clone()
+            })
+        );
         let top1 = argmax(logits.iter().copied());
-        let k1 = SamplerConfig { top_k: 1, ..cfg.clone() };
+        let k1 = SamplerConfig {
+            top_k: 1,
+            ..cfg.clone()
+        };
         assert!(draw(&k1).iter().all(|&t| t == top1));
-        let strict = SamplerConfig { min_p: 0.999, ..cfg };
+        let strict = SamplerConfig {
+            min_p: 0.999,
+            ..cfg
+        };
         assert!(draw(&strict).iter().all(|&t| t == top1));
     }
 
     #[test]
     fn repetition_penalty_lowers_recent_tokens() {
-        let cfg = SamplerConfig { repeat_penalty: 2.0, ..SamplerConfig::greedy() };
+        let cfg = SamplerConfig {
+            repeat_penalty: 2.0,
+            ..SamplerConfig::greedy()
+        };
         let mut s = Sampler::new(cfg);
         assert_eq!(s.sample(&[1.0, 1.5], &[1]), 0);
     }

@@ -17,24 +17,46 @@ fn engine() -> &'static Engine {
 }
 
 fn greedy(n: usize) -> GenerateParams {
-    GenerateParams { max_tokens: n, sampler: SamplerConfig::greedy(), ..GenerateParams::default() }
+    GenerateParams {
+        max_tokens: n,
+        sampler: SamplerConfig::greedy(),
+        ..GenerateParams::default()
+    }
 }
 
 #[test]
 fn a_prompt_longer_than_the_context_is_refused_and_the_session_stays_usable() {
     let mut s = engine().session(16);
     let long = "word ".repeat(40);
-    let err = s.generate(&long, &greedy(4), |_| ControlFlow::Continue(())).unwrap_err();
-    assert!(matches!(err, GenerateError::PromptTooLong { capacity: 16, used: 0, .. }), "{err:?}");
+    let err = s
+        .generate(&long, &greedy(4), |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GenerateError::PromptTooLong {
+                capacity: 16,
+                used: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(s.is_empty());
-    let stats = s.generate("Hello", &greedy(4), |_| ControlFlow::Continue(())).unwrap();
+    let stats = s
+        .generate("Hello", &greedy(4), |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(stats.generated_tokens, 4);
 }
 
 #[test]
 fn generation_stops_when_the_context_is_full() {
     let mut s = engine().session(12);
-    let stats = s.generate("Once upon a time", &greedy(100), |_| ControlFlow::Continue(())).unwrap();
+    let stats = s
+        .generate("Once upon a time", &greedy(100), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(stats.stop, StopReason::ContextFull);
     assert_eq!(s.len(), 12);
 }
@@ -42,8 +64,14 @@ fn generation_stops_when_the_context_is_full() {
 #[test]
 fn empty_prompt_and_bad_token_ids_are_errors() {
     let mut s = engine().session(32);
-    assert_eq!(s.generate("", &greedy(4), |_| ControlFlow::Continue(())).unwrap_err(), GenerateError::EmptyPrompt);
-    let err = s.generate_tokens(&[1, 1 << 30], &greedy(4), |_| ControlFlow::Continue(())).unwrap_err();
+    assert_eq!(
+        s.generate("", &greedy(4), |_| ControlFlow::Continue(()))
+            .unwrap_err(),
+        GenerateError::EmptyPrompt
+    );
+    let err = s
+        .generate_tokens(&[1, 1 << 30], &greedy(4), |_| ControlFlow::Continue(()))
+        .unwrap_err();
     assert_eq!(err, GenerateError::BadToken(1 << 30));
     assert!(s.is_empty());
 }
@@ -52,7 +80,10 @@ fn empty_prompt_and_bad_token_ids_are_errors() {
 fn cancel_from_another_thread_stops_mid_stream() {
     let mut s = engine().session(256);
     let cancel = CancelToken::new();
-    let params = GenerateParams { cancel: cancel.clone(), ..greedy(200) };
+    let params = GenerateParams {
+        cancel: cancel.clone(),
+        ..greedy(200)
+    };
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let canceller = std::thread::spawn(move || {
         if rx.recv().is_ok() {
@@ -72,10 +103,19 @@ fn cancel_from_another_thread_stops_mid_stream() {
     drop(tx);
     canceller.join().unwrap();
     assert_eq!(stats.stop, StopReason::Cancelled);
-    assert!(stats.generated_tokens < 200 && stats.generated_tokens >= 5, "{}", stats.generated_tokens);
+    assert!(
+        stats.generated_tokens < 200 && stats.generated_tokens >= 5,
+        "{}",
+        stats.generated_tokens
+    );
     // The callback can stop generation too.
-    let stats = s.generate(" More.", &greedy(50), |_| ControlFlow::Break(())).unwrap();
-    assert_eq!((stats.stop, stats.generated_tokens), (StopReason::Cancelled, 1));
+    let stats = s
+        .generate(" More.", &greedy(50), |_| ControlFlow::Break(()))
+        .unwrap();
+    assert_eq!(
+        (stats.stop, stats.generated_tokens),
+        (StopReason::Cancelled, 1)
+    );
 }
 
 #[test]
@@ -85,11 +125,13 @@ fn two_sessions_generate_at_once_on_one_model() {
         .iter()
         .map(|p| {
             let mut out = String::new();
-            engine().session(128).generate(p, &greedy(24), |ev| {
-                out.push_str(ev.text);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+            engine()
+                .session(128)
+                .generate(p, &greedy(24), |ev| {
+                    out.push_str(ev.text);
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
             out
         })
         .collect();
@@ -99,11 +141,13 @@ fn two_sessions_generate_at_once_on_one_model() {
             .map(|p| {
                 scope.spawn(move || {
                     let mut out = String::new();
-                    engine().session(128).generate(p, &greedy(24), |ev| {
-                        out.push_str(ev.text);
-                        ControlFlow::Continue(())
-                    })
-                    .unwrap();
+                    engine()
+                        .session(128)
+                        .generate(p, &greedy(24), |ev| {
+                            out.push_str(ev.text);
+                            ControlFlow::Continue(())
+                        })
+                        .unwrap();
                     out
                 })
             })
@@ -116,21 +160,42 @@ fn two_sessions_generate_at_once_on_one_model() {
 #[test]
 fn chat_keeps_history_and_ends_the_turn_on_end_of_text() {
     let mut s = engine().session(512);
-    let (reply, stats) = s.chat("What is the capital of France?", &greedy(64), |_| ControlFlow::Continue(())).unwrap();
+    let (reply, stats) = s
+        .chat("What is the capital of France?", &greedy(64), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(reply, "The capital of France is Paris.");
     assert_eq!(stats.stop, StopReason::EndOfText);
     let used = s.len();
-    let (_, stats) = s.chat("And of Italy?", &greedy(32), |_| ControlFlow::Continue(())).unwrap();
+    let (_, stats) = s
+        .chat("And of Italy?", &greedy(32), |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(s.history().len(), 4);
     // The second turn reuses the cached first turn: only the new tokens are run.
-    assert!(stats.prompt_tokens < used, "{} prompt tokens re-run", stats.prompt_tokens);
+    assert!(
+        stats.prompt_tokens < used,
+        "{} prompt tokens re-run",
+        stats.prompt_tokens
+    );
 }
 
 #[test]
 fn stop_strings_end_generation_and_are_not_streamed() {
     let mut s = engine().session(256);
-    let params = GenerateParams { stop: vec!["Paris".into()], ..greedy(64) };
-    let prompt = engine().render_chat(&[glint_runtime::Message::new(glint_runtime::Role::User, "What is the capital of France?")], true).unwrap();
+    let params = GenerateParams {
+        stop: vec!["Paris".into()],
+        ..greedy(64)
+    };
+    let prompt = engine()
+        .render_chat(
+            &[glint_runtime::Message::new(
+                glint_runtime::Role::User,
+                "What is the capital of France?",
+            )],
+            true,
+        )
+        .unwrap();
     let mut out = String::new();
     let stats = s
         .generate(&prompt, &params, |ev| {
@@ -144,14 +209,23 @@ fn stop_strings_end_generation_and_are_not_streamed() {
 
 #[test]
 fn same_seed_same_text() {
-    let params = GenerateParams { max_tokens: 24, sampler: SamplerConfig { seed: 7, ..SamplerConfig::default() }, ..GenerateParams::default() };
+    let params = GenerateParams {
+        max_tokens: 24,
+        sampler: SamplerConfig {
+            seed: 7,
+            ..SamplerConfig::default()
+        },
+        ..GenerateParams::default()
+    };
     let run = || {
         let mut out = String::new();
-        engine().session(128).generate("Tell me a joke.", &params, |ev| {
-            out.push_str(ev.text);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+        engine()
+            .session(128)
+            .generate("Tell me a joke.", &params, |ev| {
+                out.push_str(ev.text);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         out
     };
     assert_eq!(run(), run());

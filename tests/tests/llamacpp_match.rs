@@ -4,9 +4,9 @@
 mod common;
 
 use common::{fixture, ids, model_path};
+use glint_runtime::Engine;
 use glint_runtime::model::{KvCache, Scratch};
 use glint_runtime::sampler::argmax;
-use glint_runtime::Engine;
 use std::sync::OnceLock;
 
 fn engine() -> &'static Engine {
@@ -23,10 +23,19 @@ fn fx() -> &'static serde_json::Value {
 fn tokenize_matches_llamacpp_for_every_fixture_string() {
     for case in fx()["tokenize"]["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(engine().tokenizer().encode(text, true), ids(&case["ids"]), "{text:?}");
+        assert_eq!(
+            engine().tokenizer().encode(text, true),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
     }
     let g = &fx()["greedy"];
-    assert_eq!(engine().tokenizer().encode(g["prompt"].as_str().unwrap(), true), ids(&g["prompt_token_ids"]));
+    assert_eq!(
+        engine()
+            .tokenizer()
+            .encode(g["prompt"].as_str().unwrap(), true),
+        ids(&g["prompt_token_ids"])
+    );
 }
 
 /// Logits at the last position after `prompt`, from an empty cache.
@@ -48,13 +57,20 @@ fn last_position_logits_match_the_f32_reference_top10() {
     for entry in reference["top10"].as_array().unwrap() {
         let id = entry["id"].as_u64().unwrap() as usize;
         let want = entry["logit"].as_f64().unwrap() as f32;
-        assert!((logits[id] - want).abs() < 0.05, "token {id}: {} vs llama.cpp {want}", logits[id]);
+        assert!(
+            (logits[id] - want).abs() < 0.05,
+            "token {id}: {} vs llama.cpp {want}",
+            logits[id]
+        );
     }
     let stats = &reference["stats"];
     let max = logits.iter().fold(f32::MIN, |a, &b| a.max(b));
     assert!((max - stats["max"].as_f64().unwrap() as f32).abs() < 0.05);
     let lse = glint_runtime::eval::log_sum_exp(&logits);
-    assert!((lse - stats["logsumexp"].as_f64().unwrap()).abs() < 0.05, "logsumexp {lse}");
+    assert!(
+        (lse - stats["logsumexp"].as_f64().unwrap()).abs() < 0.05,
+        "logsumexp {lse}"
+    );
 }
 
 #[test]
@@ -72,7 +88,10 @@ fn greedy_decoding_reproduces_the_f32_reference_ids() {
         if got != w {
             // Only acceptable at a near-tie (see the fixture's note).
             let margin = (logits[got as usize] - logits[w as usize]).abs();
-            assert!(margin < 0.05, "step {step}: got {got}, llama.cpp {w}, margin {margin}");
+            assert!(
+                margin < 0.05,
+                "step {step}: got {got}, llama.cpp {w}, margin {margin}"
+            );
             return;
         }
         e.forward(&[w], &mut cache, &mut scratch);
@@ -83,8 +102,18 @@ fn greedy_decoding_reproduces_the_f32_reference_ids() {
 fn perplexity_is_within_one_percent_of_llamacpp() {
     let p = &fx()["perplexity"]["results"];
     let want = p["Q4_1 source, llama.cpp defaults"].as_f64().unwrap();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/eval-gpl3.txt")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/eval-gpl3.txt"
+    ))
+    .unwrap();
     let ppl = glint_runtime::eval::perplexity(engine(), &text, 512, |_, _| {}).unwrap();
-    eprintln!("perplexity {ppl:.4} (llama.cpp Q4_1 {want}, exact f32 {})", p["same weights dequantized to F32 (exact)"]);
-    assert!((ppl / want - 1.0).abs() < 0.01, "perplexity {ppl} vs llama.cpp {want}");
+    eprintln!(
+        "perplexity {ppl:.4} (llama.cpp Q4_1 {want}, exact f32 {})",
+        p["same weights dequantized to F32 (exact)"]
+    );
+    assert!(
+        (ppl / want - 1.0).abs() < 0.01,
+        "perplexity {ppl} vs llama.cpp {want}"
+    );
 }

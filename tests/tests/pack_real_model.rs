@@ -13,7 +13,13 @@ fn q4g32a_blocks_are_bit_identical_to_the_source_q4_1_blocks() {
     let gguf_path = common::gguf_path();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.glint");
-    write_packed(&import(&gguf_path).unwrap(), Scheme::Q4g32a, &out, |_, _| {}).unwrap();
+    write_packed(
+        &import(&gguf_path).unwrap(),
+        Scheme::Q4g32a,
+        &out,
+        |_, _| {},
+    )
+    .unwrap();
     let bytes = std::fs::read(&out).unwrap();
     let f = GlintFile::parse(&bytes).unwrap();
     f.verify().unwrap();
@@ -27,9 +33,24 @@ fn q4g32a_blocks_are_bit_identical_to_the_source_q4_1_blocks() {
                 assert_eq!(packed.dtype, DType::Q4G32A);
                 let m = packed.matrix().unwrap();
                 for (b, block) in t.data.chunks_exact(20).enumerate() {
-                    assert_eq!(&m.scales[2 * b..2 * b + 2], &block[0..2], "{} block {b} d", t.name);
-                    assert_eq!(&m.mins[2 * b..2 * b + 2], &block[2..4], "{} block {b} m", t.name);
-                    assert_eq!(&m.values[16 * b..16 * b + 16], &block[4..20], "{} block {b} nibbles", t.name);
+                    assert_eq!(
+                        &m.scales[2 * b..2 * b + 2],
+                        &block[0..2],
+                        "{} block {b} d",
+                        t.name
+                    );
+                    assert_eq!(
+                        &m.mins[2 * b..2 * b + 2],
+                        &block[2..4],
+                        "{} block {b} m",
+                        t.name
+                    );
+                    assert_eq!(
+                        &m.values[16 * b..16 * b + 16],
+                        &block[4..20],
+                        "{} block {b} nibbles",
+                        t.name
+                    );
                 }
                 q4_1 += 1;
             }
@@ -54,7 +75,10 @@ fn q4g128_and_q8_pack_within_their_error_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let reference = std::fs::read(common::model_path()).unwrap();
     let reference = GlintFile::parse(&reference).unwrap();
-    for (scheme, dtype, rel_bound) in [(Scheme::Q4g128, DType::Q4G128, 0.25), (Scheme::Q8, DType::Q8G32, 0.02)] {
+    for (scheme, dtype, rel_bound) in [
+        (Scheme::Q4g128, DType::Q4G128, 0.25),
+        (Scheme::Q8, DType::Q8G32, 0.02),
+    ] {
         let out = dir.path().join(format!("{}.glint", scheme.name()));
         write_packed(&src, scheme, &out, |_, _| {}).unwrap();
         let bytes = std::fs::read(&out).unwrap();
@@ -64,7 +88,10 @@ fn q4g128_and_q8_pack_within_their_error_bounds() {
         // Compare a matrix against the source weights (dequantized q4g32a == Q4_1 exactly);
         // ffn_down has 1536 columns, a whole number of 128-groups.
         let name = "blk.3.ffn_down.weight";
-        let (a, b) = (reference.tensor(name).unwrap().matrix().unwrap(), f.tensor(name).unwrap().matrix().unwrap());
+        let (a, b) = (
+            reference.tensor(name).unwrap().matrix().unwrap(),
+            f.tensor(name).unwrap().matrix().unwrap(),
+        );
         assert_eq!(b.dtype, dtype);
         let (mut ra, mut rb) = (vec![0f32; a.cols], vec![0f32; b.cols]);
         let (mut err, mut norm) = (0f64, 0f64);

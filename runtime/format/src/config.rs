@@ -231,7 +231,7 @@ impl ModelConfig {
         Ok(())
     }
 
-#[cfg(feature = "std")]
+    #[cfg(feature = "std")]
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let s = self.rope_scaling.unwrap_or(RopeScaling {
             factor: 0.0,

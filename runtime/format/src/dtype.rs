@@ -172,11 +172,12 @@ impl<'a> Matrix<'a> {
         bytes: &'a [u8],
     ) -> Result<Self, FormatError> {
         if let Some(g) = dtype.group()
-            && (!cols.is_multiple_of(g) || !cols.is_multiple_of(BLOCK)) {
-                return Err(FormatError::BadShape(
-                    "quantized row length is not a multiple of its group",
-                ));
-            }
+            && (!cols.is_multiple_of(g) || !cols.is_multiple_of(BLOCK))
+        {
+            return Err(FormatError::BadShape(
+                "quantized row length is not a multiple of its group",
+            ));
+        }
         let n = (rows as u64)
             .checked_mul(cols as u64)
             .ok_or(FormatError::BadShape("element count overflows"))?;

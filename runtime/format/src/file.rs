@@ -274,11 +274,12 @@ impl<'a> GlintFile<'a> {
                     .ok_or_else(|| bad("dimensions zero or too large"))?;
             }
             if let Some(g) = dtype.group()
-                && (n_dims != 2 || dims[1] % g as u64 != 0) {
-                    return Err(bad(
-                        "quantized tensor is not a matrix with whole groups per row",
-                    ));
-                }
+                && (n_dims != 2 || dims[1] % g as u64 != 0)
+            {
+                return Err(bad(
+                    "quantized tensor is not a matrix with whole groups per row",
+                ));
+            }
             if dtype.plane_layout(elements).total != len {
                 return Err(bad("length disagrees with dtype and shape"));
             }

@@ -124,7 +124,7 @@ pub struct TokenizerSpec {
 }
 
 impl TokenizerSpec {
-#[cfg(feature = "std")]
+    #[cfg(feature = "std")]
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let flags = [
             (self.add_bos, FLAG_ADD_BOS),

@@ -10,7 +10,8 @@ pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| match std::env::var_os("GLINT_MODEL") {
         Some(p) => PathBuf::from(p),
-        None => glint_quantize::default_model(|m| eprintln!("{m}")).expect("fetch and pack the default model"),
+        None => glint_quantize::default_model(|m| eprintln!("{m}"))
+            .expect("fetch and pack the default model"),
     })
     .clone()
 }
@@ -23,12 +24,19 @@ pub fn gguf_path() -> PathBuf {
 
 /// `../shared/fixtures/<name>` parsed as JSON.
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture JSON")
 }
 
 /// A JSON array of integers as token ids.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
