@@ -34,8 +34,8 @@ pub enum EngineError {
     Tokenizer(#[from] TokenizerError),
 }
 
-/// Why a generation call failed. The session is unchanged by a failed call, except
-/// after [`GenerateError::Cancelled`]-free errors noted per variant.
+/// Why a generation call failed. Every error is found before anything runs, so the
+/// session is unchanged by a failed call.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GenerateError {
     /// The prompt encodes to no tokens and the session is empty: nothing to continue.
@@ -187,9 +187,14 @@ impl Engine {
         let t = f.tokenizer();
         // BOS is added by the session (only at the start of a context), not by `encode`.
         let tokenizer = Tokenizer::new(TokenizerSpec {
+            model: t.model,
             tokens: t.tokens.iter().collect(),
             token_types: t.token_types,
             merges: t.merges.iter().collect(),
+            scores: t
+                .scores
+                .map(|_| (0..t.tokens.len()).map(|i| t.score(i)).collect()),
+            add_space_prefix: t.add_space_prefix,
             pre: t.pre,
             bos: c.bos,
             eos: c.eos,

@@ -1,5 +1,5 @@
-//! Byte-level BPE tokenizer (GPT-2 style) that reproduces llama.cpp's
-//! `llama-tokenize` token for token.
+//! Byte-level BPE (GPT-2 style) and SentencePiece BPE tokenizers that
+//! reproduce llama.cpp's `llama-tokenize` token for token.
 //!
 //! Encoding follows llama.cpp's `llama_vocab::tokenize` for `gpt2` vocabs:
 //!
@@ -12,11 +12,19 @@
 //!    pairwise, lowest merge rank first (leftmost on ties), as
 //!    `llm_tokenizer_bpe_session` does.
 //!
+//! For SentencePiece (`llama`) vocabs, step 1 is the same and each remaining
+//! fragment is then encoded by score-ranked merges over its characters, with
+//! byte-token fallback (see [`TokenizerModel::SentencePiece`] and the `spm`
+//! module).
+//!
 //! Decoding is the concatenation of llama.cpp's `token_to_piece` outputs;
 //! [`StreamDecoder`] turns a token stream into text without ever splitting a
 //! UTF-8 character.
 
 mod pretokenize;
+mod spm;
+#[cfg(test)]
+mod spm_tests;
 #[cfg(test)]
 mod tests;
 mod unicode;
@@ -26,6 +34,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
+pub use glint_format::TokenizerModel;
 pub use pretokenize::PreTokenizer;
 use unicode::{BYTE_TO_CHAR, char_to_byte};
 
@@ -33,14 +42,32 @@ use unicode::{BYTE_TO_CHAR, char_to_byte};
 /// `tokenizer.ggml.*` keys.
 #[derive(Clone, Debug)]
 pub struct TokenizerSpec<'a> {
-    /// Token strings, indexed by id, in GPT-2's byte-to-unicode alphabet
-    /// (`Ġ` is a space); control and user-defined tokens are plain text.
+    /// The algorithm (`tokenizer.ggml.model`: `gpt2` is byte-level BPE,
+    /// `llama` SentencePiece).
+    pub model: TokenizerModel,
+    /// Token strings, indexed by id: for byte-level BPE in GPT-2's
+    /// byte-to-unicode alphabet (`Ġ` is a space), for SentencePiece with `▁`
+    /// (U+2581) as a space and `<0xXX>` byte tokens; control and
+    /// user-defined tokens are plain text.
     pub tokens: Vec<&'a str>,
     /// GGUF token type per token (see [`TokenType`]); empty means all normal.
     pub token_types: &'a [u8],
-    /// Merges as `"left right"`; a merge's rank is its index.
+    /// Merges as `"left right"`; a merge's rank is its index. SentencePiece
+    /// uses them only without `scores` (see there).
     pub merges: Vec<&'a str>,
-    /// The `tokenizer.ggml.pre` name, see [`PreTokenizer::from_name`].
+    /// SentencePiece: one score per token; a pair of symbols merges into the
+    /// token they spell, highest score first. When absent (a Hugging Face
+    /// import), priorities come from the merges: a token formed by the merge
+    /// of rank `r` first scores `-r`, and tokens no merge forms are never
+    /// merged into; with no merges either, every token scores 0. Ignored for
+    /// byte-level BPE.
+    pub scores: Option<Vec<f32>>,
+    /// SentencePiece: prepend `▁` to each text fragment that starts the
+    /// input or follows a special token (llama.cpp's `add_space_prefix`).
+    /// Ignored for byte-level BPE.
+    pub add_space_prefix: bool,
+    /// The `tokenizer.ggml.pre` name, see [`PreTokenizer::from_name`];
+    /// SentencePiece has no pre-tokenizer and accepts any name.
     pub pre: &'a str,
     /// Beginning-of-sequence token id.
     pub bos: Option<u32>,
@@ -86,6 +113,14 @@ pub enum TokenizerError {
     /// `add_bos` was requested without a BOS token.
     #[error("add_bos is set but no bos token id is given")]
     MissingBos,
+    /// `scores` is given but not one entry per token.
+    #[error("{scores} scores given for {tokens} tokens")]
+    ScoreCount {
+        /// Number of tokens.
+        tokens: usize,
+        /// Number of scores.
+        scores: usize,
+    },
     /// Token ids (plus internal ids for merge intermediates) must fit in `u32`.
     #[error("vocabulary of {0} tokens is too large")]
     TooLarge(usize),
@@ -108,8 +143,8 @@ pub enum TokenType {
     UserDefined = 4,
     /// Unused slot; rendered as nothing.
     Unused = 5,
-    /// SentencePiece byte token; has no meaning in byte-level BPE, so llama.cpp
-    /// renders it as nothing.
+    /// SentencePiece byte token `<0xXX>`, rendered as that byte; it has no
+    /// meaning in byte-level BPE, so llama.cpp renders it as nothing there.
     Byte = 6,
 }
 
@@ -229,9 +264,10 @@ fn pair_key(left: u32, right: u32) -> u64 {
     (u64::from(left) << 32) | u64::from(right)
 }
 
-/// A byte-level BPE tokenizer matching llama.cpp's `llama-tokenize`.
+/// A byte-level BPE or SentencePiece tokenizer matching llama.cpp's
+/// `llama-tokenize`.
 ///
-/// Symbols during merging are ids: real token ids below `vocab_size`, and
+/// Symbols during byte-level BPE merging are ids: real token ids below `vocab_size`, and
 /// ids above it for strings that merges produce or consume but that are not
 /// tokens themselves (absent in well-formed vocabularies, but llama.cpp
 /// merges by string, so they must still take part).
@@ -254,6 +290,8 @@ pub struct Tokenizer {
     /// Special tokens by decreasing text length (llama.cpp's match order).
     specials: Vec<u32>,
     pre: PreTokenizer,
+    /// SentencePiece state; `None` for byte-level BPE.
+    spm: Option<spm::Spm>,
     /// llama.cpp's `ignore_merges`: a word that is a token is used as is.
     ignore_merges: bool,
     bos: Option<u32>,
@@ -266,15 +304,25 @@ impl Tokenizer {
     ///
     /// # Errors
     ///
-    /// An unsupported pre-tokenizer name, a merge without a space between
-    /// two halves, a token-type list of the wrong length, a BOS/EOS id
-    /// outside the vocabulary, or `add_bos` without a BOS id.
+    /// An unsupported pre-tokenizer name (byte-level BPE), a merge without a
+    /// space between two halves, a token-type or score list of the wrong
+    /// length, a BOS/EOS id outside the vocabulary, or `add_bos` without a
+    /// BOS id.
     pub fn new(spec: TokenizerSpec<'_>) -> Result<Self, TokenizerError> {
-        let pre = PreTokenizer::from_name(spec.pre)
-            .ok_or_else(|| TokenizerError::UnknownPreTokenizer(spec.pre.to_owned()))?;
+        let is_spm = spec.model == TokenizerModel::SentencePiece;
+        let pre = match PreTokenizer::from_name(spec.pre) {
+            Some(pre) => pre,
+            None if is_spm => PreTokenizer::Default,
+            None => return Err(TokenizerError::UnknownPreTokenizer(spec.pre.to_owned())),
+        };
         let n_tokens = spec.tokens.len();
-        // Every merge may add up to three intermediate ids on top of tokens.
-        let id_space = n_tokens.saturating_add(spec.merges.len().saturating_mul(3));
+        // Every merge may add up to three intermediate ids on top of tokens
+        // (byte-level BPE; SentencePiece symbols are texts, not ids).
+        let id_space = if is_spm {
+            n_tokens
+        } else {
+            n_tokens.saturating_add(spec.merges.len().saturating_mul(3))
+        };
         if u32::try_from(id_space).is_err() || id_space == u32::MAX as usize {
             return Err(TokenizerError::TooLarge(n_tokens));
         }
@@ -318,13 +366,33 @@ impl Tokenizer {
             types.push(ty);
         }
 
-        let merges = Self::build_merges(&spec.merges, &token_to_id, n_tokens)?;
+        let (merges, spm) = if is_spm {
+            let spm = spm::Spm::new(
+                spec.scores,
+                &spec.merges,
+                &token_to_id,
+                &types,
+                spec.add_space_prefix,
+            )?;
+            let none = BuiltMerges {
+                table: FxMap::default(),
+                byte_symbol: [NO_SYMBOL; 256],
+            };
+            (none, Some(spm))
+        } else {
+            let merges = Self::build_merges(&spec.merges, &token_to_id, n_tokens)?;
+            (merges, None)
+        };
 
         let mut piece_bytes = Vec::with_capacity(n_tokens * 6);
         let mut piece_ranges = Vec::with_capacity(n_tokens + 1);
         piece_ranges.push(0);
         for (text, &ty) in texts.iter().zip(&types) {
-            render_piece(text, ty, &mut piece_bytes);
+            if is_spm {
+                spm::render_piece(text, ty, &mut piece_bytes);
+            } else {
+                render_piece(text, ty, &mut piece_bytes);
+            }
             let end =
                 u32::try_from(piece_bytes.len()).map_err(|_| TokenizerError::TooLarge(n_tokens))?;
             piece_ranges.push(end);
@@ -357,6 +425,7 @@ impl Tokenizer {
             specials,
             ignore_merges: pre == PreTokenizer::Llama3,
             pre,
+            spm,
             bos: spec.bos,
             eos: spec.eos,
             add_bos: spec.add_bos,
@@ -388,22 +457,7 @@ impl Tokenizer {
             id
         };
         for (rank, &merge) in merges.iter().enumerate() {
-            // Like llama.cpp, split at the first space after the first byte;
-            // unlike it, reject a merge without one instead of ranking ("","").
-            // (Searching bytes: a space byte is always a char boundary.)
-            let split = merge
-                .bytes()
-                .skip(1)
-                .position(|b| b == b' ')
-                .map(|at| at + 1)
-                .filter(|&at| at + 1 < merge.len());
-            let Some(at) = split else {
-                return Err(TokenizerError::MalformedMerge {
-                    index: rank,
-                    merge: merge.to_owned(),
-                });
-            };
-            let (left, right) = (&merge[..at], &merge[at + 1..]);
+            let (left, right) = split_merge(rank, merge)?;
             joined.clear();
             joined.push_str(left);
             joined.push_str(right);
@@ -433,8 +487,9 @@ impl Tokenizer {
         self.texts.len()
     }
 
-    /// Id of the token whose vocabulary string is exactly `text` (in the
-    /// GPT-2 alphabet for normal tokens, e.g. `"Ġthe"`).
+    /// Id of the token whose vocabulary string is exactly `text` (for normal
+    /// tokens in the GPT-2 alphabet, e.g. `"Ġthe"`, or with SentencePiece's
+    /// `▁`, e.g. `"▁the"`).
     pub fn id_of(&self, text: &str) -> Option<u32> {
         self.token_to_id.get(text).copied()
     }
@@ -455,9 +510,25 @@ impl Tokenizer {
         self.token_type(id).is_some_and(TokenType::is_special)
     }
 
-    /// The pre-tokenizer in use.
+    /// The pre-tokenizer in use (meaningless for SentencePiece).
     pub fn pre_tokenizer(&self) -> PreTokenizer {
         self.pre
+    }
+
+    /// The tokenizer algorithm.
+    pub fn model(&self) -> TokenizerModel {
+        if self.spm.is_some() {
+            TokenizerModel::SentencePiece
+        } else {
+            TokenizerModel::ByteLevelBpe
+        }
+    }
+
+    /// Whether SentencePiece encoding prefixes text with a space (`▁`) at the
+    /// start and after each special token. Decoding keeps that space, as
+    /// llama.cpp's `token_to_piece` does; `false` for byte-level BPE.
+    pub fn add_space_prefix(&self) -> bool {
+        self.spm.as_ref().is_some_and(|s| s.add_space_prefix)
     }
 
     /// Beginning-of-sequence token id.
@@ -480,8 +551,11 @@ impl Tokenizer {
     /// written in the text (e.g. `<|im_start|>`) become those tokens;
     /// user-defined tokens are always matched.
     ///
-    /// Characters whose bytes have no token in the vocabulary are dropped,
-    /// as llama.cpp drops them.
+    /// Byte-level BPE drops characters whose bytes have no token in the
+    /// vocabulary, as llama.cpp does. SentencePiece encodes a character
+    /// outside the vocabulary as its UTF-8 bytes' `<0xXX>` tokens; a byte
+    /// without one becomes the unknown token, or is dropped if there is none
+    /// (llama.cpp aborts there).
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         self.encode_into(text, parse_special, &mut out);
@@ -494,12 +568,28 @@ impl Tokenizer {
             out.extend(self.bos);
         }
         let mut scratch = EncodeScratch::default();
+        // SentencePiece: the start of the text counts as following a special.
+        let mut after_special = true;
         for fragment in self.partition(text, parse_special) {
             match fragment {
                 Fragment::Text(start, end) => {
-                    self.encode_fragment(&text[start..end], &mut scratch, out)
+                    let fragment = &text[start..end];
+                    match &self.spm {
+                        Some(spm) => spm.encode(
+                            &self.token_to_id,
+                            fragment,
+                            spm.add_space_prefix && after_special,
+                            &mut scratch.spm,
+                            out,
+                        ),
+                        None => self.encode_fragment(fragment, &mut scratch, out),
+                    }
+                    after_special = false;
                 }
-                Fragment::Token(id) => out.push(id),
+                Fragment::Token(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
             }
         }
     }
@@ -674,8 +764,10 @@ impl Tokenizer {
 
     /// Rendered bytes of a token, control tokens included (llama.cpp's
     /// `token_to_piece` with `special = true`): normal tokens decode from the
-    /// GPT-2 alphabet, control/unknown/user-defined tokens are their text, and
-    /// unused/byte/undefined tokens are empty. Empty for unknown ids.
+    /// GPT-2 alphabet (byte-level BPE) or with `▁` as a space
+    /// (SentencePiece), control/unknown/user-defined tokens are their text,
+    /// byte tokens are their byte (SentencePiece; empty for byte-level BPE),
+    /// and unused/undefined tokens are empty. Empty for unknown ids.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         let id = id as usize;
         match (self.piece_ranges.get(id), self.piece_ranges.get(id + 1)) {
@@ -709,7 +801,9 @@ impl Tokenizer {
 
     /// Decodes ids to text; invalid UTF-8 (e.g. a sequence cut mid-character)
     /// becomes U+FFFD. No clean-up pass is applied, so
-    /// `decode(encode(s)) == s` whenever every byte of `s` has a token.
+    /// `decode(encode(s)) == s` whenever every byte of `s` has a token, except
+    /// that SentencePiece's space prefix (see [`Tokenizer::add_space_prefix`])
+    /// stays in front.
     pub fn decode(&self, ids: &[u32], render_special: bool) -> String {
         match String::from_utf8(self.decode_bytes(ids, render_special)) {
             Ok(s) => s,
@@ -722,6 +816,7 @@ impl std::fmt::Debug for Tokenizer {
     /// A summary: the full vocabulary would be tens of thousands of lines.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
+            .field("model", &self.model())
             .field("vocab_size", &self.texts.len())
             .field("merges", &self.merges.len())
             .field("special_tokens", &self.specials.len())
@@ -759,6 +854,26 @@ fn render_piece(text: &str, ty: TokenType, out: &mut Vec<u8>) {
             out.extend_from_slice(text.as_bytes());
         }
         TokenType::Undefined | TokenType::Unused | TokenType::Byte => {}
+    }
+}
+
+/// Splits a merge `"left right"` into its halves: like llama.cpp, at the first
+/// space after the first byte; unlike it, a merge without one is rejected
+/// instead of ranking `("", "")`.
+fn split_merge(index: usize, merge: &str) -> Result<(&str, &str), TokenizerError> {
+    // Searching bytes: a space byte is always a char boundary.
+    let split = merge
+        .bytes()
+        .skip(1)
+        .position(|b| b == b' ')
+        .map(|at| at + 1)
+        .filter(|&at| at + 1 < merge.len());
+    match split {
+        Some(at) => Ok((&merge[..at], &merge[at + 1..])),
+        None => Err(TokenizerError::MalformedMerge {
+            index,
+            merge: merge.to_owned(),
+        }),
     }
 }
 
@@ -806,6 +921,7 @@ struct EncodeScratch {
     symbols: Vec<Symbol>,
     queue: BinaryHeap<Reverse<Pair>>,
     encoded: String,
+    spm: spm::Scratch,
 }
 
 /// Incremental decoder for generated tokens: yields only complete UTF-8

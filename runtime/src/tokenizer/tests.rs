@@ -40,9 +40,12 @@ impl Vocab {
 
     fn spec<'a>(&'a self, pre: &'a str) -> TokenizerSpec<'a> {
         TokenizerSpec {
+            model: TokenizerModel::ByteLevelBpe,
             tokens: self.tokens.iter().map(String::as_str).collect(),
             token_types: &self.types,
             merges: self.merges.iter().map(String::as_str).collect(),
+            scores: None,
+            add_space_prefix: false,
             pre,
             bos: None,
             eos: None,
@@ -543,9 +546,12 @@ fn load_smollm2() -> Option<Dump> {
 
 fn smollm2(dump: &Dump) -> Tokenizer {
     Tokenizer::new(TokenizerSpec {
+        model: TokenizerModel::ByteLevelBpe,
         tokens: dump.tokens.iter().map(String::as_str).collect(),
         token_types: &dump.types,
         merges: dump.merges.iter().map(String::as_str).collect(),
+        scores: None,
+        add_space_prefix: false,
         pre: &dump.pre,
         bos: dump.bos,
         eos: dump.eos,
