@@ -7,11 +7,12 @@
 //! norm vectors (a few KiB) are copied out. Prompt tokens go through the model in
 //! batches (matrix-matrix kernels); decoding is the batch of one (matrix-vector).
 
-use crate::kernels;
+use crate::kernels::{self, QuantActs};
 use crate::pool::{ThreadPool, split};
 use glint_format::quant::dequantize_row;
 use glint_format::{GlintFile, MappedGlint, Matrix, ModelConfig, OpenError, RopeStyle};
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,47 @@ pub enum LoadError {
     /// The file is valid but this runtime cannot run it.
     #[error("unsupported model: {0}")]
     Unsupported(String),
+}
+
+/// How the matrix products treat activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 activations, weights dequantized on the fly, f32 accumulation: matches
+    /// "dequantize, then f32 matmul" (llama.cpp's f32 reference) to rounding. The default:
+    /// it is what the accuracy tests pin down.
+    #[default]
+    Exact,
+    /// Activations quantized to int8 per 32-block once per input vector and integer dot
+    /// products (`vpdpbusd`), like llama.cpp's default CPU path; float matrices stay
+    /// exact. Faster; perplexity and logits effects are in `benches/README.md`.
+    Int8,
+}
+
+impl Precision {
+    /// `"exact"` or `"int8"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// Parses [`Precision::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Precision::Exact, Precision::Int8]
+            .into_iter()
+            .find(|p| p.name() == name.trim())
+    }
+
+    /// `GLINT_PRECISION` if set (`exact` or `int8`; panics on anything else), else
+    /// [`Precision::Exact`]. Used as the initial precision of every loaded [`Model`].
+    pub fn from_env() -> Self {
+        match std::env::var("GLINT_PRECISION") {
+            Ok(v) if !v.trim().is_empty() => Self::from_name(&v)
+                .unwrap_or_else(|| panic!("GLINT_PRECISION={v:?}: expected exact or int8")),
+            _ => Self::Exact,
+        }
+    }
 }
 
 /// Indices into the file's tensor table for one transformer block.
@@ -50,6 +92,8 @@ pub struct Model {
     output_norm: Vec<f32>,
     /// RoPE inverse frequencies, one per rotated pair, with rope scaling applied.
     inv_freq: Vec<f32>,
+    /// [`Precision`] as `0` (exact) or `1` (int8); atomic so a shared model can switch.
+    precision: AtomicU8,
 }
 
 impl Model {
@@ -66,18 +110,25 @@ impl Model {
             // The parser checked the tensor set and shapes against the config.
             let i = f.tensors().iter().position(|t| t.name == name);
             let i = i.ok_or_else(|| LoadError::Unsupported(format!("missing tensor {name}")))?;
-            f.tensors()[i].matrix().map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))?;
+            f.tensors()[i]
+                .matrix()
+                .map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))?;
             Ok(i)
         };
         let vector = |name: &str| -> Result<Vec<f32>, LoadError> {
             let t = &f.tensors()[index(name)?];
-            t.to_f32_vec().map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))
+            t.to_f32_vec()
+                .map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))
         };
         let mut layers = Vec::with_capacity(config.n_layers as usize);
         for i in 0..config.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let bias = if config.qkv_bias {
-                Some([vector(&p("attn_q.bias"))?, vector(&p("attn_k.bias"))?, vector(&p("attn_v.bias"))?])
+                Some([
+                    vector(&p("attn_q.bias"))?,
+                    vector(&p("attn_k.bias"))?,
+                    vector(&p("attn_v.bias"))?,
+                ])
             } else {
                 None
             };
@@ -95,10 +146,38 @@ impl Model {
             });
         }
         let token_embd = index("token_embd.weight")?;
-        let output = if config.tied_embeddings { token_embd } else { index("output.weight")? };
+        let output = if config.tied_embeddings {
+            token_embd
+        } else {
+            index("output.weight")?
+        };
         let output_norm = vector("output_norm.weight")?;
         let inv_freq = rope_inv_freq(&config);
-        Ok(Self { file, config, layers, token_embd, output, output_norm, inv_freq })
+        let precision = AtomicU8::new(Precision::from_env() as u8);
+        Ok(Self {
+            file,
+            config,
+            layers,
+            token_embd,
+            output,
+            output_norm,
+            inv_freq,
+            precision,
+        })
+    }
+
+    /// The precision of the matrix products ([`Precision::from_env`] at load).
+    pub fn precision(&self) -> Precision {
+        if self.precision.load(Ordering::Relaxed) == Precision::Int8 as u8 {
+            Precision::Int8
+        } else {
+            Precision::Exact
+        }
+    }
+
+    /// Switches the precision of later [`Model::forward`] calls (all sessions).
+    pub fn set_precision(&self, p: Precision) {
+        self.precision.store(p as u8, Ordering::Relaxed);
     }
 
     /// The model's config.
@@ -113,7 +192,9 @@ impl Model {
 
     fn w(&self, tensor: usize) -> Matrix<'_> {
         // Every index was checked to form a matrix at load.
-        self.file.file().tensors()[tensor].matrix().expect("checked at load")
+        self.file.file().tensors()[tensor]
+            .matrix()
+            .expect("checked at load")
     }
 
     /// Bytes of weights read to decode one token (every matrix once, one embedding row).
@@ -122,7 +203,11 @@ impl Model {
         let embd = &f.tensors()[self.token_embd];
         let per_row = embd.bytes.len() as u64 / self.config.vocab_size as u64;
         let all: u64 = f.tensors().iter().map(|t| t.bytes.len() as u64).sum();
-        if self.config.tied_embeddings { all + per_row } else { all - embd.bytes.len() as u64 + per_row }
+        if self.config.tied_embeddings {
+            all + per_row
+        } else {
+            all - embd.bytes.len() as u64 + per_row
+        }
     }
 
     /// Runs `tokens` at positions `cache.len()..` through the model, appending their keys
@@ -134,8 +219,14 @@ impl Model {
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch, pool: &ThreadPool) {
         let c = &self.config;
         let (dim, n) = (c.dim as usize, tokens.len());
-        assert!(n <= s.batch && cache.len + n <= cache.capacity, "batch or context overflow");
-        assert!(pool.threads() * cache.capacity <= s.scores.len(), "scratch sized for fewer threads or positions");
+        assert!(
+            n <= s.batch && cache.len + n <= cache.capacity,
+            "batch or context overflow"
+        );
+        assert!(
+            pool.threads() * cache.capacity <= s.scores.len(),
+            "scratch sized for fewer threads or positions"
+        );
         let hd = c.head_dim as usize;
         let (q_dim, kv_dim) = (c.n_heads as usize * hd, c.n_kv_heads as usize * hd);
         let embd = self.w(self.token_embd);
@@ -143,11 +234,27 @@ impl Model {
             dequantize_row(&embd, t as usize, row);
         }
         let pos0 = cache.len;
+        let int8 = self.precision() == Precision::Int8;
+        let ffn = c.ffn_dim as usize;
         for (li, l) in self.layers.iter().enumerate() {
-            rms_norm(&s.x[..n * dim], &l.attn_norm, c.norm_eps, &mut s.xn[..n * dim]);
-            par_matmul(pool, &self.w(l.q), &s.xn[..n * dim], n, &mut s.q[..n * q_dim]);
-            par_matmul(pool, &self.w(l.k), &s.xn[..n * dim], n, &mut s.k[..n * kv_dim]);
-            par_matmul(pool, &self.w(l.v), &s.xn[..n * dim], n, &mut s.v[..n * kv_dim]);
+            rms_norm(
+                &s.x[..n * dim],
+                &l.attn_norm,
+                c.norm_eps,
+                &mut s.xn[..n * dim],
+            );
+            project(
+                pool,
+                int8,
+                &mut s.qa,
+                &s.xn[..n * dim],
+                n,
+                &mut [
+                    (self.w(l.q), &mut s.q[..n * q_dim]),
+                    (self.w(l.k), &mut s.k[..n * kv_dim]),
+                    (self.w(l.v), &mut s.v[..n * kv_dim]),
+                ],
+            );
             if let Some([bq, bk, bv]) = &l.bias {
                 add_bias(&mut s.q[..n * q_dim], bq);
                 add_bias(&mut s.k[..n * kv_dim], bk);
@@ -160,29 +267,75 @@ impl Model {
             }
             cache.append(li, pos0, &s.k[..n * kv_dim], &s.v[..n * kv_dim]);
             self.attention(li, pos0, n, cache, s, pool);
-            par_matmul(pool, &self.w(l.o), &s.att[..n * q_dim], n, &mut s.xn[..n * dim]);
+            project(
+                pool,
+                int8,
+                &mut s.qa,
+                &s.att[..n * q_dim],
+                n,
+                &mut [(self.w(l.o), &mut s.xn[..n * dim])],
+            );
             add_in_place(&mut s.x[..n * dim], &s.xn[..n * dim]);
 
-            rms_norm(&s.x[..n * dim], &l.ffn_norm, c.norm_eps, &mut s.xn[..n * dim]);
-            let ffn = c.ffn_dim as usize;
-            par_matmul(pool, &self.w(l.gate), &s.xn[..n * dim], n, &mut s.gate[..n * ffn]);
-            par_matmul(pool, &self.w(l.up), &s.xn[..n * dim], n, &mut s.up[..n * ffn]);
+            rms_norm(
+                &s.x[..n * dim],
+                &l.ffn_norm,
+                c.norm_eps,
+                &mut s.xn[..n * dim],
+            );
+            project(
+                pool,
+                int8,
+                &mut s.qa,
+                &s.xn[..n * dim],
+                n,
+                &mut [
+                    (self.w(l.gate), &mut s.gate[..n * ffn]),
+                    (self.w(l.up), &mut s.up[..n * ffn]),
+                ],
+            );
             for (g, u) in s.gate[..n * ffn].iter_mut().zip(&s.up[..n * ffn]) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            par_matmul(pool, &self.w(l.down), &s.gate[..n * ffn], n, &mut s.xn[..n * dim]);
+            project(
+                pool,
+                int8,
+                &mut s.qa,
+                &s.gate[..n * ffn],
+                n,
+                &mut [(self.w(l.down), &mut s.xn[..n * dim])],
+            );
             add_in_place(&mut s.x[..n * dim], &s.xn[..n * dim]);
         }
         cache.len += n;
         let vocab = c.vocab_size as usize;
         let head = self.w(self.output);
         if s.all_logits {
-            rms_norm(&s.x[..n * dim], &self.output_norm, c.norm_eps, &mut s.xn[..n * dim]);
-            par_matmul(pool, &head, &s.xn[..n * dim], n, &mut s.logits[..n * vocab]);
+            rms_norm(
+                &s.x[..n * dim],
+                &self.output_norm,
+                c.norm_eps,
+                &mut s.xn[..n * dim],
+            );
+            project(
+                pool,
+                int8,
+                &mut s.qa,
+                &s.xn[..n * dim],
+                n,
+                &mut [(head, &mut s.logits[..n * vocab])],
+            );
         } else {
             let last = &s.x[(n - 1) * dim..n * dim];
             rms_norm(last, &self.output_norm, c.norm_eps, &mut s.xn[..dim]);
-            par_matmul(pool, &head, &s.xn[..dim], 1, &mut s.logits[..vocab]);
+            project(
+                pool,
+                int8,
+                &mut s.qa,
+                &s.xn[..dim],
+                1,
+                &mut [(head, &mut s.logits[..vocab])],
+            );
         }
     }
 
@@ -206,7 +359,15 @@ impl Model {
 
     /// Causal grouped-query attention of the `n` new tokens (at `pos0..pos0+n`) over the
     /// cache, heads split across threads.
-    fn attention(&self, layer: usize, pos0: usize, n: usize, cache: &KvCache, s: &mut Scratch, pool: &ThreadPool) {
+    fn attention(
+        &self,
+        layer: usize,
+        pos0: usize,
+        n: usize,
+        cache: &KvCache,
+        s: &mut Scratch,
+        pool: &ThreadPool,
+    ) {
         let c = &self.config;
         let hd = c.head_dim as usize;
         let (n_heads, group) = (c.n_heads as usize, (c.n_heads / c.n_kv_heads) as usize);
@@ -222,7 +383,8 @@ impl Model {
                 let kvh = h / group;
                 // SAFETY: thread `t` owns heads `split(..)`: it alone writes their columns
                 // of `att` and the score row of its own index.
-                let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(t * stride), stride) };
+                let sc =
+                    unsafe { std::slice::from_raw_parts_mut(scores.get().add(t * stride), stride) };
                 for i in 0..n {
                     let len = pos0 + i + 1;
                     let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
@@ -238,7 +400,9 @@ impl Model {
                         sum += *sp;
                     }
                     // SAFETY: as above; the head's slice of row `i` is disjoint per thread.
-                    let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * hd), hd) };
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * hd), hd)
+                    };
                     o.fill(0.0);
                     for (p, &w) in sc[..len].iter().enumerate() {
                         let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
@@ -268,7 +432,8 @@ fn rope_inv_freq(c: &ModelConfig) -> Vec<f32> {
             } else if wavelen > low {
                 f / s.factor
             } else {
-                let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                let smooth =
+                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                 (1.0 - smooth) * f / s.factor + smooth * f
             }
         })
@@ -290,14 +455,51 @@ unsafe impl Sync for SyncPtr {}
 // SAFETY: as above.
 unsafe impl Send for SyncPtr {}
 
-/// `y = W x` for `n` rows of `x`, output rows split across the pool.
-fn par_matmul(pool: &ThreadPool, w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32]) {
-    assert_eq!(y.len(), n * w.rows);
-    let out = SyncPtr(y.as_mut_ptr());
+/// `y_j = W_j x` for `n` rows of `x` and up to 3 matrices reading the same input (Q/K/V,
+/// gate/up), in one pool dispatch: each thread computes its share of the output rows of
+/// every matrix (shares rounded to 16 rows, so no two threads write one cache line).
+/// With `int8` (and int8 kernels for every matrix) `x` is quantized once, into `qa`,
+/// and all matrices read that.
+fn project(
+    pool: &ThreadPool,
+    int8: bool,
+    qa: &mut QuantActs,
+    x: &[f32],
+    n: usize,
+    jobs: &mut [(Matrix<'_>, &mut [f32])],
+) {
+    const MAX: usize = 3;
+    assert!(jobs.len() <= MAX);
+    let cols = jobs[0].0.cols;
+    let mut outs = [(SyncPtr(std::ptr::null_mut()), 0usize); MAX];
+    for (o, (w, y)) in outs.iter_mut().zip(jobs.iter_mut()) {
+        assert_eq!(y.len(), n * w.rows);
+        assert_eq!(w.cols, cols);
+        *o = (SyncPtr(y.as_mut_ptr()), w.rows);
+    }
+    let ws: [Option<Matrix<'_>>; MAX] = core::array::from_fn(|j| jobs.get(j).map(|(w, _)| *w));
+    let quant = int8 && jobs.iter().all(|(w, _)| kernels::int8_supported(w.dtype));
+    if quant {
+        qa.quantize(x, n, cols);
+    }
+    let qa = &*qa;
     pool.run(&|t, nt| {
-        let rows = split(w.rows, nt, t, 16);
-        // SAFETY: `y` holds `n * w.rows` elements; each thread writes only its own rows.
-        unsafe { kernels::matmul_rows_raw(w, x, n, rows, out.get(), w.rows) };
+        for (w, (out, ld)) in ws
+            .iter()
+            .zip(outs)
+            .filter_map(|(w, o)| w.as_ref().map(|w| (w, o)))
+        {
+            let rows = split(w.rows, nt, t, 16);
+            // SAFETY: each output holds `n * w.rows` elements (asserted above, `ld ==
+            // w.rows`); each thread writes only its own rows of it.
+            unsafe {
+                if quant {
+                    kernels::matmul_q8act_rows_raw(w, qa, rows, out.get(), ld);
+                } else {
+                    kernels::matmul_rows_raw(w, x, n, rows, out.get(), ld);
+                }
+            }
+        }
     });
 }
 
@@ -305,7 +507,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums so the compiler can vectorise without reassociation flags.
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
             acc[k] += x[k] * y[k];
@@ -350,12 +557,21 @@ impl KvCache {
     pub fn new(config: &ModelConfig, capacity: usize) -> Self {
         let kv_dim = (config.n_kv_heads * config.head_dim) as usize;
         let n = config.n_layers as usize * capacity * kv_dim;
-        Self { k: vec![0.0; n], v: vec![0.0; n], kv_dim, capacity, len: 0 }
+        Self {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            kv_dim,
+            capacity,
+            len: 0,
+        }
     }
 
     /// Bytes a cache of `capacity` positions takes for `config`.
     pub fn bytes_for(config: &ModelConfig, capacity: usize) -> u64 {
-        2 * 4 * config.n_layers as u64 * capacity as u64 * (config.n_kv_heads * config.head_dim) as u64
+        2 * 4
+            * config.n_layers as u64
+            * capacity as u64
+            * (config.n_kv_heads * config.head_dim) as u64
     }
 
     /// Positions filled.
@@ -419,16 +635,27 @@ pub struct Scratch {
     up: Vec<f32>,
     scores: Vec<f32>,
     logits: Vec<f32>,
+    /// Quantized activations for [`Precision::Int8`].
+    qa: QuantActs,
 }
 
 impl Scratch {
     /// Buffers for `batch` tokens at a time over a context of `capacity`, for up to
     /// `threads` threads. With `all_logits`, logits are kept for every token of a batch
     /// (perplexity); otherwise for the last only.
-    pub fn new(c: &ModelConfig, batch: usize, capacity: usize, threads: usize, all_logits: bool) -> Self {
+    pub fn new(
+        c: &ModelConfig,
+        batch: usize,
+        capacity: usize,
+        threads: usize,
+        all_logits: bool,
+    ) -> Self {
         let batch = batch.max(1);
         let (dim, ffn, vocab) = (c.dim as usize, c.ffn_dim as usize, c.vocab_size as usize);
-        let (q_dim, kv_dim) = ((c.n_heads * c.head_dim) as usize, (c.n_kv_heads * c.head_dim) as usize);
+        let (q_dim, kv_dim) = (
+            (c.n_heads * c.head_dim) as usize,
+            (c.n_kv_heads * c.head_dim) as usize,
+        );
         Self {
             batch,
             all_logits,
@@ -442,6 +669,7 @@ impl Scratch {
             up: vec![0.0; batch * ffn],
             scores: vec![0.0; threads.max(1) * capacity],
             logits: vec![0.0; if all_logits { batch * vocab } else { vocab }],
+            qa: QuantActs::new(batch, dim.max(q_dim).max(ffn)),
         }
     }
 
@@ -457,7 +685,94 @@ impl Scratch {
 
     /// Bytes allocated.
     pub fn bytes(&self) -> u64 {
-        let b = [&self.x, &self.xn, &self.q, &self.k, &self.v, &self.att, &self.gate, &self.up, &self.scores, &self.logits];
-        b.iter().map(|v| v.len() as u64 * 4).sum()
+        let b = [
+            &self.x,
+            &self.xn,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.att,
+            &self.gate,
+            &self.up,
+            &self.scores,
+            &self.logits,
+        ];
+        b.iter().map(|v| v.len() as u64 * 4).sum::<u64>() + self.qa.bytes()
+    }
+}
+
+#[cfg(test)]
+mod int8_accuracy {
+    use super::*;
+
+    /// The packed SmolLM2-135M (Q4_1 source) in `$GLINT_CACHE`, if there.
+    fn model() -> Option<Model> {
+        let dir = std::env::var("GLINT_CACHE").ok()?;
+        Model::load(Path::new(&dir).join("SmolLM2-135M-Instruct.q4g32a.glint")).ok()
+    }
+
+    /// The int8-activation path against llama.cpp's own default (int8-activation, f16 KV)
+    /// run of the same Q4_1 weights: same top token, and the last-position top-10 logits
+    /// within 1.0. Why 1.0: on this prompt llama.cpp's default itself is 0.47 away from
+    /// its f32 reference (activation rounding, not a bug; our exact path is 3e-5 away),
+    /// ours is 1.00 from the f32 reference and 0.64 from llama.cpp's default; perplexity
+    /// agrees to 1e-4 (18.3916 vs 18.3914). Skipped without the model in `GLINT_CACHE`
+    /// or without the fixtures.
+    #[test]
+    fn int8_path_matches_llamacpp_default_top10() {
+        let Some(m) = model() else {
+            return eprintln!("skipped: no model in GLINT_CACHE");
+        };
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/llamacpp-smollm2.json"
+        );
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return eprintln!("skipped: no fixtures");
+        };
+        let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let case = &fx["last_position_logits_top10"]["llamacpp_default_q4_1"];
+        let prompt: Vec<u32> = case["prompt_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let run = |p: Precision| {
+            m.set_precision(p);
+            let c = *m.config();
+            let pool = ThreadPool::new(2);
+            let mut cache = KvCache::new(&c, prompt.len());
+            let mut s = Scratch::new(&c, prompt.len(), prompt.len(), 2, false);
+            m.forward(&prompt, &mut cache, &mut s, &pool);
+            s.logits().to_vec()
+        };
+        let diff = |logits: &[f32], case: &serde_json::Value| {
+            let mut worst = 0f32;
+            for t in case["top10"].as_array().unwrap() {
+                let (id, want) = (
+                    t["id"].as_u64().unwrap() as usize,
+                    t["logit"].as_f64().unwrap() as f32,
+                );
+                worst = worst.max((logits[id] - want).abs());
+            }
+            worst
+        };
+        let reference = &fx["last_position_logits_top10"]["reference_f32"];
+        let exact = run(Precision::Exact);
+        let logits = run(Precision::Int8);
+        let worst = diff(&logits, case);
+        eprintln!(
+            "max |top-10 logit diff|: int8 vs llama.cpp default {worst}, int8 vs f32 reference {}, exact vs llama.cpp default {}, exact vs f32 reference {}",
+            diff(&logits, reference),
+            diff(&exact, case),
+            diff(&exact, reference)
+        );
+        const BOUND: f32 = 1.0;
+        assert!(worst < BOUND, "max top-10 logit difference {worst}");
+        let top = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap();
+        assert_eq!(top as u64, case["top10"][0]["id"].as_u64().unwrap());
     }
 }

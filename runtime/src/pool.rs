@@ -20,6 +20,9 @@ struct Shared {
     remaining: AtomicUsize,
     stop: AtomicBool,
     panicked: AtomicBool,
+    /// Workers asleep (or about to sleep) on `wake`: dispatch only takes the lock and
+    /// notifies when this is non-zero (a futex wake per job would cost a syscall each).
+    sleepers: AtomicUsize,
     /// The current job, valid while `remaining > 0` for the generation it was set for.
     job: UnsafeCell<Option<Job<'static>>>,
     sleep: Mutex<()>,
@@ -50,6 +53,7 @@ impl ThreadPool {
             remaining: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
@@ -64,7 +68,11 @@ impl ThreadPool {
                     .expect("spawn a worker thread")
             })
             .collect();
-        Self { shared, workers, dispatch: Mutex::new(()) }
+        Self {
+            shared,
+            workers,
+            dispatch: Mutex::new(()),
+        }
     }
 
     /// Threads that run each job (workers plus the caller).
@@ -86,14 +94,24 @@ impl ThreadPool {
         // SAFETY: no worker reads `job` now: the previous generation has completed.
         unsafe { *s.job.get() = Some(erased) };
         s.remaining.store(n - 1, Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
-        {
+        // SeqCst pairs with the worker's SeqCst `sleepers` increment and generation
+        // re-check: either we see it sleeping and notify, or it sees the new generation.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) != 0 {
             let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| job(0, n)));
+        // Spin briefly, then yield: on a loaded machine a worker may be descheduled, and
+        // spinning would only keep it off the core it needs.
+        let mut spins = 0u32;
         while s.remaining.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            if spins < SPIN_LIMIT / 4 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         // SAFETY: every worker is done with this generation's job.
         unsafe { *s.job.get() = None };
@@ -124,17 +142,21 @@ fn worker(s: &Shared, index: usize, n: usize) {
                 std::hint::spin_loop();
             } else {
                 let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                if s.generation.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Relaxed) {
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.generation.load(Ordering::SeqCst) == seen && !s.stop.load(Ordering::Relaxed) {
                     drop(s.wake.wait(guard));
+                } else {
+                    drop(guard);
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
         // SAFETY: the dispatcher wrote the job before publishing this generation and
         // keeps it alive until we decrement `remaining`.
-        if let Some(job) = unsafe { *s.job.get() } {
-            if catch_unwind(AssertUnwindSafe(|| job(index, n))).is_err() {
-                s.panicked.store(true, Ordering::Relaxed);
-            }
+        if let Some(job) = unsafe { *s.job.get() }
+            && catch_unwind(AssertUnwindSafe(|| job(index, n))).is_err()
+        {
+            s.panicked.store(true, Ordering::Relaxed);
         }
         s.remaining.fetch_sub(1, Ordering::Release);
     }
@@ -198,7 +220,9 @@ mod tests {
     #[test]
     fn a_panicking_job_reaches_the_caller_and_the_pool_survives() {
         let pool = ThreadPool::new(2);
-        let r = catch_unwind(AssertUnwindSafe(|| pool.run(&|i, _| assert_ne!(i, 1, "boom"))));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|i, _| assert_ne!(i, 1, "boom"))
+        }));
         assert!(r.is_err());
         let count = AtomicU64::new(0);
         pool.run(&|_, _| {

@@ -494,3 +494,293 @@ unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
     }
     reduce(&acc0, &acc1)
 }
+
+// ---------------------------------------------------------------------------------------
+// int8 activations (AVX2: `vpmaddubsw` + `vpmaddwd`), see `int8.rs`.
+
+/// Weight rows per tile, one activation row (decode).
+const Q_MV_ROWS: usize = 4;
+/// Weight rows per tile, several activation rows (prefill).
+const Q_MM_ROWS: usize = 2;
+/// Activation rows per tile (prefill).
+const Q_MM_ACTS: usize = 4;
+/// Activation rows per tile for a remainder of at most this many rows.
+const Q_MM_REST: usize = 1;
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `int8::check_q` must have passed; `out` must
+/// be writable at every `(i, r)`, `i < a.rows()`, `r` in `rows`.
+pub(super) unsafe fn run_q8act(
+    w: &Matrix<'_>,
+    a: &super::int8::QuantActs,
+    rows: Range<usize>,
+    out: Out,
+) {
+    use super::int8::drive_q;
+    let n = a.rows();
+    macro_rules! go {
+        ($tile:ident) => {
+            if n == 1 {
+                // SAFETY: `drive_q` hands the tiles in-range rows and activation indices;
+                // the planes were validated by `check_q`; CPU support is our contract.
+                unsafe {
+                    drive_q::<Q_MV_ROWS, 1, 1>(
+                        n,
+                        rows,
+                        out,
+                        |r, i| $tile::<Q_MV_ROWS, 1>(w, r, a, i),
+                        |r, i| $tile::<Q_MV_ROWS, 1>(w, r, a, i),
+                    )
+                }
+            } else {
+                // SAFETY: as above.
+                unsafe {
+                    drive_q::<Q_MM_ROWS, Q_MM_ACTS, Q_MM_REST>(
+                        n,
+                        rows,
+                        out,
+                        |r, i| $tile::<Q_MM_ROWS, Q_MM_ACTS>(w, r, a, i),
+                        |r, i| $tile::<Q_MM_ROWS, Q_MM_REST>(w, r, a, i),
+                    )
+                }
+            }
+        };
+    }
+    if w.dtype == DType::Q8G32 {
+        go!(q8_tile_i8)
+    } else {
+        go!(q4_tile_i8)
+    }
+}
+
+/// The `R` rows' weight scales and minimums (stored, or `-8 d` when symmetric) for the
+/// `cnt <= 8` blocks from `b0`, one block per lane, lanes past `cnt` zeroed.
+///
+/// # Safety
+/// Rows and blocks in range of the validated planes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn block_scales8<const R: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    b0: usize,
+    cnt: usize,
+) -> ([__m256; R], [__m256; R]) {
+    let nb = w.cols / BLOCK;
+    let group = w.dtype.group().unwrap_or(BLOCK);
+    let shift = (group / BLOCK).trailing_zeros();
+    let expand = _mm256_srlv_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(shift as i32),
+    );
+    let keep = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(cnt as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let mut ds = [_mm256_setzero_ps(); R];
+    let mut ms = [_mm256_setzero_ps(); R];
+    for k in 0..R {
+        let first = rows[k] * nb + b0;
+        // SAFETY: whole groups of the row (chunks start at multiples of 256 elements)
+        // and `cnt` minimums lie in the planes.
+        unsafe {
+            let d = load_f16(
+                w.scales,
+                2 * (first * BLOCK / group),
+                (cnt * BLOCK).div_ceil(group),
+            );
+            let d = if shift == 0 {
+                d
+            } else {
+                _mm256_permutevar8x32_ps(d, expand)
+            };
+            ds[k] = _mm256_and_ps(d, _mm256_castsi256_ps(keep));
+            ms[k] = if w.dtype == DType::Q4G32A {
+                _mm256_and_ps(load_f16(w.mins, 2 * first, cnt), _mm256_castsi256_ps(keep))
+            } else {
+                _mm256_mul_ps(ds[k], _mm256_set1_ps(-8.0))
+            };
+        }
+    }
+    (ds, ms)
+}
+
+/// int4 weights x int8 activations tile: per pair of blocks one 32-byte load of nibbles
+/// per row, `vpmaddubsw` on low and high nibbles (at most 2 * 15 * 127 per i16, no
+/// saturation), summed and widened by `vpmaddwd`, then one convert and one FMA with the
+/// per-lane `dw dx`; the minimum term once per 8 blocks.
+///
+/// # Safety
+/// As for [`run_q8act`]; `rows` valid, `acts` `< a.rows()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_tile_i8<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    a: &super::int8::QuantActs,
+    acts: &[usize; N],
+) -> [[f32; N]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let (sb, sk) = (a.stride_nib(), a.stride_blk());
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    // Lane `l` of pair `h` of an 8-block group is block `2h + l / 4`.
+    let idx: [__m256i; 4] = core::array::from_fn(|h| {
+        let (b, e) = (2 * h as i32, 2 * h as i32 + 1);
+        _mm256_setr_epi32(b, b, b, b, e, e, e, e)
+    });
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(8);
+        // SAFETY: rows and blocks in range.
+        let (ds, ms) = unsafe { block_scales8::<R>(w, rows, b0, cnt) };
+        for i in 0..N {
+            // SAFETY: the block arrays are padded to a multiple of 16 per row.
+            let sx = unsafe { _mm256_loadu_ps(a.s.as_ptr().add(acts[i] * sk + b0)) };
+            for k in 0..R {
+                acc[k][i] = _mm256_fmadd_ps(ms[k], sx, acc[k][i]);
+            }
+        }
+        for (h, idx) in idx.iter().enumerate().take(cnt.div_ceil(2)) {
+            let blk = b0 + 2 * h;
+            let two = blk + 1 < nb;
+            if N == 1 {
+                next.block(blk);
+                if two {
+                    next.block(blk + 1);
+                }
+            }
+            let mut lo = [_mm256_setzero_si256(); R];
+            let mut hi = [_mm256_setzero_si256(); R];
+            for k in 0..R {
+                // SAFETY: blocks `blk` (and `blk + 1` when `two`) of the row are in the plane.
+                let v = unsafe {
+                    let p = w
+                        .values
+                        .as_ptr()
+                        .add(rows[k] * cols / 2 + blk * (BLOCK / 2));
+                    if two {
+                        _mm256_loadu_si256(p.cast())
+                    } else {
+                        _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p.cast()))
+                    }
+                };
+                lo[k] = _mm256_and_si256(v, m4);
+                hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            }
+            let dwc: [__m256; R] = core::array::from_fn(|k| _mm256_permutevar8x32_ps(ds[k], *idx));
+            for i in 0..N {
+                // SAFETY: the nibble-order row is padded to a multiple of 128 bytes and the
+                // repeated scales to a multiple of 4 blocks.
+                let (xl, xh, dx) = unsafe {
+                    let p = a
+                        .nib
+                        .as_ptr()
+                        .add(acts[i] * sb + blk / 4 * 128 + blk % 4 * 16);
+                    (
+                        _mm256_loadu_si256(p.cast()),
+                        _mm256_loadu_si256(p.add(64).cast()),
+                        _mm256_loadu_ps(a.d4.as_ptr().add(acts[i] * sb / 8 + 4 * blk)),
+                    )
+                };
+                for k in 0..R {
+                    let p16 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo[k], xl),
+                        _mm256_maddubs_epi16(hi[k], xh),
+                    );
+                    let p = _mm256_madd_epi16(p16, ones);
+                    acc[k][i] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(p),
+                        _mm256_mul_ps(dwc[k], dx),
+                        acc[k][i],
+                    );
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    let mut res = [[0f32; N]; R];
+    for k in 0..R {
+        for i in 0..N {
+            res[k][i] = hsum(acc[k][i]);
+        }
+    }
+    res
+}
+
+/// int8 weights x int8 activations tile: per block, `|q_w|` times `q_x` with the sign of
+/// `q_w` (`vpsignb`; at most 2 * 128 * 127 per i16) through `vpmaddubsw` + `vpmaddwd`,
+/// then one convert and one FMA with `dw dx`.
+///
+/// # Safety
+/// As for [`q4_tile_i8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_tile_i8<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    a: &super::int8::QuantActs,
+    acts: &[usize; N],
+) -> [[f32; N]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let (sn, sk) = (a.stride_nat(), a.stride_blk());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let mut ds = [Aligned([0f32; 8]); R];
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(8);
+        // SAFETY: rows and blocks in range.
+        let (d, _) = unsafe { block_scales8::<R>(w, rows, b0, cnt) };
+        for k in 0..R {
+            // SAFETY: 8 f32 fit the aligned array.
+            unsafe { _mm256_store_ps(ds[k].0.as_mut_ptr(), d[k]) };
+        }
+        for b in 0..cnt {
+            let blk = b0 + b;
+            if N == 1 {
+                next.block(blk);
+            }
+            let mut qa = [_mm256_setzero_si256(); R];
+            let mut qw = [_mm256_setzero_si256(); R];
+            for k in 0..R {
+                // SAFETY: the 32 bytes of block `blk` of the row are in the plane.
+                qw[k] = unsafe {
+                    _mm256_loadu_si256(w.values.as_ptr().add(rows[k] * cols + blk * BLOCK).cast())
+                };
+                qa[k] = _mm256_abs_epi8(qw[k]);
+            }
+            for i in 0..N {
+                // SAFETY: block `blk` of the natural-order row, and its scale.
+                let (x, dx) = unsafe {
+                    (
+                        _mm256_loadu_si256(a.nat.as_ptr().add(acts[i] * sn + blk * BLOCK).cast()),
+                        *a.d.get_unchecked(acts[i] * sk + blk),
+                    )
+                };
+                for k in 0..R {
+                    let p = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(qa[k], _mm256_sign_epi8(x, qw[k])),
+                        ones,
+                    );
+                    acc[k][i] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(p),
+                        _mm256_set1_ps(ds[k].0[b] * dx),
+                        acc[k][i],
+                    );
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    let mut res = [[0f32; N]; R];
+    for k in 0..R {
+        for i in 0..N {
+            res[k][i] = hsum(acc[k][i]);
+        }
+    }
+    res
+}

@@ -447,3 +447,495 @@ unsafe fn float_tile_t<const R: usize, const N: usize, const HALF: bool>(
     }
     reduce(&acc0, &acc1)
 }
+
+/// The `R` rows' weight scales (and int4 minimums: the stored ones, or `-8 d` when
+/// symmetric) for the `cnt <= 16` blocks from `b0`, one block per lane, lanes past
+/// `cnt` zeroed: `block_scales!(w, rows, b0, cnt, mins) -> ([__m512; R], [__m512; R])`.
+/// A macro so it is always inlined (a `#[target_feature]` function cannot be
+/// `#[inline(always)]`, and out of line it cost 17% of decode time).
+///
+/// Safety: must be used inside `unsafe`, with rows and blocks in range of the
+/// validated planes (the scales of whole groups: chunks start at multiples of 512
+/// elements).
+macro_rules! block_scales {
+    ($w:expr, $rows:expr, $b0:expr, $cnt:expr, $mins:expr) => {{
+        let (w, rows, b0, cnt): (&Matrix<'_>, &[usize; R], usize, usize) = ($w, $rows, $b0, $cnt);
+        let nb = w.cols / BLOCK;
+        let group = w.dtype.group().unwrap_or(BLOCK);
+        let shift = (group / BLOCK).trailing_zeros();
+        let lanes: __mmask16 = if cnt >= 16 { 0xffff } else { (1u16 << cnt) - 1 };
+        let mut ds = [_mm512_setzero_ps(); R];
+        let mut ms = [_mm512_setzero_ps(); R];
+        for k in 0..R {
+            let first = rows[k] * nb + b0;
+            let d = load_f16(
+                w.scales,
+                2 * (first * BLOCK / group),
+                (cnt * BLOCK).div_ceil(group),
+            );
+            let d = if shift == 0 {
+                d
+            } else {
+                let expand = _mm512_srlv_epi32(
+                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                    _mm512_set1_epi32(shift as i32),
+                );
+                _mm512_permutexvar_ps(expand, d)
+            };
+            ds[k] = _mm512_maskz_mov_ps(lanes, d);
+            if $mins {
+                ms[k] = if w.dtype == DType::Q4G32A {
+                    _mm512_maskz_mov_ps(lanes, load_f16(w.mins, 2 * first, cnt))
+                } else {
+                    _mm512_mul_ps(ds[k], _mm512_set1_ps(-8.0))
+                };
+            }
+        }
+        (ds, ms)
+    }};
+}
+
+// ---------------------------------------------------------------------------------------
+// int8 activations (AVX-512 VNNI), see `int8.rs`.
+
+/// Weight rows per tile, one activation row (decode).
+const Q_MV_ROWS: usize = 8;
+/// Weight rows per tile, several activation rows (prefill).
+const Q_MM_ROWS: usize = 4;
+/// Activation rows per tile (prefill).
+const Q_MM_ACTS: usize = 4;
+/// Activation rows per tile for a remainder of at most this many rows.
+const Q_MM_REST: usize = 1;
+
+/// # Safety
+/// The CPU must support AVX-512F/BW/VNNI, AVX2, FMA and F16C; `int8::check_q` must have
+/// passed; `out` must be writable at every `(i, r)`, `i < a.rows()`, `r` in `rows`.
+pub(super) unsafe fn run_q8act(
+    w: &Matrix<'_>,
+    a: &super::int8::QuantActs,
+    rows: Range<usize>,
+    out: Out,
+) {
+    use super::int8::drive_q;
+    let n = a.rows();
+    macro_rules! go {
+        ($tile:ident, $mv:ident) => {
+            if n == 1 {
+                // SAFETY: `drive_q` hands the tiles in-range rows and activation indices;
+                // the planes were validated by `check_q`; CPU support is our contract.
+                unsafe {
+                    drive_q::<Q_MV_ROWS, 1, 1>(
+                        n,
+                        rows,
+                        out,
+                        |r, i| $mv::<Q_MV_ROWS>(w, r, a, i[0]),
+                        |r, i| $mv::<Q_MV_ROWS>(w, r, a, i[0]),
+                    )
+                }
+            } else {
+                // SAFETY: as above.
+                unsafe {
+                    drive_q::<Q_MM_ROWS, Q_MM_ACTS, Q_MM_REST>(
+                        n,
+                        rows,
+                        out,
+                        |r, i| $tile::<Q_MM_ROWS, Q_MM_ACTS>(w, r, a, i),
+                        |r, i| $tile::<Q_MM_ROWS, Q_MM_REST>(w, r, a, i),
+                    )
+                }
+            }
+        };
+    }
+    if w.dtype == DType::Q8G32 {
+        go!(q8_tile_i8, q8_mv_i8)
+    } else {
+        go!(q4_tile_i8, q4_mv_i8)
+    }
+}
+
+/// [`q4_tile_i8`] for one activation row: rows are processed one after the other inside
+/// each chunk so only the accumulators and per-row scale vectors stay in registers.
+///
+/// # Safety
+/// As for [`q4_tile_i8`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_mv_i8<const R: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    a: &super::int8::QuantActs,
+    act: usize,
+) -> [[f32; 1]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let (sb, sk) = (a.stride_nib(), a.stride_blk());
+    let m4 = _mm512_set1_epi8(0x0f);
+    let idx: [__m512i; 4] = core::array::from_fn(|c| {
+        let c = c as i32 * 4;
+        _mm512_setr_epi32(
+            c,
+            c,
+            c,
+            c,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 3,
+            c + 3,
+            c + 3,
+            c + 3,
+        )
+    });
+    let mut acc = [_mm512_setzero_ps(); R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let xn = a.nib[act * sb..].as_ptr();
+    let wp: [*const u8; R] = core::array::from_fn(|k| w.values[rows[k] * cols / 2..].as_ptr());
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(16);
+        // SAFETY: rows and blocks in range.
+        let (ds, ms) = unsafe { block_scales!(w, rows, b0, cnt, true) };
+        // SAFETY: the block arrays are padded to a multiple of 16 per row.
+        let (dx, sx) = unsafe {
+            let at = act * sk + b0;
+            (
+                _mm512_loadu_ps(a.d.as_ptr().add(at)),
+                _mm512_loadu_ps(a.s.as_ptr().add(at)),
+            )
+        };
+        let mut scl = [_mm512_setzero_ps(); R];
+        for k in 0..R {
+            acc[k] = _mm512_fmadd_ps(ms[k], sx, acc[k]);
+            scl[k] = _mm512_mul_ps(ds[k], dx);
+        }
+        for (c, idx) in idx.iter().enumerate().take(cnt.div_ceil(4)) {
+            let blk = b0 + 4 * c;
+            let rb = (nb - blk).min(4);
+            for j in 0..rb {
+                next.block(blk + j);
+            }
+            let mask: __mmask64 = if rb == 4 { !0 } else { (1u64 << (16 * rb)) - 1 };
+            // SAFETY: the nibble-order row is padded to a multiple of 128 bytes.
+            let (xl, xh) = unsafe {
+                let p = xn.add(blk / 4 * 128);
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(64).cast()),
+                )
+            };
+            for k in 0..R {
+                // SAFETY: the `16 * rb` bytes of blocks `blk..blk + rb` of the row are in
+                // the plane; masked-off bytes are not accessed.
+                let v =
+                    unsafe { _mm512_maskz_loadu_epi8(mask, wp[k].add(blk * (BLOCK / 2)).cast()) };
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
+                let p = _mm512_dpbusd_epi32(p, hi, xh);
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(p),
+                    _mm512_permutexvar_ps(*idx, scl[k]),
+                    acc[k],
+                );
+            }
+        }
+        b0 += cnt;
+    }
+    core::array::from_fn(|k| [_mm512_reduce_add_ps(acc[k])])
+}
+
+/// [`q8_tile_i8`] for one activation row, rows one after the other per chunk.
+///
+/// # Safety
+/// As for [`q4_tile_i8`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_mv_i8<const R: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    a: &super::int8::QuantActs,
+    act: usize,
+) -> [[f32; 1]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let (sn, sk) = (a.stride_nat(), a.stride_blk());
+    let bias = _mm512_set1_epi8(-128);
+    let idx: [__m512i; 8] = core::array::from_fn(|c| {
+        let (b, e) = (2 * c as i32, 2 * c as i32 + 1);
+        _mm512_setr_epi32(b, b, b, b, b, b, b, b, e, e, e, e, e, e, e, e)
+    });
+    let mut acc = [_mm512_setzero_ps(); R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let xq = a.nat[act * sn..].as_ptr();
+    let xc = a.corr[act * sn / 4..].as_ptr();
+    let wp: [*const u8; R] = core::array::from_fn(|k| w.values[rows[k] * cols..].as_ptr());
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(16);
+        // SAFETY: rows and blocks in range.
+        let (ds, _) = unsafe { block_scales!(w, rows, b0, cnt, false) };
+        // SAFETY: the block arrays are padded to a multiple of 16 per row.
+        let dx = unsafe { _mm512_loadu_ps(a.d.as_ptr().add(act * sk + b0)) };
+        let scl: [__m512; R] = core::array::from_fn(|k| _mm512_mul_ps(ds[k], dx));
+        for (c, idx) in idx.iter().enumerate().take(cnt.div_ceil(2)) {
+            let blk = b0 + 2 * c;
+            let rb = (nb - blk).min(2);
+            for j in 0..rb {
+                next.block(blk + j);
+            }
+            let mask: __mmask64 = if rb == 2 { !0 } else { (1u64 << 32) - 1 };
+            // SAFETY: natural-order rows and their corrections are padded to 64 values.
+            let (x, corr) = unsafe {
+                (
+                    _mm512_loadu_si512(xq.add(blk * BLOCK).cast()),
+                    _mm512_loadu_si512(xc.add(blk * BLOCK / 4).cast()),
+                )
+            };
+            for k in 0..R {
+                // SAFETY: the `32 * rb` bytes of blocks `blk..blk + rb` are in the plane;
+                // masked-off bytes are not accessed.
+                let q = unsafe {
+                    _mm512_xor_si512(
+                        _mm512_maskz_loadu_epi8(mask, wp[k].add(blk * BLOCK).cast()),
+                        bias,
+                    )
+                };
+                let p = _mm512_dpbusd_epi32(corr, q, x);
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(p),
+                    _mm512_permutexvar_ps(*idx, scl[k]),
+                    acc[k],
+                );
+            }
+        }
+        b0 += cnt;
+    }
+    core::array::from_fn(|k| [_mm512_reduce_add_ps(acc[k])])
+}
+
+/// int4 weights x int8 activations tile: per 4-block chunk one 64-byte load of nibbles
+/// per row, two `vpdpbusd` per (row, activation), one convert and one FMA with the
+/// per-lane scale `dw dx`; the minimum term `m s` once per 16 blocks.
+///
+/// # Safety
+/// As for [`run_q8act`]; `rows` valid, `acts` `< a.rows()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_tile_i8<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    a: &super::int8::QuantActs,
+    acts: &[usize; N],
+) -> [[f32; N]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let (sb, sk) = (a.stride_nib(), a.stride_blk());
+    let m4 = _mm512_set1_epi8(0x0f);
+    // Lane `l` of chunk `c` (blocks `4c..4c + 4` of a 16-block group) is block `4c + l / 4`.
+    let idx: [__m512i; 4] = core::array::from_fn(|c| {
+        let c = c as i32 * 4;
+        _mm512_setr_epi32(
+            c,
+            c,
+            c,
+            c,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 3,
+            c + 3,
+            c + 3,
+            c + 3,
+        )
+    });
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let xn: [*const i8; N] = core::array::from_fn(|i| a.nib[acts[i] * sb..].as_ptr());
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(16);
+        // SAFETY: rows and blocks in range.
+        let (ds, ms) = unsafe { block_scales!(w, rows, b0, cnt, true) };
+        let mut dxv = [_mm512_setzero_ps(); N];
+        for i in 0..N {
+            // SAFETY: the block arrays are padded to a multiple of 16 per row.
+            let (dx, sx) = unsafe {
+                let at = acts[i] * sk + b0;
+                (
+                    _mm512_loadu_ps(a.d.as_ptr().add(at)),
+                    _mm512_loadu_ps(a.s.as_ptr().add(at)),
+                )
+            };
+            dxv[i] = dx;
+            for k in 0..R {
+                acc[k][i] = _mm512_fmadd_ps(ms[k], sx, acc[k][i]);
+            }
+        }
+        let scl: [__m512; R] = core::array::from_fn(|k| _mm512_mul_ps(ds[k], dxv[0]));
+        for (c, idx) in idx.iter().enumerate().take(cnt.div_ceil(4)) {
+            let blk = b0 + 4 * c;
+            let rb = (nb - blk).min(4);
+            if N == 1 {
+                for j in 0..rb {
+                    next.block(blk + j);
+                }
+            }
+            let mask: __mmask64 = if rb == 4 { !0 } else { (1u64 << (16 * rb)) - 1 };
+            let mut lo = [_mm512_setzero_si512(); R];
+            let mut hi = [_mm512_setzero_si512(); R];
+            for k in 0..R {
+                // SAFETY: the `16 * rb` bytes of blocks `blk..blk + rb` of the row are in
+                // the plane; masked-off bytes are not accessed.
+                let v = unsafe {
+                    _mm512_maskz_loadu_epi8(
+                        mask,
+                        w.values
+                            .as_ptr()
+                            .add(rows[k] * cols / 2 + blk * (BLOCK / 2))
+                            .cast(),
+                    )
+                };
+                lo[k] = _mm512_and_si512(v, m4);
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+            }
+            let dwc: [__m512; R] = core::array::from_fn(|k| _mm512_permutexvar_ps(*idx, ds[k]));
+            for i in 0..N {
+                // SAFETY: the nibble-order row is padded to a multiple of 128 bytes.
+                let (xl, xh) = unsafe {
+                    let p = xn[i].add(blk / 4 * 128);
+                    (
+                        _mm512_loadu_si512(p.cast()),
+                        _mm512_loadu_si512(p.add(64).cast()),
+                    )
+                };
+                let dxc = if N == 1 {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_permutexvar_ps(*idx, dxv[i])
+                };
+                for k in 0..R {
+                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[k], xl);
+                    let p = _mm512_dpbusd_epi32(p, hi[k], xh);
+                    let s = if N == 1 {
+                        _mm512_permutexvar_ps(*idx, scl[k])
+                    } else {
+                        _mm512_mul_ps(dwc[k], dxc)
+                    };
+                    acc[k][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[k][i]);
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    let mut res = [[0f32; N]; R];
+    for k in 0..R {
+        for i in 0..N {
+            res[k][i] = _mm512_reduce_add_ps(acc[k][i]);
+        }
+    }
+    res
+}
+
+/// int8 weights x int8 activations tile: per 2-block chunk one 64-byte load per row,
+/// XOR 0x80 (weights + 128, unsigned), one `vpdpbusd` starting from the precomputed
+/// `-128 * sum(q_x)` per lane, one convert and one FMA with `dw dx`.
+///
+/// # Safety
+/// As for [`q4_tile_i8`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_tile_i8<const R: usize, const N: usize>(
+    w: &Matrix<'_>,
+    rows: &[usize; R],
+    a: &super::int8::QuantActs,
+    acts: &[usize; N],
+) -> [[f32; N]; R] {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let (sn, sk) = (a.stride_nat(), a.stride_blk());
+    let bias = _mm512_set1_epi8(-128);
+    // Lane `l` of chunk `c` (blocks `2c, 2c + 1` of a 16-block group) is block `2c + l / 8`.
+    let idx: [__m512i; 8] = core::array::from_fn(|c| {
+        let (b, e) = (2 * c as i32, 2 * c as i32 + 1);
+        _mm512_setr_epi32(b, b, b, b, b, b, b, b, e, e, e, e, e, e, e, e)
+    });
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    let next = NextTile::new(w, rows[R - 1], R);
+    let xq: [*const i8; N] = core::array::from_fn(|i| a.nat[acts[i] * sn..].as_ptr());
+    let xc: [*const i32; N] = core::array::from_fn(|i| a.corr[acts[i] * sn / 4..].as_ptr());
+    let mut b0 = 0;
+    while b0 < nb {
+        let cnt = (nb - b0).min(16);
+        // SAFETY: rows and blocks in range.
+        let (ds, _) = unsafe { block_scales!(w, rows, b0, cnt, false) };
+        // SAFETY: the block arrays are padded to a multiple of 16 per row.
+        let dxv: [__m512; N] = core::array::from_fn(|i| unsafe {
+            _mm512_loadu_ps(a.d.as_ptr().add(acts[i] * sk + b0))
+        });
+        let scl: [__m512; R] = core::array::from_fn(|k| _mm512_mul_ps(ds[k], dxv[0]));
+        for (c, idx) in idx.iter().enumerate().take(cnt.div_ceil(2)) {
+            let blk = b0 + 2 * c;
+            let rb = (nb - blk).min(2);
+            if N == 1 {
+                for j in 0..rb {
+                    next.block(blk + j);
+                }
+            }
+            let mask: __mmask64 = if rb == 2 { !0 } else { (1u64 << 32) - 1 };
+            let mut q = [_mm512_setzero_si512(); R];
+            for k in 0..R {
+                // SAFETY: the `32 * rb` bytes of blocks `blk..blk + rb` of the row are in
+                // the plane; masked-off bytes are not accessed (and become 0 + 128,
+                // against zero-padded activations).
+                q[k] = unsafe {
+                    _mm512_xor_si512(
+                        _mm512_maskz_loadu_epi8(
+                            mask,
+                            w.values.as_ptr().add(rows[k] * cols + blk * BLOCK).cast(),
+                        ),
+                        bias,
+                    )
+                };
+            }
+            let dwc: [__m512; R] = core::array::from_fn(|k| _mm512_permutexvar_ps(*idx, ds[k]));
+            for i in 0..N {
+                // SAFETY: natural-order rows (and their corrections) are padded to a
+                // multiple of 64 values.
+                let (x, corr) = unsafe {
+                    (
+                        _mm512_loadu_si512(xq[i].add(blk * BLOCK).cast()),
+                        _mm512_loadu_si512(xc[i].add(blk * BLOCK / 4).cast()),
+                    )
+                };
+                let dxc = if N == 1 {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_permutexvar_ps(*idx, dxv[i])
+                };
+                for k in 0..R {
+                    let p = _mm512_dpbusd_epi32(corr, q[k], x);
+                    let s = if N == 1 {
+                        _mm512_permutexvar_ps(*idx, scl[k])
+                    } else {
+                        _mm512_mul_ps(dwc[k], dxc)
+                    };
+                    acc[k][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[k][i]);
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    let mut res = [[0f32; N]; R];
+    for k in 0..R {
+        for i in 0..N {
+            res[k][i] = _mm512_reduce_add_ps(acc[k][i]);
+        }
+    }
+    res
+}

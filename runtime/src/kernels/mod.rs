@@ -61,10 +61,13 @@ use std::sync::OnceLock;
 
 use glint_format::{BLOCK, DType, Matrix};
 
+pub use int8::{QuantActs, int8_supported, matmul_q8act, matmul_q8act_rows_raw};
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod int8;
 mod scalar;
 #[cfg(test)]
 mod tests;

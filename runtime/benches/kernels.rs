@@ -1,0 +1,65 @@
+//! Per-kernel micro-benchmarks: every available kernel on the matrix shapes of
+//! SmolLM2-135M, exact (f32 activations) and int8-activation paths, reported as GB/s of
+//! weights streamed (criterion's `Throughput::Bytes` = the matrix's bytes in the file).
+//!
+//! `cargo bench -p glint-runtime --bench kernels` (add `-- q8g32` to filter). Small
+//! matrices stay in cache between iterations, so these are compute ceilings; the
+//! 98304x576 int4 and 49152x576 int8 (the output head) cases stream from DRAM.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use glint_format::quant::quantize;
+use glint_format::{DType, Matrix};
+use glint_runtime::kernels::{Kernel, QuantActs, int8_supported};
+use std::hint::black_box;
+
+fn sample(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn kernels(c: &mut Criterion) {
+    let cases = [
+        (DType::Q4G32A, 1536, 576, 1),
+        (DType::Q4G32A, 576, 1536, 1),
+        (DType::Q4G32A, 98304, 576, 1),
+        (DType::Q8G32, 49152, 576, 1),
+        (DType::Q4G32, 1536, 576, 1),
+        (DType::Q4G32A, 1536, 576, 64),
+        (DType::F16, 1536, 576, 1),
+    ];
+    for (dtype, rows, cols, n) in cases {
+        let bytes = quantize(dtype, &sample(rows * cols, 9));
+        let w = Matrix::from_bytes(dtype, rows, cols, &bytes).expect("matrix");
+        let x = sample(n * cols, 4);
+        let mut y = vec![0f32; n * rows];
+        let mut g = c.benchmark_group(format!("{}_{rows}x{cols}_n{n}", dtype.name()));
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.sample_size(20);
+        for k in Kernel::all_available() {
+            if k == Kernel::Scalar && rows * n > 2048 {
+                continue; // minutes per sample; the scalar kernel is the reference, not a contender
+            }
+            g.bench_function(BenchmarkId::new("exact", k.name()), |b| {
+                b.iter(|| k.matmul_rows(&w, black_box(&x), n, 0..rows, &mut y))
+            });
+            if int8_supported(dtype) {
+                let mut a = QuantActs::new(n, cols);
+                a.quantize(&x, n, cols);
+                g.bench_function(BenchmarkId::new("int8", k.name()), |b| {
+                    b.iter(|| k.matmul_q8act_rows(&w, black_box(&a), 0..rows, &mut y))
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
