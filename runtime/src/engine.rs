@@ -253,7 +253,7 @@ impl Engine {
         };
         Session {
             engine: self.clone(),
-            cache: KvCache::new(c, cap),
+            cache: self.0.model.kv_cache(cap),
             scratch: Scratch::new(c, PREFILL_BATCH, cap, self.threads(), false),
             tokens: Vec::new(),
             pending: None,
@@ -362,35 +362,33 @@ impl Session {
         let rendered = self.engine.render_chat(&messages, true)?;
         let tokens = self.engine.0.tokenizer.encode(&rendered, true);
         // Reuse the cached prefix the new rendering shares with the context.
-        self.pending = None;
         let common = self
             .tokens
             .iter()
             .zip(&tokens)
             .take_while(|(a, b)| a == b)
             .count();
-        let (kept_cache, kept_tokens) = (self.cache.len(), self.tokens.len());
+        // Refuse before touching the session, so a failed turn leaves it as it was.
+        if tokens.len() > self.cache.capacity() {
+            return Err(GenerateError::PromptTooLong {
+                prompt: tokens.len() - common,
+                used: common,
+                capacity: self.cache.capacity(),
+            });
+        }
+        self.pending = None;
         self.cache.truncate(common);
         self.tokens.truncate(common);
         let mut reply = String::new();
         let mut on_token = on_token;
-        let result = self.generate_tokens(&tokens[common..], params, |ev| {
+        // Cannot fail now: the rendering fits, and the tokenizer only yields vocabulary ids.
+        let stats = self.generate_tokens(&tokens[common..], params, |ev| {
             reply.push_str(ev.text);
             on_token(ev)
-        });
-        match result {
-            Ok(stats) => {
-                messages.push(Message::new(Role::Assistant, reply.clone()));
-                self.history = messages;
-                Ok((reply, stats))
-            }
-            Err(e) => {
-                // The cache beyond `common` is intact: nothing ran.
-                self.cache.truncate(kept_cache);
-                self.tokens.truncate(kept_tokens.min(self.cache.len()));
-                Err(e)
-            }
-        }
+        })?;
+        messages.push(Message::new(Role::Assistant, reply.clone()));
+        self.history = messages;
+        Ok((reply, stats))
     }
 
     /// Runs `prompt` after the current context, then samples up to `max_tokens` tokens,
@@ -504,7 +502,8 @@ impl Session {
             time_to_first_token: ttft,
             prefill_tok_s: rate(prompt.len(), prefill),
             decode_tok_s: rate(generated.saturating_sub(1), total.saturating_sub(ttft)),
-            kv_bytes: KvCache::bytes_for(model.config(), 1) * self.cache.len() as u64,
+            kv_bytes: self.cache.bytes() / self.cache.capacity().max(1) as u64
+                * self.cache.len() as u64,
             stop,
         })
     }

@@ -230,3 +230,23 @@ fn same_seed_same_text() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_chat_turn_that_does_not_fit_leaves_the_session_as_it_was() {
+    let mut s = engine().session(64);
+    s.chat("Hi", &greedy(4), |_| ControlFlow::Continue(()))
+        .unwrap();
+    let (tokens, history) = (s.tokens().to_vec(), s.history().to_vec());
+    let err = s
+        .chat(&"word ".repeat(80), &greedy(4), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, GenerateError::PromptTooLong { capacity: 64, .. }),
+        "{err:?}"
+    );
+    assert_eq!((s.tokens(), s.history()), (&tokens[..], &history[..]));
+    s.chat("Bye", &greedy(4), |_| ControlFlow::Continue(()))
+        .unwrap();
+}
