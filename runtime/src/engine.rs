@@ -168,7 +168,9 @@ struct Shared {
     tokenizer: Tokenizer,
     /// Start a new context with BOS (the tokenizer's `add_bos` flag).
     add_bos: bool,
-    template: Option<ChatTemplate>,
+    /// The compiled chat template, or why the file's template is unusable (reported
+    /// when a chat is rendered, so models without one still load for plain prompts).
+    template: Result<ChatTemplate, String>,
     stop_ids: Vec<u32>,
     pool: ThreadPool,
 }
@@ -202,7 +204,8 @@ impl Engine {
         })?;
         let add_bos = t.add_bos;
         let text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
-        let template = ChatTemplate::new(f.chat_template(), &text(c.bos), &text(c.eos)).ok();
+        let template = ChatTemplate::new(f.chat_template(), &text(c.bos), &text(c.eos))
+            .map_err(|e| e.to_string());
         let mut stop_ids: Vec<u32> = [c.eos, c.eot].into_iter().flatten().collect();
         stop_ids.dedup();
         let pool = ThreadPool::new(threads);
@@ -267,7 +270,11 @@ impl Engine {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, GenerateError> {
-        let t = self.0.template.as_ref().ok_or(TemplateError::Missing)?;
+        let t = self
+            .0
+            .template
+            .as_ref()
+            .map_err(|e| GenerateError::Template(e.clone()))?;
         Ok(t.render(messages, add_generation_prompt)?)
     }
 }
