@@ -2,7 +2,7 @@
 //! figures compare with its.
 
 use crate::engine::Engine;
-use crate::model::{KvCache, Scratch};
+use crate::model::Scratch;
 
 /// Why perplexity could not be computed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -45,7 +45,7 @@ pub fn perplexity(
     }
     let vocab = c.vocab_size as usize;
     let batch = crate::engine::PREFILL_BATCH;
-    let mut cache = KvCache::new(c, window);
+    let mut cache = model.kv_cache(window);
     let mut scratch = Scratch::new(c, batch, window, engine.threads(), true);
     let (mut nll, mut count) = (0f64, 0usize);
     let first = window / 2;

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
-use glint_runtime::model::{KvCache, Model, Scratch};
+use glint_runtime::model::{Model, Precision, Scratch};
 use glint_runtime::pool::ThreadPool;
 use glint_runtime::sampler::{SamplerConfig, argmax};
 use glint_runtime::{Message, Role, kernels, peak_rss_bytes};
@@ -29,6 +29,23 @@ struct ModelArgs {
     /// Threads in all (default: every core).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct PrecisionArgs {
+    /// Matrix products: `exact` (f32 activations) or `int8` (int8 activations, like
+    /// llama.cpp's default; faster). Default: $GLINT_PRECISION, else exact.
+    #[arg(long = "precision", value_parser = ["exact", "int8"])]
+    precision: Option<String>,
+}
+
+impl PrecisionArgs {
+    /// Sets the model's precision when the option was given (else keeps the env's).
+    fn apply(&self, model: &Model) {
+        if let Some(p) = self.precision.as_deref().and_then(Precision::from_name) {
+            model.set_precision(p);
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -89,6 +106,8 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sample: SampleArgs,
+        #[command(flatten)]
+        precision: PrecisionArgs,
         /// Prompt text; special tokens written in it (`<|im_start|>`) are parsed.
         #[arg(short = 'p', long = "prompt")]
         prompt: String,
@@ -105,6 +124,8 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sample: SampleArgs,
+        #[command(flatten)]
+        precision: PrecisionArgs,
         /// System prompt.
         #[arg(long)]
         system: Option<String>,
@@ -123,6 +144,8 @@ enum Command {
     Perplexity {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        precision: PrecisionArgs,
         /// Text file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
@@ -134,6 +157,8 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        precision: PrecisionArgs,
         /// Prompt tokens (pp test).
         #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
         n_prompt: usize,
@@ -230,11 +255,13 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         Command::Run {
             model,
             sample,
+            precision,
             prompt,
             chat,
             ids,
         } => {
             let engine = engine(&model)?;
+            precision.apply(engine.model());
             let mut session = engine.session(sample.ctx);
             let text = if chat {
                 engine.render_chat(&[Message::new(Role::User, prompt)], true)?
@@ -283,9 +310,11 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         Command::Chat {
             model,
             sample,
+            precision,
             system,
         } => {
             let engine = engine(&model)?;
+            precision.apply(engine.model());
             let mut session = engine.session(sample.ctx);
             if let Some(sys) = system {
                 session.set_system(&sys);
@@ -345,10 +374,16 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             }
             writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
         }
-        Command::Perplexity { model, file, ctx } => {
+        Command::Perplexity {
+            model,
+            precision,
+            file,
+            ctx,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let engine = engine(&model)?;
+            precision.apply(engine.model());
             let ppl = glint_runtime::eval::perplexity(&engine, &text, ctx, |chunk, ppl| {
                 eprint!("[{chunk}] {ppl:.4} ")
             })?;
@@ -357,11 +392,12 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         }
         Command::Bench {
             model,
+            precision,
             n_prompt,
             n_gen,
             reps,
             json,
-        } => bench(&mut stdout, &model, n_prompt, n_gen, reps, json)?,
+        } => bench(&mut stdout, &model, &precision, n_prompt, n_gen, reps, json)?,
         Command::Info { file } => {
             let path = model_path(&file)?;
             let engine =
@@ -381,6 +417,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(
     out: &mut impl Write,
     m: &ModelArgs,
+    precision: &PrecisionArgs,
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
@@ -389,10 +426,11 @@ fn bench(
     let path = model_path(&m.model)?;
     let threads = threads(m.threads);
     let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    precision.apply(&model);
     let c = *model.config();
     let pool = ThreadPool::new(threads);
     let ctx = (n_prompt + n_gen).max(1);
-    let mut cache = KvCache::new(&c, ctx);
+    let mut cache = model.kv_cache(ctx);
     let mut scratch = Scratch::new(&c, 64, ctx, threads, false);
     // Pseudo-random prompt tokens, as llama-bench uses.
     let prompt: Vec<u32> = (0..n_prompt as u64)

@@ -64,7 +64,20 @@ pub struct QuantActs {
     /// `[n][stride_nib / 8]`: each block scale repeated 4 times (one per 32-bit lane of
     /// the block's integer sums), zero-padded.
     pub(super) d4: Vec<f32>,
+    /// "Tile order" for the multi-row kernels: rows in tiles of [`TILE`], and per tile,
+    /// block and group of 4 values, the 4 values of each of the tile's rows
+    /// (`[tile][block][8][TILE][4]`, 64 bytes per group), so one 64-byte load feeds a
+    /// `vpdpbusd` against 4 broadcast weights for 16 rows at once. Rows past `n` in the
+    /// last tile are zero. Filled only when `n > 1`.
+    pub(super) til: Vec<i8>,
+    /// `[tile][block][TILE]` block scales in tile order (zero for padding rows).
+    pub(super) td: Vec<f32>,
+    /// `[tile][block][TILE]` `d * sum(q)` in tile order.
+    pub(super) ts: Vec<f32>,
 }
+
+/// Activation rows per tile of the tile-order layout ([`QuantActs`]).
+pub const TILE: usize = 16;
 
 /// 1.5 * 2^23: see [`QuantActs::quantize`].
 const ROUND: f32 = 12_582_912.0;
@@ -85,6 +98,9 @@ impl QuantActs {
             d: vec![0.0; n * blk],
             s: vec![0.0; n * blk],
             d4: vec![0.0; n * nib / 8],
+            til: vec![0; n.next_multiple_of(TILE) * max_cols],
+            td: vec![0.0; n.next_multiple_of(TILE) * max_cols / BLOCK],
+            ts: vec![0.0; n.next_multiple_of(TILE) * max_cols / BLOCK],
         }
     }
 
@@ -123,7 +139,13 @@ impl QuantActs {
     pub fn bytes(&self) -> u64 {
         (self.nat.len()
             + self.nib.len()
-            + 4 * (self.corr.len() + self.d.len() + self.s.len() + self.d4.len())) as u64
+            + self.til.len()
+            + 4 * (self.corr.len()
+                + self.d.len()
+                + self.s.len()
+                + self.d4.len()
+                + self.td.len()
+                + self.ts.len())) as u64
     }
 
     /// Quantizes the `n` rows of `x` (`[n][cols]`, `cols` a multiple of 32). Panics if
@@ -141,6 +163,24 @@ impl QuantActs {
         self.n = n;
         self.cols = cols;
         let (sn, sb, sk) = (self.stride_nat(), self.stride_nib(), self.stride_blk());
+        let nb = cols / BLOCK;
+        let tiled = n > 1;
+        let simd = use_simd_quantize();
+        if tiled {
+            // Zero the padding rows of the last tile.
+            let (t, j0) = (n / TILE, n % TILE);
+            if j0 > 0 {
+                for b in 0..nb {
+                    let at = (t * nb + b) * TILE;
+                    self.td[at + j0..at + TILE].fill(0.0);
+                    self.ts[at + j0..at + TILE].fill(0.0);
+                    for g in 0..BLOCK / 4 {
+                        let at = ((t * nb + b) * 8 + g) * TILE * 4;
+                        self.til[at + 4 * j0..at + 4 * TILE].fill(0);
+                    }
+                }
+            }
+        }
         for (i, xr) in x.chunks_exact(cols).enumerate() {
             let nat = &mut self.nat[i * sn..(i + 1) * sn];
             let nib = &mut self.nib[i * sb..(i + 1) * sb];
@@ -154,28 +194,35 @@ impl QuantActs {
             d[cols / BLOCK..].fill(0.0);
             s[cols / BLOCK..].fill(0.0);
             d4.fill(0.0);
-            for (b, xb) in xr.chunks_exact(BLOCK).enumerate() {
-                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let db = amax / 127.0;
-                let id = if db > 0.0 { 1.0 / db } else { 0.0 };
-                let mut q = [0i8; BLOCK];
-                for (q, &v) in q.iter_mut().zip(xb) {
-                    // Round half to even without a libm call (`rintf` is not inlined on
-                    // the x86-64 baseline): adding 1.5 * 2^23 leaves no fraction bits.
-                    // Exact for |v * id| <= 127.5.
-                    *q = ((v * id + ROUND) - ROUND) as i8;
-                }
-                let sum: i32 = q.iter().map(|&v| v as i32).sum();
-                d[b] = db;
-                s[b] = db * sum as f32;
+            #[cfg(target_arch = "x86_64")]
+            let done = simd && {
+                // SAFETY: `simd` means AVX-512F/BW/VL/VNNI; the slices hold `cols` values,
+                // `cols / 32` blocks and `cols / 4` corrections.
+                unsafe { super::avx512::quantize_row(xr, nat, d, s, corr) };
+                true
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = false;
+            if !done {
+                quantize_row_scalar(xr, nat, d, s, corr);
+            }
+            for b in 0..nb {
+                let q = &nat[b * BLOCK..(b + 1) * BLOCK];
+                let db = d[b];
                 d4[4 * b..4 * b + 4].fill(db);
-                nat[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&q);
-                for (l, c) in corr[b * 8..(b + 1) * 8].iter_mut().enumerate() {
-                    *c = -128 * q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>();
-                }
                 let at = (b / 4) * 128 + (b % 4) * 16;
                 nib[at..at + 16].copy_from_slice(&q[..16]);
                 nib[at + 64..at + 80].copy_from_slice(&q[16..]);
+                if tiled {
+                    let (t, j) = (i / TILE, i % TILE);
+                    let tb = t * nb + b;
+                    self.td[tb * TILE + j] = db;
+                    self.ts[tb * TILE + j] = s[b];
+                    for g in 0..BLOCK / 4 {
+                        let at = (tb * 8 + g) * TILE * 4 + 4 * j;
+                        self.til[at..at + 4].copy_from_slice(&q[4 * g..4 * g + 4]);
+                    }
+                }
             }
         }
     }
@@ -193,6 +240,50 @@ impl QuantActs {
     /// `d * sum(q)` of row `i`, block `b`.
     fn sum(&self, i: usize, b: usize) -> f32 {
         self.s[i * self.stride_blk() + b]
+    }
+}
+
+/// Whether [`QuantActs::quantize`] uses the AVX-512 row quantizer (bit-identical to
+/// [`quantize_row_scalar`]): when the active kernel is AVX-512 and the CPU has BW, VL and
+/// VNNI.
+fn use_simd_quantize() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::active() == Kernel::Avx512
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Quantizes one row `x` (`cols` a multiple of 32) into `q` (natural order), the block
+/// scales `d`, `d * sum(q)` per block in `s` and `-128 * (sum of 4 values)` in `corr`.
+pub(super) fn quantize_row_scalar(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    corr: &mut [i32],
+) {
+    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let db = amax / 127.0;
+        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        let qb = &mut q[b * BLOCK..(b + 1) * BLOCK];
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            // Round half to even without a libm call (`rintf` is not inlined on the
+            // x86-64 baseline): adding 1.5 * 2^23 leaves no fraction bits. Exact for
+            // |v * id| <= 127.5.
+            *q = ((v * id + ROUND) - ROUND) as i8;
+        }
+        let sum: i32 = qb.iter().map(|&v| v as i32).sum();
+        d[b] = db;
+        s[b] = db * sum as f32;
+        for (l, c) in corr[b * 8..(b + 1) * 8].iter_mut().enumerate() {
+            *c = -128 * qb[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>();
+        }
     }
 }
 
@@ -275,9 +366,10 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
                 if std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
                 {
-                    // SAFETY: forwarded; AVX-512F/BW/VNNI checked here, the rest asserted.
+                    // SAFETY: forwarded; AVX-512F/BW/VL/VNNI checked here, the rest asserted.
                     unsafe { super::avx512::run_q8act(w, a, rows, out) }
                 } else {
                     // SAFETY: forwarded; AVX-512F implies the AVX2 set here (`available`).

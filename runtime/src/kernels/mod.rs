@@ -14,6 +14,9 @@
 //!   Work is tiled so that each 32-element weight block is dequantized once, into
 //!   registers, per tile of weight rows and activation rows; nothing is ever dequantized
 //!   into memory beyond a block, and no call allocates.
+//! * [`attn`]: the attention inner loop (one query head over an f32 or f16 KV cache),
+//!   the f16 conversion on append and the SwiGLU activation, AVX-512 with a scalar
+//!   reference.
 //! * The `*_rows` variants compute only a range of output rows so a caller can split a
 //!   matrix across threads; every row is computed the same way whatever range it is
 //!   part of, so splitting never changes a single bit of the result.
@@ -61,6 +64,7 @@ use std::sync::OnceLock;
 
 use glint_format::{BLOCK, DType, Matrix};
 
+pub mod attn;
 pub use int8::{QuantActs, int8_supported, matmul_q8act, matmul_q8act_rows_raw};
 
 #[cfg(target_arch = "x86_64")]
@@ -387,6 +391,7 @@ impl NextTile {
         } else {
             0
         };
+        let last = last + (PREFETCH_TILES - 1) * rows;
         for (plane, bytes) in [(w.scales, scale_bytes), (w.mins, min_bytes)] {
             let start = plane.as_ptr().wrapping_add((last + 1) * bytes);
             for off in (0..rows * bytes).step_by(64) {
@@ -408,6 +413,10 @@ impl NextTile {
         }
     }
 }
+
+/// How many tiles ahead [`NextTile`] prefetches.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_TILES: usize = 1;
 
 /// Hints the cache line holding `p` into L1; never faults, whatever `p`.
 #[cfg(target_arch = "x86_64")]

@@ -401,12 +401,16 @@ fn int8_activation_kernels_match_the_scalar_reference() {
         for (rows, cols) in shapes(dtype) {
             let bytes = weights(dtype, rows, cols, (rows * 7 + cols) as u32);
             let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
-            for n in [1usize, 2, 4, 5, 9] {
+            // 12 and more rows take the tile-order kernel on AVX-512 (16-row tiles, the
+            // last one padded).
+            for n in [1usize, 2, 4, 5, 9, 12, 16, 17, 33] {
                 let mut x = sample(n * cols, 11 + (n * cols) as u32);
                 // A zero block (scale 0) and a large outlier.
                 x[..BLOCK.min(cols)].fill(0.0);
                 x[cols - 1] = 40.0;
-                let mut a = QuantActs::new(16, 2048);
+                let mut a = QuantActs::new(40, 2048);
+                // A bigger batch first: the padding of the last tile must be cleared.
+                a.quantize(&sample(40 * cols, 5), 40, cols);
                 a.quantize(&x, n, cols);
                 let want = reference_q8act(&w, &x, n);
                 let mut scalar = vec![f32::NAN; n * rows];
@@ -479,4 +483,69 @@ fn int8_activations_refuse_float_weights() {
     let mut a = QuantActs::new(1, 32);
     a.quantize(&[0.5; 32], 1, 32);
     matmul_q8act(&w, &a, &mut [0.0; 2]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_quantize_is_bit_identical_to_scalar() {
+    if !(Kernel::Avx512.available()
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vnni"))
+    {
+        return eprintln!("skipped: no AVX-512 VNNI");
+    }
+    for cols in [32usize, 64, 576, 1536] {
+        let mut x: Vec<f32> = sample(cols, cols as u32).iter().map(|v| v * 3.0).collect();
+        x[..BLOCK].fill(0.0);
+        x[cols - 1] = 40.0;
+        // Exact ties at .5 after scaling: amax 127 gives id 1.
+        if cols >= 64 {
+            x[32] = 127.0;
+            x[33] = 2.5;
+            x[34] = -3.5;
+        }
+        let nb = cols / BLOCK;
+        let (mut q0, mut d0, mut s0, mut c0) = (
+            vec![0i8; cols],
+            vec![0f32; nb],
+            vec![0f32; nb],
+            vec![0i32; cols / 4],
+        );
+        let (mut q1, mut d1, mut s1, mut c1) = (q0.clone(), d0.clone(), s0.clone(), c0.clone());
+        int8::quantize_row_scalar(&x, &mut q0, &mut d0, &mut s0, &mut c0);
+        // SAFETY: features checked above; shapes match.
+        unsafe { avx512::quantize_row(&x, &mut q1, &mut d1, &mut s1, &mut c1) };
+        assert_eq!(q0, q1);
+        assert_eq!(c0, c1);
+        assert!(d0.iter().zip(&d1).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(s0.iter().zip(&s1).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn horizontal_sum_trees_match_plain_sums() {
+    use core::arch::x86_64::{__m512, _mm512_loadu_ps};
+    if !Kernel::Avx512.available() {
+        return eprintln!("skipped: no AVX-512");
+    }
+    fn check<const R: usize>() {
+        let v: Vec<f32> = (0..16 * R).map(|i| (i * i % 97) as f32 - 40.0).collect();
+        // SAFETY: AVX-512F checked by the caller; 16 floats per vector.
+        let acc: [__m512; R] =
+            core::array::from_fn(|k| unsafe { _mm512_loadu_ps(v[16 * k..].as_ptr()) });
+        // SAFETY: as above.
+        let got = unsafe { avx512::hsum(&acc) };
+        for (k, g) in got.iter().enumerate() {
+            assert_eq!(
+                *g,
+                v[16 * k..16 * k + 16].iter().sum::<f32>(),
+                "R={R} row {k}"
+            );
+        }
+    }
+    check::<3>();
+    check::<4>();
+    check::<8>();
 }

@@ -1,0 +1,484 @@
+//! Attention inner loops: one query head against `len` cached keys and values,
+//! `out = softmax(scale * q . K[0..len]) V[0..len]`, with the cache in f32 or f16
+//! ([`KvElem`]), plus the f32 -> cache-element conversion used on append.
+//!
+//! [`attend`] dispatches on the [`active`](super::active) kernel: AVX-512 (head dims a
+//! multiple of 16, up to 256) has a hand-written loop (zmm dot products, a vectorised
+//! `exp` built on `vscalefps`, f16 read through `vcvtph2ps`); everything else runs the
+//! scalar reference [`attend_scalar`], which every SIMD path is tested against.
+//!
+//! Also here, sharing the vectorised `exp`: the SwiGLU activation [`silu_mul`].
+
+use half::f16;
+
+use super::Kernel;
+
+/// An element type of the KV cache: `f32` or `half::f16`.
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// Whether the type is IEEE binary16 (read with `vcvtph2ps`).
+    const F16: bool;
+    /// Widens to f32.
+    fn to_f32(self) -> f32;
+    /// Rounds from f32 (to nearest even).
+    fn from_f32(v: f32) -> Self;
+}
+
+impl KvElem for f32 {
+    const F16: bool = false;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl KvElem for f16 {
+    const F16: bool = true;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+/// `dst[i] = T::from_f32(src[i])` (round to nearest even for f16).
+pub fn store<T: KvElem>(dst: &mut [T], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    if T::F16 && super::active() == Kernel::Avx512 {
+        // SAFETY: AVX-512F (and F16C) checked by `active`; lengths asserted equal; `T`
+        // is `f16` (2 bytes, `F16`).
+        unsafe { avx512::store_f16(dst.as_mut_ptr().cast(), src) };
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = T::from_f32(s);
+    }
+}
+
+/// `g[i] = silu(g[i]) * u[i]` with `silu(x) = x / (1 + exp(-x))` (SwiGLU).
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    silu_mul_with(super::active(), g, u);
+}
+
+/// [`silu_mul`] with a given kernel (AVX-512 where it applies, else scalar).
+pub fn silu_mul_with(kernel: Kernel, g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len());
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && kernel.available() {
+        // SAFETY: AVX-512F checked; lengths equal.
+        unsafe { avx512::silu_mul(g, u) };
+        return;
+    }
+    let _ = kernel;
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// One query head: `out[..hd] = sum_p softmax_p(scale * q . k_p) v_p` over `p < len`,
+/// where `k_p = keys[p * stride..][..hd]` (likewise `v_p`); `scores` is scratch of at
+/// least `len` elements. `hd = q.len() = out.len()`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend<T: KvElem>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_with(
+        super::active(),
+        q,
+        keys,
+        values,
+        stride,
+        len,
+        scale,
+        scores,
+        out,
+    );
+}
+
+/// [`attend`] with a given kernel (AVX-512 where it applies, else the scalar reference).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with<T: KvElem>(
+    kernel: Kernel,
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    assert_eq!(out.len(), hd);
+    assert!(len >= 1 && scores.len() >= len && stride >= hd);
+    let need = (len - 1) * stride + hd;
+    assert!(
+        keys.len() >= need && values.len() >= need,
+        "cache too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && kernel.available() && hd.is_multiple_of(16) {
+        macro_rules! go {
+            ($v:literal) => {
+                // SAFETY: AVX-512F checked; shapes asserted above.
+                unsafe {
+                    avx512::attend::<T, $v>(
+                        q.as_ptr(),
+                        keys.as_ptr(),
+                        values.as_ptr(),
+                        stride,
+                        len,
+                        scale,
+                        scores,
+                        out.as_mut_ptr(),
+                    )
+                }
+            };
+        }
+        match hd / 16 {
+            2 => return go!(2),
+            4 => return go!(4),
+            8 => return go!(8),
+            16 => return go!(16),
+            _ => {}
+        }
+    }
+    let _ = kernel;
+    attend_scalar(q, keys, values, stride, len, scale, scores, out);
+}
+
+/// The reference of [`attend`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_scalar<T: KvElem>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (p, sp) in scores[..len].iter_mut().enumerate() {
+        let kp = &keys[p * stride..p * stride + hd];
+        let mut acc = [0f32; 8];
+        for (j, (&x, &k)) in q.iter().zip(kp).enumerate() {
+            acc[j % 8] += x * k.to_f32();
+        }
+        *sp = acc.iter().sum::<f32>() * scale;
+        max = max.max(*sp);
+    }
+    let mut sum = 0.0;
+    for sp in scores[..len].iter_mut() {
+        *sp = (*sp - max).exp();
+        sum += *sp;
+    }
+    out.fill(0.0);
+    for (p, &w) in scores[..len].iter().enumerate() {
+        let vp = &values[p * stride..p * stride + hd];
+        out.iter_mut()
+            .zip(vp)
+            .for_each(|(o, v)| *o += w * v.to_f32());
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::KvElem;
+    use core::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F + F16C; `dst` holds `src.len()` f16 values.
+    #[target_feature(enable = "avx512f,f16c,avx2,fma")]
+    pub(super) unsafe fn store_f16(dst: *mut u16, src: &[f32]) {
+        let mut i = 0;
+        while i + 16 <= src.len() {
+            // SAFETY: `i + 16 <= len` for both.
+            unsafe {
+                let v = _mm512_loadu_ps(src.as_ptr().add(i));
+                let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_storeu_si256(dst.add(i).cast(), h);
+            }
+            i += 16;
+        }
+        for (j, &v) in src.iter().enumerate().skip(i) {
+            // SAFETY: `j < len`.
+            unsafe { *dst.add(j) = half::f16::from_f32(v).to_bits() };
+        }
+    }
+
+    /// 16 elements at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c,avx2,fma")]
+    unsafe fn load<T: KvElem>(p: *const T) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable elements and AVX-512F.
+        unsafe {
+            if T::F16 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+            } else {
+                _mm512_loadu_ps(p.cast())
+            }
+        }
+    }
+
+    /// `exp(x)`, relative error ~2e-7 (Cephes `expf`); below -104 it gives 0, above
+    /// ~88.7 infinity (through `vscalefps`).
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c,avx2,fma")]
+    fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(core::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        // Taylor/minimax polynomial of exp on [-ln2/2, ln2/2] (Cephes expf).
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_199_9e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r2 = _mm512_mul_ps(r, r);
+        p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// See [`super::silu_mul`].
+    ///
+    /// # Safety
+    /// AVX-512F; `g.len() == u.len()`.
+    #[target_feature(enable = "avx512f,f16c,avx2,fma")]
+    pub(super) unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+        let n = g.len();
+        let mut i = 0;
+        while i < n {
+            let m: __mmask16 = if n - i >= 16 {
+                !0
+            } else {
+                (1u16 << (n - i)) - 1
+            };
+            // SAFETY: masked to the `n - i` remaining elements of both slices.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
+                let y = _mm512_maskz_loadu_ps(m, u.as_ptr().add(i));
+                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+                let r = _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e)), y);
+                _mm512_mask_storeu_ps(g.as_mut_ptr().add(i), m, r);
+            }
+            i += 16;
+        }
+    }
+
+    /// See [`super::attend`]; `V = hd / 16`.
+    ///
+    /// # Safety
+    /// AVX-512F + F16C; `q` and `out` hold `16 V` elements, `keys`/`values` hold
+    /// `(len - 1) * stride + 16 V`, `scores.len() >= len`, `len >= 1`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,f16c,avx2,fma")]
+    pub(super) unsafe fn attend<T: KvElem, const V: usize>(
+        q: *const f32,
+        keys: *const T,
+        values: *const T,
+        stride: usize,
+        len: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: *mut f32,
+    ) {
+        // SAFETY (whole body): every pointer offset stays within the bounds the caller
+        // guarantees: position `p < len` at `p * stride`, `16 V` elements each.
+        unsafe {
+            let qv: [__m512; V] = core::array::from_fn(|j| {
+                _mm512_mul_ps(_mm512_loadu_ps(q.add(16 * j)), _mm512_set1_ps(scale))
+            });
+            let sc = scores.as_mut_ptr();
+            // Scores, four positions at a time (independent chains), then one reduction
+            // of each.
+            let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut p = 0;
+            while p + 4 <= len {
+                let mut a = [_mm512_setzero_ps(); 4];
+                for (u, a) in a.iter_mut().enumerate() {
+                    let kp = keys.add((p + u) * stride);
+                    for (j, q) in qv.iter().enumerate() {
+                        *a = _mm512_fmadd_ps(*q, load(kp.add(16 * j)), *a);
+                    }
+                }
+                for (u, a) in a.iter().enumerate() {
+                    *sc.add(p + u) = _mm512_reduce_add_ps(*a);
+                }
+                p += 4;
+            }
+            while p < len {
+                let kp = keys.add(p * stride);
+                let mut a = _mm512_setzero_ps();
+                for (j, q) in qv.iter().enumerate() {
+                    a = _mm512_fmadd_ps(*q, load(kp.add(16 * j)), a);
+                }
+                *sc.add(p) = _mm512_reduce_add_ps(a);
+                p += 1;
+            }
+            let mut p = 0;
+            while p < len {
+                let m: __mmask16 = if len - p >= 16 {
+                    !0
+                } else {
+                    (1u16 << (len - p)) - 1
+                };
+                maxv = _mm512_mask_max_ps(maxv, m, maxv, _mm512_maskz_loadu_ps(m, sc.add(p)));
+                p += 16;
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+            let mut sumv = _mm512_setzero_ps();
+            let mut p = 0;
+            while p < len {
+                let m: __mmask16 = if len - p >= 16 {
+                    !0
+                } else {
+                    (1u16 << (len - p)) - 1
+                };
+                let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc.add(p)), max));
+                let e = _mm512_maskz_mov_ps(m, e);
+                _mm512_mask_storeu_ps(sc.add(p), m, e);
+                sumv = _mm512_add_ps(sumv, e);
+                p += 16;
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sumv));
+            // Weighted values: two accumulator sets (even and odd positions) so the FMA
+            // chains overlap.
+            let mut a0 = [_mm512_setzero_ps(); V];
+            let mut a1 = [_mm512_setzero_ps(); V];
+            let mut p = 0;
+            while p + 2 <= len {
+                let (w0, w1) = (_mm512_set1_ps(*sc.add(p)), _mm512_set1_ps(*sc.add(p + 1)));
+                let (v0, v1) = (values.add(p * stride), values.add((p + 1) * stride));
+                for j in 0..V {
+                    a0[j] = _mm512_fmadd_ps(w0, load(v0.add(16 * j)), a0[j]);
+                    a1[j] = _mm512_fmadd_ps(w1, load(v1.add(16 * j)), a1[j]);
+                }
+                p += 2;
+            }
+            if p < len {
+                let w0 = _mm512_set1_ps(*sc.add(p));
+                let v0 = values.add(p * stride);
+                for (j, a) in a0.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(w0, load(v0.add(16 * j)), *a);
+                }
+            }
+            for j in 0..V {
+                _mm512_storeu_ps(
+                    out.add(16 * j),
+                    _mm512_mul_ps(_mm512_add_ps(a0[j], a1[j]), inv),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check<T: KvElem>() {
+        for hd in [32usize, 64, 128, 48] {
+            for len in [1usize, 2, 3, 5, 16, 17, 33, 100, 513] {
+                let stride = hd * 3;
+                let q: Vec<f32> = sample(hd, 7).iter().map(|v| v * 4.0).collect();
+                let k: Vec<T> = sample(len * stride, 11)
+                    .iter()
+                    .map(|&v| T::from_f32(v * 3.0))
+                    .collect();
+                let v: Vec<T> = sample(len * stride, 13)
+                    .iter()
+                    .map(|&v| T::from_f32(v))
+                    .collect();
+                let mut sc = vec![0f32; len];
+                let mut want = vec![0f32; hd];
+                attend_scalar(&q, &k, &v, stride, len, 0.125, &mut sc, &mut want);
+                for kernel in Kernel::all_available() {
+                    let mut got = vec![0f32; hd];
+                    attend_with(kernel, &q, &k, &v, stride, len, 0.125, &mut sc, &mut got);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
+                            "{} hd {hd} len {len}: {g} vs {w}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_scalar_reference_f32() {
+        check::<f32>();
+    }
+
+    #[test]
+    fn attention_matches_the_scalar_reference_f16() {
+        check::<f16>();
+    }
+
+    #[test]
+    fn silu_matches_the_scalar_reference() {
+        let g0: Vec<f32> = sample(1000, 9).iter().map(|v| v * 30.0).collect();
+        let u: Vec<f32> = sample(1000, 10);
+        let mut want = g0.clone();
+        silu_mul_with(Kernel::Scalar, &mut want, &u);
+        for kernel in Kernel::all_available() {
+            for len in [1usize, 15, 16, 17, 1000] {
+                let mut got = g0[..len].to_vec();
+                silu_mul_with(kernel, &mut got, &u[..len]);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{g} vs {w}");
+                }
+            }
+        }
+        let mut big = vec![200.0f32, -200.0, 0.0];
+        silu_mul_with(Kernel::best(), &mut big, &[1.0, 1.0, 1.0]);
+        assert_eq!(big, [200.0, -0.0, 0.0]);
+    }
+
+    #[test]
+    fn store_rounds_like_half() {
+        let src: Vec<f32> = sample(1000, 3).iter().map(|v| v * 70000.0).collect();
+        let mut got = vec![f16::ZERO; 1000];
+        store(&mut got, &src);
+        for (g, &s) in got.iter().zip(&src) {
+            assert_eq!(g.to_bits(), f16::from_f32(s).to_bits());
+        }
+    }
+}
