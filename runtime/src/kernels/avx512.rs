@@ -21,7 +21,7 @@ use core::ops::Range;
 
 use glint_format::{BLOCK, DType, Matrix};
 
-use super::{Aligned, NextTile, Out, drive};
+use super::{Aligned, NextTile, Out, drive, prefetch};
 
 /// Weight rows per tile for a single activation row (matvec), int4.
 const MV_ROWS_Q4: usize = 8;
@@ -546,6 +546,13 @@ pub(super) unsafe fn run_q8act(
     }
     if w.dtype == DType::Q8G32 {
         go!(q8_tile_i8, q8_mv_i8, Q_MV_ROWS_Q8)
+    } else if n == 1
+        && w.dtype == DType::Q4G32A
+        && w.cols == 576
+        && std::arch::is_x86_feature_detected!("gfni")
+    {
+        // SAFETY: forwarded from our caller; GFNI checked here.
+        unsafe { q4_mv576_gf(w, a, rows, out) }
     } else if n >= T_MIN_ACTS && w.cols <= T_MAX_COLS {
         // SAFETY: forwarded from our caller.
         unsafe { q4_tiled(w, a, rows, out) }
@@ -770,6 +777,139 @@ unsafe fn q4_mv_i8<const R: usize>(
     }
     let sums = hsum(&acc);
     core::array::from_fn(|k| [sums[k]])
+}
+
+/// [`q4_mv_i8`] specialised for 576-column `Q4G32A` rows (18 blocks: 4 full 4-block
+/// chunks and a 2-block tail), the shape of q, k, v, o, gate and up (75% of the int4
+/// bytes of a decode step). The whole row range runs in this one function so the
+/// quantized activation row (8 zmm + 2 ymm), its scales and the lane-index vectors are
+/// loaded once per matrix instead of once per tile; each row's 16 + 2 weight scales
+/// and minimums are two fixed-size loads each (no masks, no count); the high nibbles
+/// are one GFNI affine byte shift (`vgf2p8affineqb`) instead of a shift and a mask; the
+/// values of the tile after next are prefetched row by row (two tiles ahead: +4%
+/// median of 8 interleaved whole-model rounds against one tile ahead, noisy machine).
+/// Measured t1 int8 decode: 164 -> 178 tok/s (medians of 6 interleaved rounds, noisy).
+///
+/// # Safety
+/// As for [`run_q8act`] with one activation row, `w.dtype == Q4G32A`, `w.cols == 576`,
+/// and the CPU must also support GFNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,gfni")]
+unsafe fn q4_mv576_gf(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<usize>, out: Out) {
+    const R: usize = Q_MV_ROWS_Q4;
+    const NB: usize = 18;
+    const ROW: usize = NB * BLOCK / 2;
+    debug_assert!(w.cols == NB * BLOCK && w.dtype == DType::Q4G32A);
+    let m4 = _mm512_set1_epi8(0x0f);
+    let m4y = _mm256_set1_epi8(0x0f);
+    // Output bit i = input bit i + 4 (i < 4), else 0: a per-byte logical shift by 4.
+    let shr4 = _mm512_set1_epi64(0x1020_4080_0000_0000);
+    let shr4y = _mm256_set1_epi64x(0x1020_4080_0000_0000);
+    let idx: [__m512i; 4] = core::array::from_fn(|c| {
+        let c = c as i32 * 4;
+        _mm512_setr_epi32(
+            c,
+            c,
+            c,
+            c,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 3,
+            c + 3,
+            c + 3,
+            c + 3,
+        )
+    });
+    let idx_t = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    // Activation row 0. SAFETY: the nibble-order row is padded to a multiple of 128
+    // bytes (640 here); the block arrays to a multiple of 16 per row (32 here).
+    let (xl, xh, xlt, xht, dx, sx, dxt, sxt) = unsafe {
+        let xn = a.nib.as_ptr();
+        let xl: [__m512i; 4] = core::array::from_fn(|c| _mm512_loadu_si512(xn.add(c * 128).cast()));
+        let xh: [__m512i; 4] =
+            core::array::from_fn(|c| _mm512_loadu_si512(xn.add(c * 128 + 64).cast()));
+        let xlt = _mm256_loadu_si256(xn.add(512).cast());
+        let xht = _mm256_loadu_si256(xn.add(576).cast());
+        let d = a.d.as_ptr();
+        let s = a.s.as_ptr();
+        (
+            xl,
+            xh,
+            xlt,
+            xht,
+            _mm512_loadu_ps(d),
+            _mm512_loadu_ps(s),
+            _mm_loadu_ps(d.add(16)),
+            _mm_loadu_ps(s.add(16)),
+        )
+    };
+    let vals = w.values.as_ptr();
+    let scales = w.scales.as_ptr();
+    let mins = w.mins.as_ptr();
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let rr = (rows.end - r0).min(R);
+        // Prefetches the next tile's scales and minimums; values go row by row below.
+        let _ = NextTile::new(w, r0 + R - 1, R);
+        let pf = vals.wrapping_add((r0 + 2 * R) * ROW);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let r = r0 + k.min(rr - 1);
+            for j in 0..5 {
+                prefetch(pf.wrapping_add(k * ROW + 64 * j));
+            }
+            // SAFETY: row `r` is in the matrix (validated planes): 18 f16 scales and
+            // minimums at `2 * 18 * r`, 288 value bytes at `288 * r`.
+            let (ds, ms, dt, mt, wp) = unsafe {
+                let sp = scales.add(2 * NB * r);
+                let mp = mins.add(2 * NB * r);
+                (
+                    _mm512_cvtph_ps(_mm256_loadu_si256(sp.cast())),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(mp.cast())),
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(sp.add(32).cast::<i32>().read_unaligned())),
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(mp.add(32).cast::<i32>().read_unaligned())),
+                    vals.add(ROW * r),
+                )
+            };
+            let scl = _mm512_mul_ps(ds, dx);
+            let mut s = _mm512_mul_ps(ms, sx);
+            for c in 0..4 {
+                // SAFETY: bytes `64 c .. 64 c + 64` of the row's 288.
+                let v = unsafe { _mm512_loadu_si512(wp.add(64 * c).cast()) };
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_gf2p8affine_epi64_epi8::<0>(v, shr4);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl[c]);
+                let p = _mm512_dpbusd_epi32(p, hi, xh[c]);
+                s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[c], scl), s);
+            }
+            // Tail: blocks 16 and 17 on 256-bit vectors.
+            // SAFETY: bytes 256..288 of the row.
+            let v = unsafe { _mm256_loadu_si256(wp.add(256).cast()) };
+            let lo = _mm256_and_si256(v, m4y);
+            let hi = _mm256_gf2p8affine_epi64_epi8::<0>(v, shr4y);
+            let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xlt);
+            let p = _mm256_dpbusd_epi32(p, hi, xht);
+            let sclt = _mm256_castps128_ps256(_mm_mul_ps(dt, dxt));
+            let mt = _mm256_zextps128_ps256(_mm_mul_ps(mt, sxt));
+            let t = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_permutevar8x32_ps(sclt, idx_t),
+                mt,
+            );
+            *acc = _mm512_add_ps(s, _mm512_zextps256_ps512(t));
+        }
+        let sums = hsum(&acc);
+        for (k, v) in sums.iter().enumerate().take(rr) {
+            // SAFETY: `r0 + k` lies in `rows`, by the caller.
+            unsafe { out.write(0, r0 + k, *v) };
+        }
+        r0 += R;
+    }
 }
 
 /// [`q8_tile_i8`] for one activation row, rows one after the other per chunk.
