@@ -33,7 +33,7 @@ use core::ops::Range;
 use glint_format::{BLOCK, DType, Matrix};
 use half::f16;
 
-use super::{Kernel, Out};
+use super::{Kernel, Out, scatter};
 
 /// Whether the int8-activation path has kernels for `dtype`: every block-quantized
 /// type. Float weights (f32, f16) always take the exact path.
@@ -507,23 +507,6 @@ pub(super) unsafe fn drive_q<const R: usize, const N: usize, const S: usize>(
     mut big: impl FnMut(&[usize; R], &[usize; N]) -> [[f32; N]; R],
     mut small: impl FnMut(&[usize; R], &[usize; S]) -> [[f32; S]; R],
 ) {
-    /// # Safety
-    /// As for `drive_q`, for rows `r0..r0 + rr` and activations `i0..i0 + nn`.
-    unsafe fn scatter<const R: usize, const M: usize>(
-        out: Out,
-        res: &[[f32; M]; R],
-        r0: usize,
-        rr: usize,
-        i0: usize,
-        nn: usize,
-    ) {
-        for (k, row) in res.iter().enumerate().take(rr) {
-            for (j, &v) in row.iter().enumerate().take(nn) {
-                // SAFETY: `i0 + j < n` and `r0 + k` lies in `rows`, by the caller.
-                unsafe { out.write(i0 + j, r0 + k, v) };
-            }
-        }
-    }
     let mut r0 = rows.start;
     while r0 < rows.end {
         let rr = (rows.end - r0).min(R);

@@ -481,25 +481,6 @@ unsafe fn drive<const R: usize, const N: usize, const S: usize>(
     fn acts<const M: usize>(x: &[f32], cols: usize, i0: usize, len: usize) -> [*const f32; M] {
         core::array::from_fn(|j| x[(i0 + j.min(len - 1)) * cols..].as_ptr())
     }
-    /// Writes the `rr x nn` valid corner of a tile's results.
-    ///
-    /// # Safety
-    /// As for `drive`, for rows `r0..r0 + rr` and activations `i0..i0 + nn`.
-    unsafe fn scatter<const R: usize, const M: usize>(
-        out: Out,
-        res: &[[f32; M]; R],
-        r0: usize,
-        rr: usize,
-        i0: usize,
-        nn: usize,
-    ) {
-        for (k, row) in res.iter().enumerate().take(rr) {
-            for (j, &v) in row.iter().enumerate().take(nn) {
-                // SAFETY: `i0 + j < n` and `r0 + k` lies in `rows`, by the caller.
-                unsafe { out.write(i0 + j, r0 + k, v) };
-            }
-        }
-    }
     let mut r0 = rows.start;
     while r0 < rows.end {
         let rr = (rows.end - r0).min(R);
@@ -519,5 +500,26 @@ unsafe fn drive<const R: usize, const N: usize, const S: usize>(
             i0 += N;
         }
         r0 += R;
+    }
+}
+
+/// Writes the `rr x nn` valid corner of a tile's results: rows `r0..r0 + rr`,
+/// activations `i0..i0 + nn` (tiles are padded by repeating the last row/activation).
+///
+/// # Safety
+/// `out` must be writable at `(i0 + j, r0 + k)` for `j < nn`, `k < rr`.
+unsafe fn scatter<const R: usize, const M: usize>(
+    out: Out,
+    res: &[[f32; M]; R],
+    r0: usize,
+    rr: usize,
+    i0: usize,
+    nn: usize,
+) {
+    for (k, row) in res.iter().enumerate().take(rr) {
+        for (j, &v) in row.iter().enumerate().take(nn) {
+            // SAFETY: in bounds by the caller's contract.
+            unsafe { out.write(i0 + j, r0 + k, v) };
+        }
     }
 }
