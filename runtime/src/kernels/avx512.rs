@@ -553,6 +553,9 @@ pub(super) unsafe fn run_q8act(
     {
         // SAFETY: forwarded from our caller; GFNI checked here.
         unsafe { q4_mv576_gf(w, a, rows, out) }
+    } else if n == 1 && w.dtype == DType::Q4G32A && w.cols == 1536 {
+        // SAFETY: forwarded from our caller.
+        unsafe { q4_mv1536(w, a, rows, out) }
     } else if n >= T_MIN_ACTS && w.cols <= T_MAX_COLS {
         // SAFETY: forwarded from our caller.
         unsafe { q4_tiled(w, a, rows, out) }
@@ -902,6 +905,129 @@ unsafe fn q4_mv576_gf(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<us
                 mt,
             );
             *acc = _mm512_add_ps(s, _mm512_zextps256_ps512(t));
+        }
+        let sums = hsum(&acc);
+        for (k, v) in sums.iter().enumerate().take(rr) {
+            // SAFETY: `r0 + k` lies in `rows`, by the caller.
+            unsafe { out.write(0, r0 + k, *v) };
+        }
+        r0 += R;
+    }
+}
+
+/// Rows per tile of [`q4_mv1536`]; 4 measured no better in the whole model.
+const Q_MV1536_ROWS: usize = 8;
+/// How many tiles ahead [`q4_mv1536`] prefetches values.
+const Q_MV1536_PF_TILES: usize = 1;
+
+/// [`q4_mv_i8`] specialised for 1536-column `Q4G32A` rows (48 blocks, 768 bytes: ffn_down,
+/// 17% of the int4 bytes of a decode step). The activation row (1536 bytes, 24 zmm) does
+/// not fit in registers, so it streams from L1: each 4-block chunk of activations (low
+/// and high nibble halves) is loaded once and used by the `R` rows of the tile, each with
+/// its own accumulator. Per 16 blocks each row's scales and minimums are one 32-byte f16
+/// load each (no masks, no counts). The next tile's values are prefetched in address
+/// order, 8 lines per chunk (a row-strided order, line `c` of each row per chunk, was
+/// slower in the whole model although equal in cache).
+///
+/// The high nibbles use a shift and a mask, not GFNI as in [`q4_mv576_gf`]: with
+/// `vgf2p8affineqb` the whole model was slower (median 176 vs 181 tok/s, 5 interleaved
+/// rounds), though equal in cache (Zen 4: it competes with `vpdpbusd` for the same
+/// pipes). Measured: 576x1536 in cache 16.3 -> 10.9 us (throughput test); whole-model
+/// t1 int8 decode see benches/README.md.
+///
+/// # Safety
+/// As for [`run_q8act`] with one activation row, `w.dtype == Q4G32A`, `w.cols == 1536`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_mv1536(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<usize>, out: Out) {
+    const R: usize = Q_MV1536_ROWS;
+    const NB: usize = 48;
+    const ROW: usize = NB * BLOCK / 2;
+    // One prefetched line per (chunk, row of the tile) covers the next tile exactly.
+    const _: () = assert!(ROW / 12 == 64);
+    debug_assert!(w.cols == NB * BLOCK && w.dtype == DType::Q4G32A);
+    let m4 = _mm512_set1_epi8(0x0f);
+    let idx: [__m512i; 4] = core::array::from_fn(|c| {
+        let c = c as i32 * 4;
+        _mm512_setr_epi32(
+            c,
+            c,
+            c,
+            c,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 1,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 2,
+            c + 3,
+            c + 3,
+            c + 3,
+            c + 3,
+        )
+    });
+    let xn = a.nib.as_ptr();
+    let (xd, xs) = (a.d.as_ptr(), a.s.as_ptr());
+    let vals = w.values.as_ptr();
+    let scales = w.scales.as_ptr();
+    let mins = w.mins.as_ptr();
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let rr = (rows.end - r0).min(R);
+        let r: [usize; R] = core::array::from_fn(|k| r0 + k.min(rr - 1));
+        // Prefetches the next tile's scales and minimums; values go line by line below.
+        let _ = NextTile::new(w, r0 + R - 1, R);
+        let pf = vals.wrapping_add((r0 + Q_MV1536_PF_TILES * R) * ROW);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for g in 0..NB / 16 {
+            // SAFETY: activation row 0: the block arrays hold 48 entries; rows `r` are
+            // in the matrix (validated planes): 48 f16 scales and minimums at `96 r`.
+            let (dx, sx) = unsafe {
+                (
+                    _mm512_loadu_ps(xd.add(16 * g)),
+                    _mm512_loadu_ps(xs.add(16 * g)),
+                )
+            };
+            let mut scl = [_mm512_setzero_ps(); R];
+            for k in 0..R {
+                // SAFETY: as above.
+                let (ds, ms) = unsafe {
+                    let o = 2 * NB * r[k] + 32 * g;
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(o).cast())),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(mins.add(o).cast())),
+                    )
+                };
+                scl[k] = _mm512_mul_ps(ds, dx);
+                acc[k] = _mm512_fmadd_ps(ms, sx, acc[k]);
+            }
+            for (c, idx) in idx.iter().enumerate() {
+                let ch = 4 * g + c;
+                // SAFETY: the nibble-order row holds 12 chunks of 128 bytes.
+                let (xl, xh) = unsafe {
+                    let p = xn.add(ch * 128);
+                    (
+                        _mm512_loadu_si512(p.cast()),
+                        _mm512_loadu_si512(p.add(64).cast()),
+                    )
+                };
+                for k in 0..R {
+                    // The next tile in address order: `R ROW / 12` bytes per chunk.
+                    prefetch(pf.wrapping_add(ch * (R * ROW / 12) + 64 * k));
+                    // SAFETY: bytes `64 ch .. 64 ch + 64` of row `r[k]`'s 768.
+                    let v = unsafe { _mm512_loadu_si512(vals.add(ROW * r[k] + 64 * ch).cast()) };
+                    let lo = _mm512_and_si512(v, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
+                    let p = _mm512_dpbusd_epi32(p, hi, xh);
+                    acc[k] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(p),
+                        _mm512_permutexvar_ps(*idx, scl[k]),
+                        acc[k],
+                    );
+                }
+            }
         }
         let sums = hsum(&acc);
         for (k, v) in sums.iter().enumerate().take(rr) {

@@ -450,6 +450,38 @@ fn int8_activation_kernels_match_the_scalar_reference() {
     }
 }
 
+/// The one-row 1536-column int4 kernel (ffn_down's shape; 8-row tiles, the last one
+/// repeating its last row) against the scalar reference, for every tile remainder and
+/// for row ranges that start mid-tile.
+#[test]
+fn int8_one_row_1536_columns_match_the_scalar_reference() {
+    let cols = 1536;
+    for rows in (1..=17).chain([24, 31]) {
+        let bytes = weights(DType::Q4G32A, rows, cols, (rows * 13) as u32);
+        let w = Matrix::from_bytes(DType::Q4G32A, rows, cols, &bytes).unwrap();
+        let mut x = sample(cols, 3 + rows as u32);
+        x[cols - 1] = -25.0;
+        let mut a = QuantActs::new(1, cols);
+        a.quantize(&x, 1, cols);
+        let want = reference_q8act(&w, &x, 1);
+        let mut scalar = vec![f32::NAN; rows];
+        Kernel::Scalar.matmul_q8act_rows(&w, &a, 0..rows, &mut scalar);
+        for k in Kernel::all_available() {
+            for start in [0, rows / 3, rows - 1] {
+                let mut y = vec![f32::NAN; rows - start];
+                k.matmul_q8act_rows(&w, &a, start..rows, &mut y);
+                for (j, got) in y.iter().enumerate() {
+                    let (v, sc) = want[start + j];
+                    let ctx = format!("{} {rows}x{cols} from {start} #{j}", k.name());
+                    assert!(close(*got, v, sc), "{ctx}: {got} vs exact {v}");
+                    let s = scalar[start + j] as f64;
+                    assert!(close(*got, s, sc), "{ctx}: {got} vs scalar {s}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn int8_activation_path_is_close_to_the_exact_path() {
     // The activation rounding costs well under 1% of sum |w x| on random data.
