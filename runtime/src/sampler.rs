@@ -50,6 +50,8 @@ pub struct Sampler {
     config: SamplerConfig,
     rng: u64,
     candidates: Vec<(f32, u32)>,
+    /// Probabilities, then draw weights, of the candidates (reused: no allocation per token).
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -60,6 +62,7 @@ impl Sampler {
             config,
             rng,
             candidates: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -126,7 +129,9 @@ impl Sampler {
         cands.sort_unstable_by(by_logit);
         // Softmax at temperature 1 for the p filters (as llama.cpp), then temperature.
         let max = cands[0].0;
-        let probs: Vec<f32> = cands.iter().map(|(l, _)| (l - max).exp()).collect();
+        let probs = &mut self.weights;
+        probs.clear();
+        probs.extend(cands.iter().map(|(l, _)| (l - max).exp()));
         let total: f32 = probs.iter().sum();
         let mut keep = cands.len();
         let mut cum = 0.0;
@@ -142,10 +147,9 @@ impl Sampler {
             keep = keep.min(probs.iter().take_while(|&&p| p >= cutoff).count().max(1));
         }
         cands.truncate(keep);
-        let weights: Vec<f32> = cands
-            .iter()
-            .map(|(l, _)| ((l - max) / c.temperature).exp())
-            .collect();
+        let weights = probs;
+        weights.clear();
+        weights.extend(cands.iter().map(|(l, _)| ((l - max) / c.temperature).exp()));
         let sum: f32 = weights.iter().sum();
         let mut r = draw * sum;
         for (w, &(_, id)) in weights.iter().zip(cands.iter()) {
