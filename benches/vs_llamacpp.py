@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Glint beside llama.cpp, in one run on one machine, so that machine noise cancels.
+
+What it does (everything cached under $GLINT_CACHE, default target/glint-cache):
+1. fetches the default model (SmolLM2-135M-Instruct.Q4_1.gguf) with `glint-quantize fetch`;
+2. builds llama.cpp's `llama-bench` and `llama-quantize` from the source that
+   llama-cpp-python vendors (PyPI sdist, pinned and SHA-256 checked; needs a C++
+   compiler, and cmake + ninja, which it pip-installs when missing);
+3. requantizes the Q4_1 source to Q4_0 with llama.cpp's own quantizer
+   (`--allow-requantize`: llama.cpp's fastest 4-bit CPU path, repacked for AVX-512);
+4. imports both GGUFs into Glint, block for block: Q4_1 -> q4g32a, Q4_0 -> q4g32
+   (the same weights, bit for bit);
+5. runs rounds; each round runs llama-bench and `glint bench` on both models for every
+   thread count, back to back, alternating which goes first.
+
+It prints a table: per test the median over rounds of each engine's median tok/s, and the
+median of the per-round ratios Glint / llama.cpp (same model, same round). Raw results go
+to $GLINT_CACHE/vs-llamacpp.jsonl.
+
+    python3 benches/vs_llamacpp.py                      # 5 rounds, t1 and t2, pp512 tg128
+    python3 benches/vs_llamacpp.py --rounds 3 -p 0 -n 128 --threads 1
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from pathlib import Path
+
+LCP_VERSION = "0.3.36"
+LCP_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    log("+ " + " ".join(str(c) for c in cmd))
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def out(cmd):
+    return run(cmd, stdout=subprocess.PIPE, text=True).stdout
+
+
+def sdist(cache: Path) -> Path:
+    """llama-cpp-python's sdist, downloaded once and checked."""
+    path = cache / f"llama_cpp_python-{LCP_VERSION}.tar.gz"
+    if not path.exists():
+        meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{LCP_VERSION}/json"))
+        (url,) = [u["url"] for u in meta["urls"] if u["packagetype"] == "sdist"]
+        url = urllib.parse.urljoin("https://pypi.org/pypi/", url)
+        log(f"downloading {url}")
+        tmp = path.with_suffix(".part")
+        with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+        tmp.rename(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != LCP_SHA256:
+        sys.exit(f"{path}: SHA-256 {digest}, expected {LCP_SHA256}")
+    return path
+
+
+def llama_cpp(cache: Path) -> Path:
+    """Directory holding llama-bench and llama-quantize, built once."""
+    src = cache / f"llama.cpp-{LCP_VERSION}"
+    bin_dir = src / "build" / "bin"
+    if (bin_dir / "llama-bench").exists() and (bin_dir / "llama-quantize").exists():
+        return bin_dir
+    if not src.exists():
+        prefix = f"llama_cpp_python-{LCP_VERSION}/vendor/llama.cpp/"
+        tmp = cache / f"llama.cpp-{LCP_VERSION}.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(sdist(cache)) as tar:
+            members = []
+            for m in tar.getmembers():
+                if m.name.startswith(prefix) and len(m.name) > len(prefix):
+                    m.name = m.name[len(prefix):]
+                    members.append(m)
+            tar.extractall(tmp, members=members, filter="data")
+        tmp.rename(src)
+    if not (shutil.which("cmake") and shutil.which("ninja")):
+        run([sys.executable, "-m", "pip", "install", "-q", "cmake", "ninja"])
+    run(["cmake", "-S", src, "-B", src / "build", "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+         "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"],
+        stdout=subprocess.DEVNULL)
+    run(["cmake", "--build", src / "build", "-j", str(os.cpu_count() or 2),
+         "--target", "llama-bench", "llama-quantize"], stdout=subprocess.DEVNULL)
+    return bin_dir
+
+
+def median_ts(samples):
+    return statistics.median(samples)
+
+
+def llama_bench(bin_dir, gguf, threads, p, n, reps):
+    """{"pp": tok/s, "tg": tok/s}, each the median of the repetitions."""
+    res = {}
+    for test, (np_, ng) in (("pp", (p, 0)), ("tg", (0, n))):
+        if np_ == 0 and ng == 0:
+            continue
+        line = out([bin_dir / "llama-bench", "-m", gguf, "-t", threads, "-p", np_, "-n", ng,
+                    "-r", reps, "-o", "jsonl"]).strip().splitlines()[-1]
+        res[test] = median_ts(json.loads(line)["samples_ts"])
+    return res
+
+
+def glint_bench(model, threads, p, n, reps, precision):
+    d = json.loads(out([ROOT / "target/release/glint", "bench", "-m", model, "-t", threads,
+                        "-p", max(p, 1), "-n", n, "-r", reps, "--precision", precision,
+                        "--json"]).strip().splitlines()[-1])
+    res = {"tg": d["decode_tok_s"]}
+    if p > 0:
+        res["pp"] = d["prefill_tok_s"]
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("-p", type=int, default=512, help="prompt tokens (0: no pp test)")
+    ap.add_argument("-n", type=int, default=128, help="generated tokens")
+    ap.add_argument("-r", type=int, default=3, help="repetitions per engine call")
+    ap.add_argument("--precision", default="int8", help="Glint precision: int8 or exact")
+    args = ap.parse_args()
+
+    cache = Path(os.environ.get("GLINT_CACHE", ROOT / "target/glint-cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["GLINT_CACHE"] = str(cache)
+    run(["cargo", "build", "--release", "-p", "glint-runtime", "-p", "glint-quantize"], cwd=ROOT)
+    quantize = ROOT / "target/release/glint-quantize"
+    # `fetch` leaves the GGUF in the cache and prints the q4g32a pack of it.
+    q4_1_glint = Path(out([quantize, "fetch"]).strip().splitlines()[-1])
+    q4_1 = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    bin_dir = llama_cpp(cache)
+    q4_0 = cache / "SmolLM2-135M-Instruct.Q4_0.gguf"
+    if not q4_0.exists():
+        run([bin_dir / "llama-quantize", "--allow-requantize", q4_1, q4_0, "Q4_0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    q4_0_glint = cache / "SmolLM2-135M-Instruct.Q4_0.q4g32.glint"
+    if not q4_0_glint.exists():
+        run([quantize, "import", q4_0, "-o", q4_0_glint, "--scheme", "q4g32"], stdout=subprocess.DEVNULL)
+    models = {"Q4_0": (q4_0, q4_0_glint), "Q4_1": (q4_1, q4_1_glint)}
+
+    threads = [int(t) for t in args.threads.split(",")]
+    raw = open(cache / "vs-llamacpp.jsonl", "a")
+    rows = {}  # (model, threads, test) -> list of (llama, glint)
+    for rnd in range(args.rounds):
+        for t in threads:
+            for name, (gguf, glint) in models.items():
+                engines = [("llama.cpp", lambda: llama_bench(bin_dir, gguf, t, args.p, args.n, args.r)),
+                           ("glint", lambda: glint_bench(glint, t, args.p, args.n, args.r, args.precision))]
+                if rnd % 2:
+                    engines.reverse()
+                got = {e: f() for e, f in engines}
+                raw.write(json.dumps({"round": rnd, "model": name, "threads": t, **got}) + "\n")
+                raw.flush()
+                for test in got["glint"]:
+                    rows.setdefault((name, t, test), []).append((got["llama.cpp"][test], got["glint"][test]))
+                log(f"round {rnd} {name} t{t}: {got}")
+
+    print(f"\nGlint ({args.precision}) vs llama.cpp {LCP_VERSION} (llama-cpp-python's vendored build), "
+          f"{args.rounds} rounds, tok/s (median over rounds of per-call medians)\n")
+    print("| model (llama.cpp / Glint) | threads | test | llama.cpp | Glint | Glint / llama.cpp (median of per-round ratios) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (name, t, test), pairs in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        llama = statistics.median(a for a, _ in pairs)
+        ours = statistics.median(b for _, b in pairs)
+        ratio = statistics.median(b / a for a, b in pairs)
+        label = f"{name} / {'q4g32' if name == 'Q4_0' else 'q4g32a'}"
+        size = f"pp{args.p}" if test == "pp" else f"tg{args.n}"
+        print(f"| {label} | {t} | {size} | {llama:.1f} | {ours:.1f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
