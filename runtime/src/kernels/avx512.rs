@@ -547,15 +547,28 @@ pub(super) unsafe fn run_q8act(
     if w.dtype == DType::Q8G32 {
         go!(q8_tile_i8, q8_mv_i8, Q_MV_ROWS_Q8)
     } else if n == 1
-        && w.dtype == DType::Q4G32A
+        && matches!(w.dtype, DType::Q4G32A | DType::Q4G32)
         && w.cols == 576
         && std::arch::is_x86_feature_detected!("gfni")
     {
-        // SAFETY: forwarded from our caller; GFNI checked here.
-        unsafe { q4_mv576_gf(w, a, rows, out) }
-    } else if n == 1 && w.dtype == DType::Q4G32A && w.cols == 1536 {
-        // SAFETY: forwarded from our caller.
-        unsafe { q4_mv1536(w, a, rows, out) }
+        let asym = w.dtype == DType::Q4G32A;
+        // SAFETY: forwarded from our caller; GFNI checked here; `asym` is the dtype's.
+        unsafe {
+            if asym {
+                q4_mv576_gf::<true>(w, a, rows, out)
+            } else {
+                q4_mv576_gf::<false>(w, a, rows, out)
+            }
+        }
+    } else if n == 1 && matches!(w.dtype, DType::Q4G32A | DType::Q4G32) && w.cols == 1536 {
+        // SAFETY: forwarded from our caller; `asym` is the dtype's.
+        unsafe {
+            if w.dtype == DType::Q4G32A {
+                q4_mv1536::<true>(w, a, rows, out)
+            } else {
+                q4_mv1536::<false>(w, a, rows, out)
+            }
+        }
     } else if n >= T_MIN_ACTS && w.cols <= T_MAX_COLS {
         // SAFETY: forwarded from our caller.
         unsafe { q4_tiled(w, a, rows, out) }
@@ -586,11 +599,9 @@ unsafe fn mv_range<const R: usize>(
     while r0 < rows.end {
         let rr = (rows.end - r0).min(R);
         let ridx: [usize; R] = core::array::from_fn(|k| r0 + k.min(rr - 1));
-        let res = tile(&ridx);
-        for (k, v) in res.iter().enumerate().take(rr) {
-            // SAFETY: `r0 + k` lies in `rows`, by the caller.
-            unsafe { out.write(0, r0 + k, v[0]) };
-        }
+        let res = tile(&ridx).map(|v| v[0]);
+        // SAFETY: rows `r0..r0 + rr` lie in `rows`, by the caller.
+        unsafe { out.write_run(r0, &res, rr) };
         r0 += R;
     }
 }
@@ -782,7 +793,7 @@ unsafe fn q4_mv_i8<const R: usize>(
     core::array::from_fn(|k| [sums[k]])
 }
 
-/// [`q4_mv_i8`] specialised for 576-column `Q4G32A` rows (18 blocks: 4 full 4-block
+/// [`q4_mv_i8`] specialised for 576-column `Q4G32A` (`ASYM`) or `Q4G32` rows (18 blocks: 4 full 4-block
 /// chunks and a 2-block tail), the shape of q, k, v, o, gate and up (75% of the int4
 /// bytes of a decode step). The whole row range runs in this one function so the
 /// quantized activation row (8 zmm + 2 ymm), its scales and the lane-index vectors are
@@ -794,14 +805,22 @@ unsafe fn q4_mv_i8<const R: usize>(
 /// Measured t1 int8 decode: 164 -> 178 tok/s (medians of 6 interleaved rounds, noisy).
 ///
 /// # Safety
-/// As for [`run_q8act`] with one activation row, `w.dtype == Q4G32A`, `w.cols == 576`,
-/// and the CPU must also support GFNI.
+/// As for [`run_q8act`] with one activation row, `w.dtype` `Q4G32A` if `ASYM` else
+/// `Q4G32`, `w.cols == 576`, and the CPU must also support GFNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,gfni")]
-unsafe fn q4_mv576_gf(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<usize>, out: Out) {
+unsafe fn q4_mv576_gf<const ASYM: bool>(
+    w: &Matrix<'_>,
+    a: &super::int8::QuantActs,
+    rows: Range<usize>,
+    out: Out,
+) {
     const R: usize = Q_MV_ROWS_Q4;
     const NB: usize = 18;
     const ROW: usize = NB * BLOCK / 2;
-    debug_assert!(w.cols == NB * BLOCK && w.dtype == DType::Q4G32A);
+    debug_assert!(
+        w.cols == NB * BLOCK && w.dtype == if ASYM { DType::Q4G32A } else { DType::Q4G32 }
+    );
+    let minus8 = _mm512_set1_ps(-8.0);
     let m4 = _mm512_set1_epi8(0x0f);
     let m4y = _mm256_set1_epi8(0x0f);
     // Output bit i = input bit i + 4 (i < 4), else 0: a per-byte logical shift by 4.
@@ -868,16 +887,24 @@ unsafe fn q4_mv576_gf(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<us
             }
             // SAFETY: row `r` is in the matrix (validated planes): 18 f16 scales and
             // minimums at `2 * 18 * r`, 288 value bytes at `288 * r`.
+            // Symmetric rows have no minimum plane: their minimum is `-8 d`.
             let (ds, ms, dt, mt, wp) = unsafe {
                 let sp = scales.add(2 * NB * r);
-                let mp = mins.add(2 * NB * r);
-                (
-                    _mm512_cvtph_ps(_mm256_loadu_si256(sp.cast())),
-                    _mm512_cvtph_ps(_mm256_loadu_si256(mp.cast())),
-                    _mm_cvtph_ps(_mm_cvtsi32_si128(sp.add(32).cast::<i32>().read_unaligned())),
-                    _mm_cvtph_ps(_mm_cvtsi32_si128(mp.add(32).cast::<i32>().read_unaligned())),
-                    vals.add(ROW * r),
-                )
+                let ds = _mm512_cvtph_ps(_mm256_loadu_si256(sp.cast()));
+                let dt = _mm_cvtph_ps(_mm_cvtsi32_si128(sp.add(32).cast::<i32>().read_unaligned()));
+                let (ms, mt) = if ASYM {
+                    let mp = mins.add(2 * NB * r);
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(mp.cast())),
+                        _mm_cvtph_ps(_mm_cvtsi32_si128(mp.add(32).cast::<i32>().read_unaligned())),
+                    )
+                } else {
+                    (
+                        _mm512_mul_ps(ds, minus8),
+                        _mm_mul_ps(dt, _mm512_castps512_ps128(minus8)),
+                    )
+                };
+                (ds, ms, dt, mt, vals.add(ROW * r))
             };
             let scl = _mm512_mul_ps(ds, dx);
             let mut s = _mm512_mul_ps(ms, sx);
@@ -906,11 +933,8 @@ unsafe fn q4_mv576_gf(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<us
             );
             *acc = _mm512_add_ps(s, _mm512_zextps256_ps512(t));
         }
-        let sums = hsum(&acc);
-        for (k, v) in sums.iter().enumerate().take(rr) {
-            // SAFETY: `r0 + k` lies in `rows`, by the caller.
-            unsafe { out.write(0, r0 + k, *v) };
-        }
+        // SAFETY: rows `r0..r0 + rr` lie in `rows`, by the caller.
+        unsafe { out.write_run(r0, &hsum(&acc), rr) };
         r0 += R;
     }
 }
@@ -920,7 +944,7 @@ const Q_MV1536_ROWS: usize = 8;
 /// How many tiles ahead [`q4_mv1536`] prefetches values.
 const Q_MV1536_PF_TILES: usize = 1;
 
-/// [`q4_mv_i8`] specialised for 1536-column `Q4G32A` rows (48 blocks, 768 bytes: ffn_down,
+/// [`q4_mv_i8`] specialised for 1536-column `Q4G32A` (`ASYM`) or `Q4G32` rows (48 blocks, 768 bytes: ffn_down,
 /// 17% of the int4 bytes of a decode step). The activation row (1536 bytes, 24 zmm) does
 /// not fit in registers, so it streams from L1: each 4-block chunk of activations (low
 /// and high nibble halves) is loaded once and used by the `R` rows of the tile, each with
@@ -936,15 +960,24 @@ const Q_MV1536_PF_TILES: usize = 1;
 /// t1 int8 decode see benches/README.md.
 ///
 /// # Safety
-/// As for [`run_q8act`] with one activation row, `w.dtype == Q4G32A`, `w.cols == 1536`.
+/// As for [`run_q8act`] with one activation row, `w.dtype` `Q4G32A` if `ASYM` else
+/// `Q4G32`, `w.cols == 1536`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_mv1536(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<usize>, out: Out) {
+unsafe fn q4_mv1536<const ASYM: bool>(
+    w: &Matrix<'_>,
+    a: &super::int8::QuantActs,
+    rows: Range<usize>,
+    out: Out,
+) {
     const R: usize = Q_MV1536_ROWS;
     const NB: usize = 48;
     const ROW: usize = NB * BLOCK / 2;
     // One prefetched line per (chunk, row of the tile) covers the next tile exactly.
     const _: () = assert!(ROW / 12 == 64);
-    debug_assert!(w.cols == NB * BLOCK && w.dtype == DType::Q4G32A);
+    debug_assert!(
+        w.cols == NB * BLOCK && w.dtype == if ASYM { DType::Q4G32A } else { DType::Q4G32 }
+    );
+    let minus8 = _mm512_set1_ps(-8.0);
     let m4 = _mm512_set1_epi8(0x0f);
     let idx: [__m512i; 4] = core::array::from_fn(|c| {
         let c = c as i32 * 4;
@@ -994,10 +1027,14 @@ unsafe fn q4_mv1536(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<usiz
                 // SAFETY: as above.
                 let (ds, ms) = unsafe {
                     let o = 2 * NB * r[k] + 32 * g;
-                    (
-                        _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(o).cast())),
-                        _mm512_cvtph_ps(_mm256_loadu_si256(mins.add(o).cast())),
-                    )
+                    let ds = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(o).cast()));
+                    // Symmetric rows have no minimum plane: their minimum is `-8 d`.
+                    let ms = if ASYM {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(mins.add(o).cast()))
+                    } else {
+                        _mm512_mul_ps(ds, minus8)
+                    };
+                    (ds, ms)
                 };
                 scl[k] = _mm512_mul_ps(ds, dx);
                 acc[k] = _mm512_fmadd_ps(ms, sx, acc[k]);
@@ -1029,11 +1066,8 @@ unsafe fn q4_mv1536(w: &Matrix<'_>, a: &super::int8::QuantActs, rows: Range<usiz
                 }
             }
         }
-        let sums = hsum(&acc);
-        for (k, v) in sums.iter().enumerate().take(rr) {
-            // SAFETY: `r0 + k` lies in `rows`, by the caller.
-            unsafe { out.write(0, r0 + k, *v) };
-        }
+        // SAFETY: rows `r0..r0 + rr` lie in `rows`, by the caller.
+        unsafe { out.write_run(r0, &hsum(&acc), rr) };
         r0 += R;
     }
 }

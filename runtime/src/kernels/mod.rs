@@ -452,6 +452,27 @@ impl Out {
         // SAFETY: guaranteed by the caller.
         unsafe { *self.ptr.add(i * self.ld + (r - self.row0)) = v }
     }
+
+    /// Writes `vals[..rr]` to rows `r0..r0 + rr` of activation 0 (adjacent elements).
+    /// A full tile is one fixed-size copy: written element by element, the loop became a
+    /// `memcpy` call per tile (1.6% of a decode step).
+    ///
+    /// # Safety
+    /// Every `(0, r0 + k)`, `k < rr <= R`, must be a position the creator vouched for.
+    #[inline(always)]
+    unsafe fn write_run<const R: usize>(self, r0: usize, vals: &[f32; R], rr: usize) {
+        // SAFETY: by the caller's contract; activation 0's rows are adjacent.
+        unsafe {
+            let dst = self.ptr.add(r0 - self.row0);
+            if rr == R {
+                dst.cast::<[f32; R]>().write_unaligned(*vals);
+            } else {
+                for (k, &v) in vals.iter().enumerate().take(rr) {
+                    *dst.add(k) = v;
+                }
+            }
+        }
+    }
 }
 
 /// Shared tiling driver of the SIMD kernels: walks `rows` in tiles of `R` weight rows and,

@@ -450,15 +450,18 @@ fn int8_activation_kernels_match_the_scalar_reference() {
     }
 }
 
-/// The one-row 1536-column int4 kernel (ffn_down's shape; 8-row tiles, the last one
-/// repeating its last row) against the scalar reference, for every tile remainder and
-/// for row ranges that start mid-tile.
+/// The one-row 1536-column int4 kernels (ffn_down's shape, asymmetric and symmetric; 8-row
+/// tiles, the last one repeating its last row) against the scalar reference, for every
+/// tile remainder and for row ranges that start mid-tile.
 #[test]
 fn int8_one_row_1536_columns_match_the_scalar_reference() {
     let cols = 1536;
-    for rows in (1..=17).chain([24, 31]) {
-        let bytes = weights(DType::Q4G32A, rows, cols, (rows * 13) as u32);
-        let w = Matrix::from_bytes(DType::Q4G32A, rows, cols, &bytes).unwrap();
+    for (dtype, rows) in [DType::Q4G32A, DType::Q4G32]
+        .into_iter()
+        .flat_map(|d| (1..=17).chain([24, 31]).map(move |r| (d, r)))
+    {
+        let bytes = weights(dtype, rows, cols, (rows * 13) as u32);
+        let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
         let mut x = sample(cols, 3 + rows as u32);
         x[cols - 1] = -25.0;
         let mut a = QuantActs::new(1, cols);
@@ -472,7 +475,11 @@ fn int8_one_row_1536_columns_match_the_scalar_reference() {
                 k.matmul_q8act_rows(&w, &a, start..rows, &mut y);
                 for (j, got) in y.iter().enumerate() {
                     let (v, sc) = want[start + j];
-                    let ctx = format!("{} {rows}x{cols} from {start} #{j}", k.name());
+                    let ctx = format!(
+                        "{} {} {rows}x{cols} from {start} #{j}",
+                        k.name(),
+                        dtype.name()
+                    );
                     assert!(close(*got, v, sc), "{ctx}: {got} vs exact {v}");
                     let s = scalar[start + j] as f64;
                     assert!(close(*got, s, sc), "{ctx}: {got} vs scalar {s}");
