@@ -14,8 +14,9 @@ What it does (everything cached under $GLINT_CACHE, default target/glint-cache):
    thread count, back to back, alternating which goes first.
 
 It prints a table: per test the median over rounds of each engine's median tok/s, and the
-median of the per-round ratios Glint / llama.cpp (same model, same round). Raw results go
-to $GLINT_CACHE/vs-llamacpp.jsonl.
+median of the per-round ratios Glint / llama.cpp (same round): same weights (Q4_0 against
+q4g32, Q4_1 against q4g32a), and Glint's default q4g32a against llama.cpp's Q4_0. Raw
+results go to $GLINT_CACHE/vs-llamacpp.jsonl.
 
     python3 benches/vs_llamacpp.py                      # 5 rounds, t1 and t2, pp512 tg128
     python3 benches/vs_llamacpp.py --rounds 3 -p 0 -n 128 --threads 1
@@ -153,7 +154,7 @@ def main():
 
     threads = [int(t) for t in args.threads.split(",")]
     raw = open(cache / "vs-llamacpp.jsonl", "a")
-    rows = {}  # (model, threads, test) -> list of (llama, glint)
+    got = {}  # (round, model, threads) -> {"llama.cpp": {test: tok/s}, "glint": {...}}
     for rnd in range(args.rounds):
         for t in threads:
             for name, (gguf, glint) in models.items():
@@ -161,24 +162,31 @@ def main():
                            ("glint", lambda: glint_bench(glint, t, args.p, args.n, args.r, args.precision))]
                 if rnd % 2:
                     engines.reverse()
-                got = {e: f() for e, f in engines}
-                raw.write(json.dumps({"round": rnd, "model": name, "threads": t, **got}) + "\n")
+                res = {e: f() for e, f in engines}
+                got[rnd, name, t] = res
+                raw.write(json.dumps({"round": rnd, "model": name, "threads": t, **res}) + "\n")
                 raw.flush()
-                for test in got["glint"]:
-                    rows.setdefault((name, t, test), []).append((got["llama.cpp"][test], got["glint"][test]))
-                log(f"round {rnd} {name} t{t}: {got}")
+                log(f"round {rnd} {name} t{t}: {res}")
 
     print(f"\nGlint ({args.precision}) vs llama.cpp {LCP_VERSION} (llama-cpp-python's vendored build), "
-          f"{args.rounds} rounds, tok/s (median over rounds of per-call medians)\n")
-    print("| model (llama.cpp / Glint) | threads | test | llama.cpp | Glint | Glint / llama.cpp (median of per-round ratios) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for (name, t, test), pairs in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-        llama = statistics.median(a for a, _ in pairs)
-        ours = statistics.median(b for _, b in pairs)
-        ratio = statistics.median(b / a for a, b in pairs)
-        label = f"{name} / {'q4g32' if name == 'Q4_0' else 'q4g32a'}"
-        size = f"pp{args.p}" if test == "pp" else f"tg{args.n}"
-        print(f"| {label} | {t} | {size} | {llama:.1f} | {ours:.1f} | {ratio:.2f}x |")
+          f"{args.rounds} rounds, tok/s: median over rounds of each call's median; ratio: median "
+          f"of the per-round ratios\n")
+    print("| test | threads | llama.cpp model | llama.cpp | Glint model | Glint | Glint / llama.cpp |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    # Same weights (Q4_0 = q4g32, Q4_1 = q4g32a), then Glint's default file against
+    # llama.cpp's fastest path.
+    pairs = (("Q4_0", "Q4_0"), ("Q4_1", "Q4_1"), ("Q4_0", "Q4_1"))
+    glint_name = {"Q4_0": "q4g32 (from Q4_0)", "Q4_1": "q4g32a (from Q4_1)"}
+    tests = [("pp", f"pp{args.p}")] * (args.p > 0) + [("tg", f"tg{args.n}")]
+    for test, label in tests:
+        for t in threads:
+            for lm, gm in pairs:
+                rounds = range(args.rounds)
+                llama = [got[r, lm, t]["llama.cpp"][test] for r in rounds]
+                ours = [got[r, gm, t]["glint"][test] for r in rounds]
+                ratio = statistics.median(b / a for a, b in zip(llama, ours))
+                print(f"| {label} | {t} | {lm} | {statistics.median(llama):.1f} | {glint_name[gm]} | "
+                      f"{statistics.median(ours):.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
