@@ -5,6 +5,9 @@
 //! `cargo bench -p glint-runtime --bench kernels` (add `-- q8g32` to filter). Small
 //! matrices stay in cache between iterations, so these are compute ceilings; the
 //! 98304x576 int4 and 49152x576 int8 (the output head) cases stream from DRAM.
+//!
+//! `dram_read` is the yardstick for those: a plain read of 256 MiB by 1 and 2 threads
+//! (`-- dram_read`), the memory-bandwidth floor `glint bench`'s decode GB/s is held to.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use glint_format::quant::quantize;
@@ -61,5 +64,46 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kernels);
+/// Streaming read bandwidth: `threads` threads each sum their half (or all) of a 256 MiB
+/// buffer with four independent accumulators, so the loop is bound by memory, not adds.
+fn dram_read(c: &mut Criterion) {
+    // On 2 MiB pages where the OS has them, as the weights are (see `MappedGlint`).
+    let mut map = memmap2::MmapMut::map_anon(256 << 20).expect("256 MiB");
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    map.fill(1);
+    // SAFETY: the mapping is page-aligned and its length a multiple of 8.
+    let data: &[u64] = unsafe { std::slice::from_raw_parts(map.as_ptr().cast(), map.len() / 8) };
+    let mut g = c.benchmark_group("dram_read");
+    g.throughput(Throughput::Bytes((data.len() * 8) as u64));
+    g.sample_size(20);
+    for threads in [1usize, 2] {
+        g.bench_function(BenchmarkId::new("threads", threads), |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    let parts: Vec<_> = data
+                        .chunks(data.len().div_ceil(threads))
+                        .map(|part| {
+                            s.spawn(move || {
+                                let mut acc = [0u64; 4];
+                                for c in part.chunks_exact(32) {
+                                    for (j, a) in acc.iter_mut().enumerate() {
+                                        for v in &c[8 * j..8 * j + 8] {
+                                            *a = a.wrapping_add(*v);
+                                        }
+                                    }
+                                }
+                                acc.iter().fold(0u64, |x, y| x.wrapping_add(*y))
+                            })
+                        })
+                        .collect();
+                    black_box(parts.into_iter().map(|h| h.join().unwrap()).sum::<u64>())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, dram_read);
 criterion_main!(benches);
