@@ -63,8 +63,9 @@ pub fn describe(model: &model::Model) -> String {
     s += &format!(
         "memory: weights mapped {:.1} MiB; KV cache {:.1} KiB per position ({:.1} MiB at full context)\n",
         f.file_len() as f64 / (1 << 20) as f64,
-        model::KvCache::bytes_for(c, 1) as f64 / 1024.0,
-        model::KvCache::bytes_for(c, c.context_len as usize) as f64 / (1 << 20) as f64
+        model::KvCache::bytes_for(c, 1, model.kv_type()) as f64 / 1024.0,
+        model::KvCache::bytes_for(c, c.context_len as usize, model.kv_type()) as f64
+            / (1 << 20) as f64
     );
     s += &format!(
         "decode reads {:.1} MB of weights per token\n",

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
-use glint_runtime::model::{Model, Precision, Scratch};
+use glint_runtime::model::{KvType, Model, Precision, Scratch};
 use glint_runtime::pool::ThreadPool;
 use glint_runtime::sampler::{SamplerConfig, argmax};
 use glint_runtime::{Message, Role, kernels, peak_rss_bytes};
@@ -37,14 +37,22 @@ struct PrecisionArgs {
     /// llama.cpp's default; faster). Default: $GLINT_PRECISION, else exact.
     #[arg(long = "precision", value_parser = ["exact", "int8"])]
     precision: Option<String>,
+    /// KV cache elements: `f16` (default), `int8` (per-32 block scales, like llama.cpp's
+    /// `-ctk q8_0 -ctv q8_0`: 56% of the memory) or `f32`.
+    #[arg(long = "kv", value_parser = ["f16", "int8", "f32"])]
+    kv: Option<String>,
 }
 
 impl PrecisionArgs {
-    /// Sets the model's precision when the option was given (else keeps the env's).
-    fn apply(&self, model: &Model) {
+    /// Sets the model's precision (else keeps the env's) and KV cache type when given.
+    fn apply(&self, model: &Model) -> Result<()> {
         if let Some(p) = self.precision.as_deref().and_then(Precision::from_name) {
             model.set_precision(p);
         }
+        if let Some(kv) = self.kv.as_deref().and_then(KvType::from_name) {
+            model.set_kv_type(kv)?;
+        }
+        Ok(())
     }
 }
 
@@ -261,7 +269,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             ids,
         } => {
             let engine = engine(&model)?;
-            precision.apply(engine.model());
+            precision.apply(engine.model())?;
             let mut session = engine.session(sample.ctx);
             let text = if chat {
                 engine.render_chat(&[Message::new(Role::User, prompt)], true)?
@@ -314,7 +322,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             system,
         } => {
             let engine = engine(&model)?;
-            precision.apply(engine.model());
+            precision.apply(engine.model())?;
             let mut session = engine.session(sample.ctx);
             if let Some(sys) = system {
                 session.set_system(&sys);
@@ -383,7 +391,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let engine = engine(&model)?;
-            precision.apply(engine.model());
+            precision.apply(engine.model())?;
             let ppl = glint_runtime::eval::perplexity(&engine, &text, ctx, |chunk, ppl| {
                 eprint!("[{chunk}] {ppl:.4} ")
             })?;
@@ -426,7 +434,7 @@ fn bench(
     let path = model_path(&m.model)?;
     let threads = threads(m.threads);
     let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    precision.apply(&model);
+    precision.apply(&model)?;
     let c = *model.config();
     let pool = ThreadPool::new(threads);
     let ctx = (n_prompt + n_gen).max(1);
@@ -464,6 +472,7 @@ fn bench(
             "file_bytes": model.file().file_len(),
             "kernel": kernels::kernel_name(),
             "precision": model.precision().name(),
+            "kv": model.kv_type().name(),
             "threads": threads,
             "n_prompt": n_prompt,
             "n_gen": n_gen,

@@ -188,6 +188,24 @@ fn ids_are_the_generated_tokens_even_when_text_is_held_back() {
     assert_eq!(run_with_ids(&[&stop]), (text, want));
 }
 
+/// The int8 KV cache (`--kv int8`) gives the same greedy start as the default f16 one on
+/// a short prompt, and `bench` reports which cache it measured.
+#[test]
+fn int8_kv_cache_runs_and_is_reported() {
+    let (text, ids_f16) = run_with_ids(&[]);
+    let (_, ids_int8) = run_with_ids(&["--kv", "int8"]);
+    assert_eq!(ids_int8, ids_f16, "{text:?}");
+    let out = ok(&glint(&with_model(&[
+        "bench", "-p", "16", "-n", "4", "-r", "1", "--json", "--kv", "int8",
+    ])));
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON object");
+    assert_eq!(j["kv"], "int8", "{j}");
+    fails(
+        &glint(&with_model(&["run", "-p", "Hi", "--kv", "int4"])),
+        &["int4"],
+    );
+}
+
 #[test]
 fn bench_json_is_one_object_with_the_figures() {
     let out = ok(&glint(&with_model(&[

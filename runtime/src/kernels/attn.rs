@@ -1,6 +1,7 @@
 //! Attention inner loops: one query head against `len` cached keys and values,
-//! `out = softmax(scale * q . K[0..len]) V[0..len]`, with the cache in f32 or f16
-//! ([`KvElem`]), plus the f32 -> cache-element conversion used on append.
+//! `out = softmax(scale * q . K[0..len]) V[0..len]`, with the cache in f32, f16 or int8
+//! with one f32 scale per 32-element block ([`KvElem`], [`KvRows`]), plus the f32 ->
+//! cache-element conversions used on append ([`store`], [`store_q8`]).
 //!
 //! [`attend`] dispatches on the [`active`](super::active) kernel: AVX-512 (head dims a
 //! multiple of 16, up to 256) has a hand-written loop (zmm dot products, a vectorised
@@ -9,6 +10,7 @@
 //!
 //! Also here, sharing the vectorised `exp`: the SwiGLU activation [`silu_mul`].
 
+use glint_format::BLOCK;
 use half::f16;
 
 use super::Kernel;
@@ -17,6 +19,8 @@ use super::Kernel;
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
     /// Whether the type is IEEE binary16 (read with `vcvtph2ps`).
     const F16: bool;
+    /// Whether the type is int8 scaled per 32-element block ([`KvRows::scales`]).
+    const I8: bool = false;
     /// Widens to f32.
     fn to_f32(self) -> f32;
     /// Rounds from f32 (to nearest even).
@@ -44,6 +48,70 @@ impl KvElem for f16 {
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
+    }
+}
+
+impl KvElem for i8 {
+    const F16: bool = false;
+    const I8: bool = true;
+    /// The integer; its block scale is applied by [`KvRows::at`].
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    /// Rounds to the nearest integer in `-127..=127` (unscaled: see [`store_q8`]).
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v.round().clamp(-127.0, 127.0) as i8
+    }
+}
+
+/// One KV head's cached keys (or values) in a layer: position `p`, element `i` is
+/// `data[p * stride + i]`, times `scales[(p * stride + i) / 32]` for int8 (`scales` is
+/// empty for f32 and f16). For int8, `stride` and the head's offset into the row are
+/// multiples of [`BLOCK`].
+#[derive(Clone, Copy, Debug)]
+pub struct KvRows<'a, T> {
+    /// The elements, from the head's first element at position 0.
+    pub data: &'a [T],
+    /// Block scales (int8 only), from the head's first block at position 0.
+    pub scales: &'a [f32],
+    /// Elements from one position to the next.
+    pub stride: usize,
+}
+
+impl<T: KvElem> KvRows<'_, T> {
+    /// Element `i` of position `p`, widened (and scaled) to f32.
+    #[inline(always)]
+    pub fn at(&self, p: usize, i: usize) -> f32 {
+        let j = p * self.stride + i;
+        let v = self.data[j].to_f32();
+        if T::I8 { v * self.scales[j / BLOCK] } else { v }
+    }
+
+    /// Whether positions `0..len` of a head of `hd` elements are all there.
+    fn holds(&self, len: usize, hd: usize) -> bool {
+        let need = (len - 1) * self.stride + hd;
+        self.data.len() >= need
+            && (!T::I8
+                || (self.stride.is_multiple_of(BLOCK)
+                    && hd.is_multiple_of(BLOCK)
+                    && self.scales.len() >= need.div_ceil(BLOCK)))
+    }
+}
+
+/// Quantizes `src` to int8 per 32-element block with the activations' rule
+/// (llama.cpp's Q8_0, with an f32 scale): `scales[b] = max |x| / 127`, `dst[i] =
+/// round(src[i] / scales[b])`. `src.len()` must be a multiple of 32.
+pub fn store_q8(dst: &mut [i8], scales: &mut [f32], src: &[f32]) {
+    assert!(src.len().is_multiple_of(BLOCK) && dst.len() == src.len());
+    assert_eq!(scales.len(), src.len() / BLOCK);
+    for ((d, s), x) in dst
+        .chunks_exact_mut(BLOCK)
+        .zip(scales.iter_mut())
+        .zip(src.chunks_exact(BLOCK))
+    {
+        *s = super::int8::quantize_block(x, d);
     }
 }
 
@@ -83,30 +151,18 @@ pub fn silu_mul_with(kernel: Kernel, g: &mut [f32], u: &[f32]) {
 }
 
 /// One query head: `out[..hd] = sum_p softmax_p(scale * q . k_p) v_p` over `p < len`,
-/// where `k_p = keys[p * stride..][..hd]` (likewise `v_p`); `scores` is scratch of at
+/// where `k_p` is position `p` of `keys` (likewise `v_p`); `scores` is scratch of at
 /// least `len` elements. `hd = q.len() = out.len()`.
-#[allow(clippy::too_many_arguments)]
 pub fn attend<T: KvElem>(
     q: &[f32],
-    keys: &[T],
-    values: &[T],
-    stride: usize,
+    keys: KvRows<'_, T>,
+    values: KvRows<'_, T>,
     len: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_with(
-        super::active(),
-        q,
-        keys,
-        values,
-        stride,
-        len,
-        scale,
-        scores,
-        out,
-    );
+    attend_with(super::active(), q, keys, values, len, scale, scores, out);
 }
 
 /// [`attend`] with a given kernel (AVX-512 where it applies, else the scalar reference).
@@ -114,9 +170,8 @@ pub fn attend<T: KvElem>(
 pub fn attend_with<T: KvElem>(
     kernel: Kernel,
     q: &[f32],
-    keys: &[T],
-    values: &[T],
-    stride: usize,
+    keys: KvRows<'_, T>,
+    values: KvRows<'_, T>,
     len: usize,
     scale: f32,
     scores: &mut [f32],
@@ -124,23 +179,22 @@ pub fn attend_with<T: KvElem>(
 ) {
     let hd = q.len();
     assert_eq!(out.len(), hd);
-    assert!(len >= 1 && scores.len() >= len && stride >= hd);
-    let need = (len - 1) * stride + hd;
+    assert!(len >= 1 && scores.len() >= len && keys.stride >= hd);
+    assert_eq!(keys.stride, values.stride, "keys and values share a layout");
     assert!(
-        keys.len() >= need && values.len() >= need,
+        keys.holds(len, hd) && values.holds(len, hd),
         "cache too short"
     );
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && kernel.available() && hd.is_multiple_of(16) {
         macro_rules! go {
             ($v:literal) => {
-                // SAFETY: AVX-512F checked; shapes asserted above.
+                // SAFETY: AVX-512F checked; shapes asserted above (`holds`).
                 unsafe {
                     avx512::attend::<T, $v>(
                         q.as_ptr(),
-                        keys.as_ptr(),
-                        values.as_ptr(),
-                        stride,
+                        keys,
+                        values,
                         len,
                         scale,
                         scores,
@@ -158,28 +212,24 @@ pub fn attend_with<T: KvElem>(
         }
     }
     let _ = kernel;
-    attend_scalar(q, keys, values, stride, len, scale, scores, out);
+    attend_scalar(q, keys, values, len, scale, scores, out);
 }
 
 /// The reference of [`attend`].
-#[allow(clippy::too_many_arguments)]
 pub fn attend_scalar<T: KvElem>(
     q: &[f32],
-    keys: &[T],
-    values: &[T],
-    stride: usize,
+    keys: KvRows<'_, T>,
+    values: KvRows<'_, T>,
     len: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
     let mut max = f32::NEG_INFINITY;
     for (p, sp) in scores[..len].iter_mut().enumerate() {
-        let kp = &keys[p * stride..p * stride + hd];
         let mut acc = [0f32; 8];
-        for (j, (&x, &k)) in q.iter().zip(kp).enumerate() {
-            acc[j % 8] += x * k.to_f32();
+        for (j, &x) in q.iter().enumerate() {
+            acc[j % 8] += x * keys.at(p, j);
         }
         *sp = acc.iter().sum::<f32>() * scale;
         max = max.max(*sp);
@@ -191,10 +241,9 @@ pub fn attend_scalar<T: KvElem>(
     }
     out.fill(0.0);
     for (p, &w) in scores[..len].iter().enumerate() {
-        let vp = &values[p * stride..p * stride + hd];
-        out.iter_mut()
-            .zip(vp)
-            .for_each(|(o, v)| *o += w * v.to_f32());
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += w * values.at(p, i);
+        }
     }
     let inv = 1.0 / sum;
     out.iter_mut().for_each(|o| *o *= inv);
@@ -202,7 +251,7 @@ pub fn attend_scalar<T: KvElem>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::KvElem;
+    use super::{BLOCK, KvElem, KvRows};
     use core::arch::x86_64::*;
 
     /// # Safety
@@ -225,14 +274,20 @@ mod avx512 {
         }
     }
 
-    /// 16 elements at `p` as f32.
+    /// Elements `16 j .. 16 j + 16` of the row at `p` as f32; for int8, `s` points at
+    /// the row's first block scale.
     #[inline]
     #[target_feature(enable = "avx512f,f16c,avx2,fma")]
-    unsafe fn load<T: KvElem>(p: *const T) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable elements and AVX-512F.
+    unsafe fn load<T: KvElem>(p: *const T, s: *const f32, j: usize) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable elements (and for int8 their block
+        // scale) and AVX-512F.
         unsafe {
+            let p = p.add(16 * j);
             if T::F16 {
                 _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+            } else if T::I8 {
+                let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));
+                _mm512_mul_ps(v, _mm512_set1_ps(*s.add(16 * j / BLOCK)))
             } else {
                 _mm512_loadu_ps(p.cast())
             }
@@ -292,21 +347,26 @@ mod avx512 {
     ///
     /// # Safety
     /// AVX-512F + F16C; `q` and `out` hold `16 V` elements, `keys`/`values` hold
-    /// `(len - 1) * stride + 16 V`, `scores.len() >= len`, `len >= 1`.
-    #[allow(clippy::too_many_arguments)]
+    /// positions `0..len` of `16 V` elements (`KvRows::holds`), `scores.len() >= len`,
+    /// `len >= 1`.
     #[target_feature(enable = "avx512f,f16c,avx2,fma")]
     pub(super) unsafe fn attend<T: KvElem, const V: usize>(
         q: *const f32,
-        keys: *const T,
-        values: *const T,
-        stride: usize,
+        keys: KvRows<'_, T>,
+        values: KvRows<'_, T>,
         len: usize,
         scale: f32,
         scores: &mut [f32],
         out: *mut f32,
     ) {
+        let stride = keys.stride;
+        // Scales advance by `stride / 32` a position (int8 only; never read otherwise).
+        let sstride = stride / BLOCK;
+        let (keys, kscales) = (keys.data.as_ptr(), keys.scales.as_ptr());
+        let (values, vscales) = (values.data.as_ptr(), values.scales.as_ptr());
         // SAFETY (whole body): every pointer offset stays within the bounds the caller
-        // guarantees: position `p < len` at `p * stride`, `16 V` elements each.
+        // guarantees: position `p < len` at `p * stride`, `16 V` elements each, and its
+        // scales at `p * stride / 32`.
         unsafe {
             let qv: [__m512; V] = core::array::from_fn(|j| {
                 _mm512_mul_ps(_mm512_loadu_ps(q.add(16 * j)), _mm512_set1_ps(scale))
@@ -319,9 +379,12 @@ mod avx512 {
             while p + 4 <= len {
                 let mut a = [_mm512_setzero_ps(); 4];
                 for (u, a) in a.iter_mut().enumerate() {
-                    let kp = keys.add((p + u) * stride);
+                    let (kp, ks) = (
+                        keys.add((p + u) * stride),
+                        kscales.wrapping_add((p + u) * sstride),
+                    );
                     for (j, q) in qv.iter().enumerate() {
-                        *a = _mm512_fmadd_ps(*q, load(kp.add(16 * j)), *a);
+                        *a = _mm512_fmadd_ps(*q, load(kp, ks, j), *a);
                     }
                 }
                 for (u, a) in a.iter().enumerate() {
@@ -330,10 +393,10 @@ mod avx512 {
                 p += 4;
             }
             while p < len {
-                let kp = keys.add(p * stride);
+                let (kp, ks) = (keys.add(p * stride), kscales.wrapping_add(p * sstride));
                 let mut a = _mm512_setzero_ps();
                 for (j, q) in qv.iter().enumerate() {
-                    a = _mm512_fmadd_ps(*q, load(kp.add(16 * j)), a);
+                    a = _mm512_fmadd_ps(*q, load(kp, ks, j), a);
                 }
                 *sc.add(p) = _mm512_reduce_add_ps(a);
                 p += 1;
@@ -372,17 +435,21 @@ mod avx512 {
             while p + 2 <= len {
                 let (w0, w1) = (_mm512_set1_ps(*sc.add(p)), _mm512_set1_ps(*sc.add(p + 1)));
                 let (v0, v1) = (values.add(p * stride), values.add((p + 1) * stride));
+                let (s0, s1) = (
+                    vscales.wrapping_add(p * sstride),
+                    vscales.wrapping_add((p + 1) * sstride),
+                );
                 for j in 0..V {
-                    a0[j] = _mm512_fmadd_ps(w0, load(v0.add(16 * j)), a0[j]);
-                    a1[j] = _mm512_fmadd_ps(w1, load(v1.add(16 * j)), a1[j]);
+                    a0[j] = _mm512_fmadd_ps(w0, load(v0, s0, j), a0[j]);
+                    a1[j] = _mm512_fmadd_ps(w1, load(v1, s1, j), a1[j]);
                 }
                 p += 2;
             }
             if p < len {
                 let w0 = _mm512_set1_ps(*sc.add(p));
-                let v0 = values.add(p * stride);
+                let (v0, s0) = (values.add(p * stride), vscales.wrapping_add(p * sstride));
                 for (j, a) in a0.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(w0, load(v0.add(16 * j)), *a);
+                    *a = _mm512_fmadd_ps(w0, load(v0, s0, j), *a);
                 }
             }
             for j in 0..V {
@@ -411,25 +478,55 @@ mod tests {
             .collect()
     }
 
+    /// Keys or values of `len` positions in the cache type `T`: int8 goes through
+    /// [`store_q8`] row by row (block scales), the float types element by element.
+    fn cache<T: KvElem>(x: &[f32], stride: usize) -> (Vec<T>, Vec<f32>) {
+        if !T::I8 {
+            return (x.iter().map(|&v| T::from_f32(v)).collect(), Vec::new());
+        }
+        let mut q = vec![0i8; x.len()];
+        let mut sc = vec![0f32; x.len() / BLOCK];
+        for ((q, sc), x) in q
+            .chunks_exact_mut(stride)
+            .zip(sc.chunks_exact_mut(stride / BLOCK))
+            .zip(x.chunks_exact(stride))
+        {
+            store_q8(q, sc, x);
+        }
+        // SAFETY: `T` is `i8` here (`T::I8`): same size, alignment and validity.
+        let q = unsafe { std::mem::transmute::<Vec<i8>, Vec<T>>(q) };
+        (q, sc)
+    }
+
     fn check<T: KvElem>() {
         for hd in [32usize, 64, 128, 48] {
+            if T::I8 && !hd.is_multiple_of(BLOCK) {
+                continue;
+            }
             for len in [1usize, 2, 3, 5, 16, 17, 33, 100, 513] {
                 let stride = hd * 3;
                 let q: Vec<f32> = sample(hd, 7).iter().map(|v| v * 4.0).collect();
-                let k: Vec<T> = sample(len * stride, 11)
-                    .iter()
-                    .map(|&v| T::from_f32(v * 3.0))
-                    .collect();
-                let v: Vec<T> = sample(len * stride, 13)
-                    .iter()
-                    .map(|&v| T::from_f32(v))
-                    .collect();
+                let kx: Vec<f32> = sample(len * stride, 11).iter().map(|v| v * 3.0).collect();
+                let (k, ks) = cache::<T>(&kx, stride);
+                let (v, vs) = cache::<T>(&sample(len * stride, 13), stride);
+                // The second head of the row, as the model passes it.
+                let off = hd;
+                let keys = KvRows {
+                    data: &k[off..],
+                    scales: ks.get(off / BLOCK..).unwrap_or(&[]),
+                    stride,
+                };
+                let values = KvRows {
+                    data: &v[off..],
+                    scales: vs.get(off / BLOCK..).unwrap_or(&[]),
+                    stride,
+                };
                 let mut sc = vec![0f32; len];
                 let mut want = vec![0f32; hd];
-                attend_scalar(&q, &k, &v, stride, len, 0.125, &mut sc, &mut want);
+                attend_scalar(&q, keys, values, len, 0.125, &mut sc, &mut want);
                 for kernel in Kernel::all_available() {
                     let mut got = vec![0f32; hd];
-                    attend_with(kernel, &q, &k, &v, stride, len, 0.125, &mut sc, &mut got);
+                    attend_with(kernel, &q, keys, values, len, 0.125, &mut sc, &mut got);
                     for (g, w) in got.iter().zip(&want) {
                         assert!(
                             (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
@@ -450,6 +547,71 @@ mod tests {
     #[test]
     fn attention_matches_the_scalar_reference_f16() {
         check::<f16>();
+    }
+
+    #[test]
+    fn attention_matches_the_scalar_reference_int8() {
+        check::<i8>();
+    }
+
+    /// Int8 keys and values stay close to the f32 result: the softmax weights move by
+    /// the keys' rounding (|dk| <= max|k| / 254 per element) and the output by the values'.
+    #[test]
+    fn int8_attention_is_close_to_f32() {
+        let (hd, stride, len) = (64, 192, 200);
+        let q: Vec<f32> = sample(hd, 5).iter().map(|v| v * 2.0).collect();
+        let kx: Vec<f32> = sample(len * stride, 6).iter().map(|v| v * 3.0).collect();
+        let vx = sample(len * stride, 8);
+        let (kq, ks) = cache::<i8>(&kx, stride);
+        let (vq, vs) = cache::<i8>(&vx, stride);
+        let (kf, vf) = (
+            KvRows {
+                data: &kx[..],
+                scales: &[],
+                stride,
+            },
+            KvRows {
+                data: &vx[..],
+                scales: &[],
+                stride,
+            },
+        );
+        let (k8, v8) = (
+            KvRows {
+                data: &kq[..],
+                scales: &ks[..],
+                stride,
+            },
+            KvRows {
+                data: &vq[..],
+                scales: &vs[..],
+                stride,
+            },
+        );
+        let mut sc = vec![0f32; len];
+        let mut want = vec![0f32; hd];
+        attend_scalar(&q, kf, vf, len, 0.125, &mut sc, &mut want);
+        let mut got = vec![0f32; hd];
+        attend(&q, k8, v8, len, 0.125, &mut sc, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.01, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn store_q8_is_llamacpp_q8_0_rounding() {
+        let mut x: Vec<f32> = sample(64, 4);
+        x[..32].fill(0.0);
+        x[40] = -2.5;
+        let (mut q, mut s) = (vec![0i8; 64], vec![0f32; 2]);
+        store_q8(&mut q, &mut s, &x);
+        assert_eq!(s[0], 0.0);
+        assert!(q[..32].iter().all(|&v| v == 0));
+        assert_eq!(s[1], 2.5 / 127.0);
+        assert_eq!(q[40], -127);
+        for i in 32..64 {
+            assert!((q[i] as f32 * s[1] - x[i]).abs() <= s[1] / 2.0 + 1e-7);
+        }
     }
 
     #[test]

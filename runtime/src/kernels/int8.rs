@@ -258,6 +258,22 @@ fn use_simd_quantize() -> bool {
     false
 }
 
+/// The int8 block rule (llama.cpp's Q8_0): `d = max |x| / 127` and `q = round(x / d)`
+/// (half to even) for one 32-element block `xb` into `qb`; returns `d`. Used for
+/// activations and for the int8 KV cache.
+pub(super) fn quantize_block(xb: &[f32], qb: &mut [i8]) -> f32 {
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let db = amax / 127.0;
+    let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+    for (q, &v) in qb.iter_mut().zip(xb) {
+        // Round half to even without a libm call (`rintf` is not inlined on the
+        // x86-64 baseline): adding 1.5 * 2^23 leaves no fraction bits. Exact for
+        // |v * id| <= 127.5.
+        *q = ((v * id + ROUND) - ROUND) as i8;
+    }
+    db
+}
+
 /// Quantizes one row `x` (`cols` a multiple of 32) into `q` (natural order), the block
 /// scales `d`, `d * sum(q)` per block in `s` and `-128 * (sum of 4 values)` in `corr`.
 pub(super) fn quantize_row_scalar(
@@ -268,16 +284,8 @@ pub(super) fn quantize_row_scalar(
     corr: &mut [i32],
 ) {
     for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let db = amax / 127.0;
-        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
         let qb = &mut q[b * BLOCK..(b + 1) * BLOCK];
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            // Round half to even without a libm call (`rintf` is not inlined on the
-            // x86-64 baseline): adding 1.5 * 2^23 leaves no fraction bits. Exact for
-            // |v * id| <= 127.5.
-            *q = ((v * id + ROUND) - ROUND) as i8;
-        }
+        let db = quantize_block(xb, qb);
         let sum: i32 = qb.iter().map(|&v| v as i32).sum();
         d[b] = db;
         s[b] = db * sum as f32;
