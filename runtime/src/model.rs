@@ -290,7 +290,7 @@ impl Model {
             "batch or context overflow"
         );
         assert!(
-            pool.threads() * cache.capacity <= s.scores.len(),
+            pool.threads() * (c.n_heads / c.n_kv_heads) as usize * cache.capacity <= s.scores.len(),
             "scratch sized for fewer threads or positions"
         );
         let hd = c.head_dim as usize;
@@ -535,29 +535,41 @@ fn attend_all<T: kernels::attn::KvElem>(
     let q = &s.q;
     let out = SyncPtr(s.att.as_mut_ptr());
     let scores = SyncPtr(s.scores.as_mut_ptr());
+    let n_kv = n_heads / group;
+    // Work units: (token, KV head) with the `group` query heads that share it, so each
+    // key and value row is read once for all of them. A single token with fewer groups
+    // than twice the threads (SmolLM2: 3 groups, 2 threads) splits single heads
+    // instead, which balances better.
+    let per = if n == 1 && n_kv < 2 * pool.threads() {
+        1
+    } else {
+        group
+    };
+    let units = n * n_heads / per;
     pool.run(&|t, nt| {
-        // Split (token, head) pairs: with a batch, work is proportional to the position,
-        // so a round-robin over tokens balances it; a single token splits heads.
-        let pairs = n * n_heads;
-        // SAFETY: thread `t` alone uses the score row of its own index.
-        let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(t * stride), stride) };
-        let mine: Box<dyn Iterator<Item = usize>> = if n == 1 {
-            Box::new(split(n_heads, nt, t, 1))
-        } else {
-            Box::new((t..pairs).step_by(nt))
+        // SAFETY: thread `t` alone uses the score rows of its own index.
+        let sc = unsafe {
+            std::slice::from_raw_parts_mut(scores.get().add(t * group * stride), group * stride)
         };
-        for pair in mine {
-            let (i, h) = (pair / n_heads, pair % n_heads);
-            let kvh = h / group;
+        // With a batch, work is proportional to the position, so a round-robin over
+        // tokens balances it; a single token splits its units in ranges.
+        let (first, step, end) = if n == 1 {
+            let r = split(units, nt, t, 1);
+            (r.start, 1, r.end)
+        } else {
+            (t, nt, units)
+        };
+        for unit in (first..end).step_by(step) {
+            let (i, h) = (unit / (n_heads / per), unit % (n_heads / per) * per);
             let len = pos0 + i + 1;
-            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            // SAFETY: each (token, head) pair belongs to one thread, which alone writes
-            // its `hd` outputs.
-            let o =
-                unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * hd), hd) };
-            let off = kvh * hd;
+            let at = i * q_dim + h * hd;
+            // SAFETY: each unit (token, heads `h..h + per`) belongs to one thread, which
+            // alone writes its `per * hd` outputs.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), per * hd) };
+            let off = h / group * hd;
             kernels::attn::attend(
-                qh,
+                &q[at..at + per * hd],
+                per,
                 head_rows(keys, kscales, off, kv_dim),
                 head_rows(values, vscales, off, kv_dim),
                 len,
@@ -920,7 +932,7 @@ impl Scratch {
             att: vec![0.0; batch * q_dim],
             gate: vec![0.0; batch * ffn],
             up: vec![0.0; batch * ffn],
-            scores: vec![0.0; threads.max(1) * capacity],
+            scores: vec![0.0; threads.max(1) * (c.n_heads / c.n_kv_heads) as usize * capacity],
             rope: vec![0.0; batch * c.head_dim as usize],
             logits: vec![0.0; if all_logits { batch * vocab } else { vocab }],
             qa: QuantActs::new(batch, dim.max(q_dim).max(ffn)),

@@ -150,11 +150,14 @@ pub fn silu_mul_with(kernel: Kernel, g: &mut [f32], u: &[f32]) {
     }
 }
 
-/// One query head: `out[..hd] = sum_p softmax_p(scale * q . k_p) v_p` over `p < len`,
-/// where `k_p` is position `p` of `keys` (likewise `v_p`); `scores` is scratch of at
-/// least `len` elements. `hd = q.len() = out.len()`.
+/// `heads` query heads sharing one KV head (grouped-query attention): for each head
+/// `g`, `out_g = sum_p softmax_p(scale * q_g . k_p) v_p` over `p < len`, where `q_g`
+/// and `out_g` are the `g`-th `hd`-element pieces of `q` and `out` and `k_p` is position
+/// `p` of `keys` (likewise `v_p`); `scores` is scratch of at least `heads * len`.
+#[allow(clippy::too_many_arguments)]
 pub fn attend<T: KvElem>(
     q: &[f32],
+    heads: usize,
     keys: KvRows<'_, T>,
     values: KvRows<'_, T>,
     len: usize,
@@ -162,7 +165,17 @@ pub fn attend<T: KvElem>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_with(super::active(), q, keys, values, len, scale, scores, out);
+    attend_with(
+        super::active(),
+        q,
+        heads,
+        keys,
+        values,
+        len,
+        scale,
+        scores,
+        out,
+    );
 }
 
 /// [`attend`] with a given kernel (AVX-512 where it applies, else the scalar reference).
@@ -170,6 +183,7 @@ pub fn attend<T: KvElem>(
 pub fn attend_with<T: KvElem>(
     kernel: Kernel,
     q: &[f32],
+    heads: usize,
     keys: KvRows<'_, T>,
     values: KvRows<'_, T>,
     len: usize,
@@ -177,9 +191,13 @@ pub fn attend_with<T: KvElem>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    assert_eq!(out.len(), hd);
-    assert!(len >= 1 && scores.len() >= len && keys.stride >= hd);
+    assert!(
+        heads >= 1 && q.len().is_multiple_of(heads),
+        "q holds whole heads"
+    );
+    let hd = q.len() / heads;
+    assert_eq!(out.len(), q.len());
+    assert!(len >= 1 && scores.len() >= heads * len && keys.stride >= hd);
     assert_eq!(keys.stride, values.stride, "keys and values share a layout");
     assert!(
         keys.holds(len, hd) && values.holds(len, hd),
@@ -187,37 +205,56 @@ pub fn attend_with<T: KvElem>(
     );
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && kernel.available() && hd.is_multiple_of(16) {
+        // Heads in runs of up to 4 (at most 16 accumulators of the values), key rows
+        // `P` at a time (`P * V = 16` registers).
+        let run = |v: usize| (16 / v).clamp(1, 4);
         macro_rules! go {
-            ($v:literal) => {
-                // SAFETY: AVX-512F checked; shapes asserted above (`holds`).
-                unsafe {
-                    avx512::attend::<T, $v>(
-                        q.as_ptr(),
-                        keys,
-                        values,
-                        len,
-                        scale,
-                        scores,
-                        out.as_mut_ptr(),
-                    )
+            ($v:literal, $p:literal) => {{
+                let mut g = 0;
+                while g < heads {
+                    let n = (heads - g).min(run($v));
+                    let (qg, og) = (q[g * hd..].as_ptr(), out[g * hd..].as_mut_ptr());
+                    let sc = scores.as_mut_ptr();
+                    // SAFETY: AVX-512F checked; shapes asserted above (`holds`); heads
+                    // `g..g + n` are in `q` and `out`, `n * len` scores in `scores`.
+                    unsafe {
+                        match n {
+                            1 => {
+                                avx512::attend::<T, $v, 1, $p>(qg, keys, values, len, scale, sc, og)
+                            }
+                            2 => {
+                                avx512::attend::<T, $v, 2, $p>(qg, keys, values, len, scale, sc, og)
+                            }
+                            3 => {
+                                avx512::attend::<T, $v, 3, $p>(qg, keys, values, len, scale, sc, og)
+                            }
+                            _ => {
+                                avx512::attend::<T, $v, 4, $p>(qg, keys, values, len, scale, sc, og)
+                            }
+                        }
+                    }
+                    g += n;
                 }
-            };
+                return;
+            }};
         }
         match hd / 16 {
-            2 => return go!(2),
-            4 => return go!(4),
-            8 => return go!(8),
-            16 => return go!(16),
+            2 => go!(2, 4),
+            4 => go!(4, 4),
+            8 => go!(8, 2),
+            16 => go!(16, 1),
             _ => {}
         }
     }
     let _ = kernel;
-    attend_scalar(q, keys, values, len, scale, scores, out);
+    attend_scalar(q, heads, keys, values, len, scale, scores, out);
 }
 
-/// The reference of [`attend`].
+/// The reference of [`attend`]: one head after the other.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_scalar<T: KvElem>(
     q: &[f32],
+    heads: usize,
     keys: KvRows<'_, T>,
     values: KvRows<'_, T>,
     len: usize,
@@ -225,28 +262,31 @@ pub fn attend_scalar<T: KvElem>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let mut max = f32::NEG_INFINITY;
-    for (p, sp) in scores[..len].iter_mut().enumerate() {
-        let mut acc = [0f32; 8];
-        for (j, &x) in q.iter().enumerate() {
-            acc[j % 8] += x * keys.at(p, j);
+    let hd = q.len() / heads;
+    for (q, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        let mut max = f32::NEG_INFINITY;
+        for (p, sp) in scores[..len].iter_mut().enumerate() {
+            let mut acc = [0f32; 8];
+            for (j, &x) in q.iter().enumerate() {
+                acc[j % 8] += x * keys.at(p, j);
+            }
+            *sp = acc.iter().sum::<f32>() * scale;
+            max = max.max(*sp);
         }
-        *sp = acc.iter().sum::<f32>() * scale;
-        max = max.max(*sp);
-    }
-    let mut sum = 0.0;
-    for sp in scores[..len].iter_mut() {
-        *sp = (*sp - max).exp();
-        sum += *sp;
-    }
-    out.fill(0.0);
-    for (p, &w) in scores[..len].iter().enumerate() {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o += w * values.at(p, i);
+        let mut sum = 0.0;
+        for sp in scores[..len].iter_mut() {
+            *sp = (*sp - max).exp();
+            sum += *sp;
         }
+        out.fill(0.0);
+        for (p, &w) in scores[..len].iter().enumerate() {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += w * values.at(p, i);
+            }
+        }
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|o| *o *= inv);
     }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -343,20 +383,21 @@ mod avx512 {
         }
     }
 
-    /// See [`super::attend`]; `V = hd / 16`.
+    /// See [`super::attend`], for `S` query heads sharing the keys and values; `V = hd /
+    /// 16`. Each key and value row is loaded (and widened) once for all `S` heads.
     ///
     /// # Safety
-    /// AVX-512F + F16C; `q` and `out` hold `16 V` elements, `keys`/`values` hold
-    /// positions `0..len` of `16 V` elements (`KvRows::holds`), `scores.len() >= len`,
-    /// `len >= 1`.
+    /// AVX-512F + F16C; `q` and `out` hold `S * 16 V` elements, `keys`/`values` hold
+    /// positions `0..len` of `16 V` elements (`KvRows::holds`), `scores` holds `S * len`,
+    /// `len >= 1`; `P * V <= 16`.
     #[target_feature(enable = "avx512f,f16c,avx2,fma")]
-    pub(super) unsafe fn attend<T: KvElem, const V: usize>(
+    pub(super) unsafe fn attend<T: KvElem, const V: usize, const S: usize, const P: usize>(
         q: *const f32,
         keys: KvRows<'_, T>,
         values: KvRows<'_, T>,
         len: usize,
         scale: f32,
-        scores: &mut [f32],
+        scores: *mut f32,
         out: *mut f32,
     ) {
         let stride = keys.stride;
@@ -366,99 +407,90 @@ mod avx512 {
         let (values, vscales) = (values.data.as_ptr(), values.scales.as_ptr());
         // SAFETY (whole body): every pointer offset stays within the bounds the caller
         // guarantees: position `p < len` at `p * stride`, `16 V` elements each, and its
-        // scales at `p * stride / 32`.
+        // scales at `p * stride / 32`; head `g < S` at `g * 16 V` of `q`/`out` and at
+        // `g * len` of `scores`.
         unsafe {
-            let qv: [__m512; V] = core::array::from_fn(|j| {
-                _mm512_mul_ps(_mm512_loadu_ps(q.add(16 * j)), _mm512_set1_ps(scale))
-            });
-            let sc = scores.as_mut_ptr();
-            // Scores, four positions at a time (independent chains), then one reduction
-            // of each.
-            let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+            let sv = _mm512_set1_ps(scale);
+            // Scores: `P` key rows widened into registers, then each head's `P` dot
+            // products (independent chains) and one transposed reduction of them.
             let mut p = 0;
-            while p + 4 <= len {
-                let mut a = [_mm512_setzero_ps(); 4];
-                for (u, a) in a.iter_mut().enumerate() {
-                    let (kp, ks) = (
-                        keys.add((p + u) * stride),
-                        kscales.wrapping_add((p + u) * sstride),
-                    );
-                    for (j, q) in qv.iter().enumerate() {
-                        *a = _mm512_fmadd_ps(*q, load(kp, ks, j), *a);
+            while p < len {
+                let pp = (len - p).min(P);
+                let mut k = [_mm512_setzero_ps(); 16];
+                for u in 0..P {
+                    // A partial group repeats its last row (results dropped).
+                    let r = p + u.min(pp - 1);
+                    let (kp, ks) = (keys.add(r * stride), kscales.wrapping_add(r * sstride));
+                    for j in 0..V {
+                        k[u * V + j] = load(kp, ks, j);
                     }
                 }
-                for (u, a) in a.iter().enumerate() {
-                    *sc.add(p + u) = _mm512_reduce_add_ps(*a);
+                for g in 0..S {
+                    let qg = q.add(g * 16 * V);
+                    let mut a = [_mm512_setzero_ps(); P];
+                    for j in 0..V {
+                        let qj = _mm512_mul_ps(_mm512_loadu_ps(qg.add(16 * j)), sv);
+                        for (u, a) in a.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(qj, k[u * V + j], *a);
+                        }
+                    }
+                    let sums = crate::kernels::avx512::hsum(&a);
+                    for (u, v) in sums.iter().enumerate().take(pp) {
+                        *scores.add(g * len + p + u) = *v;
+                    }
                 }
-                p += 4;
+                p += P;
             }
-            while p < len {
-                let (kp, ks) = (keys.add(p * stride), kscales.wrapping_add(p * sstride));
-                let mut a = _mm512_setzero_ps();
-                for (j, q) in qv.iter().enumerate() {
-                    a = _mm512_fmadd_ps(*q, load(kp, ks, j), a);
+            // Softmax of each head's scores, in place (unnormalised; `inv` per head).
+            let mut inv = [0f32; S];
+            for (g, inv) in inv.iter_mut().enumerate() {
+                let sc = scores.add(g * len);
+                let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut p = 0;
+                while p < len {
+                    let m = mask(len - p);
+                    maxv = _mm512_mask_max_ps(maxv, m, maxv, _mm512_maskz_loadu_ps(m, sc.add(p)));
+                    p += 16;
                 }
-                *sc.add(p) = _mm512_reduce_add_ps(a);
-                p += 1;
-            }
-            let mut p = 0;
-            while p < len {
-                let m: __mmask16 = if len - p >= 16 {
-                    !0
-                } else {
-                    (1u16 << (len - p)) - 1
-                };
-                maxv = _mm512_mask_max_ps(maxv, m, maxv, _mm512_maskz_loadu_ps(m, sc.add(p)));
-                p += 16;
-            }
-            let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
-            let mut sumv = _mm512_setzero_ps();
-            let mut p = 0;
-            while p < len {
-                let m: __mmask16 = if len - p >= 16 {
-                    !0
-                } else {
-                    (1u16 << (len - p)) - 1
-                };
-                let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc.add(p)), max));
-                let e = _mm512_maskz_mov_ps(m, e);
-                _mm512_mask_storeu_ps(sc.add(p), m, e);
-                sumv = _mm512_add_ps(sumv, e);
-                p += 16;
-            }
-            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sumv));
-            // Weighted values: two accumulator sets (even and odd positions) so the FMA
-            // chains overlap.
-            let mut a0 = [_mm512_setzero_ps(); V];
-            let mut a1 = [_mm512_setzero_ps(); V];
-            let mut p = 0;
-            while p + 2 <= len {
-                let (w0, w1) = (_mm512_set1_ps(*sc.add(p)), _mm512_set1_ps(*sc.add(p + 1)));
-                let (v0, v1) = (values.add(p * stride), values.add((p + 1) * stride));
-                let (s0, s1) = (
-                    vscales.wrapping_add(p * sstride),
-                    vscales.wrapping_add((p + 1) * sstride),
-                );
-                for j in 0..V {
-                    a0[j] = _mm512_fmadd_ps(w0, load(v0, s0, j), a0[j]);
-                    a1[j] = _mm512_fmadd_ps(w1, load(v1, s1, j), a1[j]);
+                let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+                let mut sumv = _mm512_setzero_ps();
+                let mut p = 0;
+                while p < len {
+                    let m = mask(len - p);
+                    let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc.add(p)), max));
+                    let e = _mm512_maskz_mov_ps(m, e);
+                    _mm512_mask_storeu_ps(sc.add(p), m, e);
+                    sumv = _mm512_add_ps(sumv, e);
+                    p += 16;
                 }
-                p += 2;
+                *inv = 1.0 / _mm512_reduce_add_ps(sumv);
             }
-            if p < len {
-                let w0 = _mm512_set1_ps(*sc.add(p));
-                let (v0, s0) = (values.add(p * stride), vscales.wrapping_add(p * sstride));
-                for (j, a) in a0.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(w0, load(v0, s0, j), *a);
+            // Weighted values: each value row widened once, then `S * V` independent
+            // FMA chains.
+            let mut acc = [[_mm512_setzero_ps(); V]; S];
+            for p in 0..len {
+                let (vp, vs) = (values.add(p * stride), vscales.wrapping_add(p * sstride));
+                let v: [__m512; V] = core::array::from_fn(|j| load(vp, vs, j));
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*scores.add(g * len + p));
+                    for (a, v) in acc.iter_mut().zip(&v) {
+                        *a = _mm512_fmadd_ps(w, *v, *a);
+                    }
                 }
             }
-            for j in 0..V {
-                _mm512_storeu_ps(
-                    out.add(16 * j),
-                    _mm512_mul_ps(_mm512_add_ps(a0[j], a1[j]), inv),
-                );
+            for (g, acc) in acc.iter().enumerate() {
+                let iv = _mm512_set1_ps(inv[g]);
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(g * 16 * V + 16 * j), _mm512_mul_ps(*a, iv));
+                }
             }
         }
+    }
+
+    /// Lanes `0..min(n, 16)`.
+    #[inline]
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 { !0 } else { (1u16 << n) - 1 }
     }
 }
 
@@ -505,11 +537,10 @@ mod tests {
             }
             for len in [1usize, 2, 3, 5, 16, 17, 33, 100, 513] {
                 let stride = hd * 3;
-                let q: Vec<f32> = sample(hd, 7).iter().map(|v| v * 4.0).collect();
                 let kx: Vec<f32> = sample(len * stride, 11).iter().map(|v| v * 3.0).collect();
                 let (k, ks) = cache::<T>(&kx, stride);
                 let (v, vs) = cache::<T>(&sample(len * stride, 13), stride);
-                // The second head of the row, as the model passes it.
+                // The second KV head of the row, as the model passes it.
                 let off = hd;
                 let keys = KvRows {
                     data: &k[off..],
@@ -521,18 +552,27 @@ mod tests {
                     scales: vs.get(off / BLOCK..).unwrap_or(&[]),
                     stride,
                 };
-                let mut sc = vec![0f32; len];
-                let mut want = vec![0f32; hd];
-                attend_scalar(&q, keys, values, len, 0.125, &mut sc, &mut want);
-                for kernel in Kernel::all_available() {
-                    let mut got = vec![0f32; hd];
-                    attend_with(kernel, &q, keys, values, len, 0.125, &mut sc, &mut got);
-                    for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
-                            "{} hd {hd} len {len}: {g} vs {w}",
-                            kernel.name()
+                // 1..=4 heads run as one group; 5 and 9 as runs of up to 4.
+                for heads in [1usize, 2, 3, 4, 5, 9] {
+                    let q: Vec<f32> = sample(heads * hd, 7 + heads as u32)
+                        .iter()
+                        .map(|v| v * 4.0)
+                        .collect();
+                    let mut sc = vec![0f32; heads * len];
+                    let mut want = vec![0f32; heads * hd];
+                    attend_scalar(&q, heads, keys, values, len, 0.125, &mut sc, &mut want);
+                    for kernel in Kernel::all_available() {
+                        let mut got = vec![0f32; heads * hd];
+                        attend_with(
+                            kernel, &q, heads, keys, values, len, 0.125, &mut sc, &mut got,
                         );
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!(
+                                (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
+                                "{} hd {hd} len {len} heads {heads}: {g} vs {w}",
+                                kernel.name()
+                            );
+                        }
                     }
                 }
             }
@@ -590,9 +630,9 @@ mod tests {
         );
         let mut sc = vec![0f32; len];
         let mut want = vec![0f32; hd];
-        attend_scalar(&q, kf, vf, len, 0.125, &mut sc, &mut want);
+        attend_scalar(&q, 1, kf, vf, len, 0.125, &mut sc, &mut want);
         let mut got = vec![0f32; hd];
-        attend(&q, k8, v8, len, 0.125, &mut sc, &mut got);
+        attend(&q, 1, k8, v8, len, 0.125, &mut sc, &mut got);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 0.01, "{g} vs {w}");
         }
