@@ -1,5 +1,6 @@
-//! Attention inner loops: one query head against `len` cached keys and values,
-//! `out = softmax(scale * q . K[0..len]) V[0..len]`, with the cache in f32, f16 or int8
+//! Attention inner loops: the query heads of one KV group against `len` cached keys and
+//! values, `out = softmax(scale * q . K[0..len]) V[0..len]` per head (each key and value
+//! row read once for the whole group), with the cache in f32, f16 or int8
 //! with one f32 scale per 32-element block ([`KvElem`], [`KvRows`]), plus the f32 ->
 //! cache-element conversions used on append ([`store`], [`store_q8`]).
 //!
