@@ -972,10 +972,56 @@ impl Scratch {
 mod int8_accuracy {
     use super::*;
 
-    /// The packed SmolLM2-135M (Q4_1 source) in `$GLINT_CACHE`, if there.
-    fn model() -> Option<Model> {
+    /// The packed SmolLM2-135M (Q4_1 source) in `$GLINT_CACHE` and the llama.cpp
+    /// fixtures' last-position top-10 cases, if both are there.
+    fn model_and_cases() -> Option<(Model, serde_json::Value)> {
         let dir = std::env::var("GLINT_CACHE").ok()?;
-        Model::load(Path::new(&dir).join("SmolLM2-135M-Instruct.q4g32a.glint")).ok()
+        let m = Model::load(Path::new(&dir).join("SmolLM2-135M-Instruct.q4g32a.glint")).ok()?;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/llamacpp-smollm2.json"
+        );
+        let fx: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).ok()?).unwrap();
+        Some((m, fx["last_position_logits_top10"].clone()))
+    }
+
+    fn prompt(case: &serde_json::Value) -> Vec<u32> {
+        case["prompt_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// Last-position logits of `case`'s prompt through `cache`.
+    fn logits(m: &Model, case: &serde_json::Value, mut cache: KvCache) -> Vec<f32> {
+        let prompt = prompt(case);
+        let c = *m.config();
+        let pool = ThreadPool::new(2);
+        let mut s = Scratch::new(&c, prompt.len(), prompt.len(), 2, false);
+        m.forward(&prompt, &mut cache, &mut s, &pool);
+        s.logits().to_vec()
+    }
+
+    /// Largest |difference| over `case`'s top-10 logits.
+    fn top10_diff(logits: &[f32], case: &serde_json::Value) -> f32 {
+        let mut worst = 0f32;
+        for t in case["top10"].as_array().unwrap() {
+            let (id, want) = (
+                t["id"].as_u64().unwrap() as usize,
+                t["logit"].as_f64().unwrap() as f32,
+            );
+            worst = worst.max((logits[id] - want).abs());
+        }
+        worst
+    }
+
+    fn argmax(logits: &[f32]) -> u64 {
+        (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap() as u64
     }
 
     /// The int8-activation path against llama.cpp's own default (int8-activation, f16 KV)
@@ -987,101 +1033,42 @@ mod int8_accuracy {
     /// or without the fixtures.
     #[test]
     fn int8_path_matches_llamacpp_default_top10() {
-        let Some(m) = model() else {
-            return eprintln!("skipped: no model in GLINT_CACHE");
+        let Some((m, cases)) = model_and_cases() else {
+            return eprintln!("skipped: no model in GLINT_CACHE or no fixtures");
         };
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/llamacpp-smollm2.json"
-        );
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return eprintln!("skipped: no fixtures");
-        };
-        let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let case = &fx["last_position_logits_top10"]["llamacpp_default_q4_1"];
-        let prompt: Vec<u32> = case["prompt_token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let case = &cases["llamacpp_default_q4_1"];
+        let reference = &cases["reference_f32"];
         let run = |p: Precision| {
             m.set_precision(p);
-            let c = *m.config();
-            let pool = ThreadPool::new(2);
-            let mut cache = m.kv_cache(prompt.len());
-            let mut s = Scratch::new(&c, prompt.len(), prompt.len(), 2, false);
-            m.forward(&prompt, &mut cache, &mut s, &pool);
-            s.logits().to_vec()
+            logits(&m, case, m.kv_cache(prompt(case).len()))
         };
-        let diff = |logits: &[f32], case: &serde_json::Value| {
-            let mut worst = 0f32;
-            for t in case["top10"].as_array().unwrap() {
-                let (id, want) = (
-                    t["id"].as_u64().unwrap() as usize,
-                    t["logit"].as_f64().unwrap() as f32,
-                );
-                worst = worst.max((logits[id] - want).abs());
-            }
-            worst
-        };
-        let reference = &fx["last_position_logits_top10"]["reference_f32"];
         let exact = run(Precision::Exact);
         let logits = run(Precision::Int8);
-        let worst = diff(&logits, case);
+        let worst = top10_diff(&logits, case);
         eprintln!(
             "max |top-10 logit diff|: int8 vs llama.cpp default {worst}, int8 vs f32 reference {}, exact vs llama.cpp default {}, exact vs f32 reference {}",
-            diff(&logits, reference),
-            diff(&exact, case),
-            diff(&exact, reference)
+            top10_diff(&logits, reference),
+            top10_diff(&exact, case),
+            top10_diff(&exact, reference)
         );
-        const BOUND: f32 = 1.0;
-        assert!(worst < BOUND, "max top-10 logit difference {worst}");
-        let top = (0..logits.len())
-            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-            .unwrap();
-        assert_eq!(top as u64, case["top10"][0]["id"].as_u64().unwrap());
+        assert!(worst < 1.0, "max top-10 logit difference {worst}");
+        assert_eq!(argmax(&logits), case["top10"][0]["id"].as_u64().unwrap());
     }
 
     /// The int8 KV cache on the exact path against llama.cpp's f32 reference: same top
-    /// token, top-10 logits within 0.3 (measured 0.16; with the f16 cache 0.0029).
+    /// token, top-10 logits within 0.5 (measured 0.23; with the f16 cache 0.0036).
     #[test]
     fn int8_kv_cache_stays_close_to_the_f32_reference() {
-        let Some(m) = model() else {
-            return eprintln!("skipped: no model in GLINT_CACHE");
+        let Some((m, cases)) = model_and_cases() else {
+            return eprintln!("skipped: no model in GLINT_CACHE or no fixtures");
         };
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/llamacpp-smollm2.json"
-        );
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return eprintln!("skipped: no fixtures");
-        };
-        let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let case = &fx["last_position_logits_top10"]["reference_f32"];
-        let prompt: Vec<u32> = case["prompt_token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let case = &cases["reference_f32"];
         m.set_precision(Precision::Exact);
-        let c = *m.config();
-        let pool = ThreadPool::new(2);
-        let mut cache = KvCache::with_type(&c, prompt.len(), KvType::Int8);
-        let mut s = Scratch::new(&c, prompt.len(), prompt.len(), 2, false);
-        m.forward(&prompt, &mut cache, &mut s, &pool);
-        let logits = s.logits();
-        let mut worst = 0f32;
-        for t in case["top10"].as_array().unwrap() {
-            let id = t["id"].as_u64().unwrap() as usize;
-            worst = worst.max((logits[id] - t["logit"].as_f64().unwrap() as f32).abs());
-        }
+        let cache = KvCache::with_type(m.config(), prompt(case).len(), KvType::Int8);
+        let logits = logits(&m, case, cache);
+        let worst = top10_diff(&logits, case);
         eprintln!("int8 KV, exact path: max |top-10 logit diff| vs f32 reference {worst}");
-        assert!(worst < 0.3, "max top-10 logit difference {worst}");
-        let top = (0..logits.len())
-            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-            .unwrap();
-        assert_eq!(top as u64, case["top10"][0]["id"].as_u64().unwrap());
+        assert!(worst < 0.5, "max top-10 logit difference {worst}");
+        assert_eq!(argmax(&logits), case["top10"][0]["id"].as_u64().unwrap());
     }
 }
