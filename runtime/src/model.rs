@@ -97,7 +97,7 @@ impl KvType {
             .find(|k| k.name() == name.trim())
     }
 
-    /// Bytes per cached element, in bits (scales included).
+    /// Bits per cached element, its share of the block scale included.
     fn bits(self) -> u64 {
         match self {
             KvType::F32 => 32,
@@ -464,52 +464,32 @@ impl Model {
         let scale = 1.0 / (hd as f32).sqrt();
         let r = cache.layer_range(layer);
         let rs = r.start / BLOCK..r.end / BLOCK;
+        // One generic call per element type; every other argument is the same.
+        macro_rules! attend {
+            ($keys:expr, $values:expr) => {
+                attend_all(
+                    $keys,
+                    $values,
+                    hd,
+                    n_heads,
+                    group,
+                    q_dim,
+                    kv_dim,
+                    pos0,
+                    n,
+                    cache.capacity,
+                    scale,
+                    s,
+                    pool,
+                )
+            };
+        }
         match &cache.data {
-            KvData::I8 { k, v, ks, vs } => attend_all(
-                (&k[r.clone()], &ks[rs.clone()]),
-                (&v[r], &vs[rs]),
-                hd,
-                n_heads,
-                group,
-                q_dim,
-                kv_dim,
-                pos0,
-                n,
-                cache.capacity,
-                scale,
-                s,
-                pool,
-            ),
-            KvData::F32 { k, v } => attend_all(
-                (&k[r.clone()], &[]),
-                (&v[r], &[]),
-                hd,
-                n_heads,
-                group,
-                q_dim,
-                kv_dim,
-                pos0,
-                n,
-                cache.capacity,
-                scale,
-                s,
-                pool,
-            ),
-            KvData::F16 { k, v } => attend_all(
-                (&k[r.clone()], &[]),
-                (&v[r], &[]),
-                hd,
-                n_heads,
-                group,
-                q_dim,
-                kv_dim,
-                pos0,
-                n,
-                cache.capacity,
-                scale,
-                s,
-                pool,
-            ),
+            KvData::I8 { k, v, ks, vs } => {
+                attend!((&k[r.clone()], &ks[rs.clone()]), (&v[r], &vs[rs]))
+            }
+            KvData::F32 { k, v } => attend!((&k[r.clone()], &[]), (&v[r], &[])),
+            KvData::F16 { k, v } => attend!((&k[r.clone()], &[]), (&v[r], &[])),
         }
     }
 }
@@ -705,8 +685,8 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// The storage of a [`KvCache`]: f32, or f16 (half the memory and bandwidth; values are
-/// rounded to nearest on append and widened on read).
+/// The storage of a [`KvCache`]: f32; f16 (half the memory and bandwidth; values are
+/// rounded to nearest on append and widened on read); or int8 per 32-element block.
 enum KvData {
     F32 {
         k: Vec<f32>,
