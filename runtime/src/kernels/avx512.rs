@@ -664,6 +664,19 @@ pub(super) fn hsum<const R: usize>(acc: &[__m512; R]) -> [f32; R] {
     core::array::from_fn(|k| if k < 4 { v[4 * k] } else { v[4 * (k - 4) + 2] })
 }
 
+/// Per 4-block chunk `c` of a 16-block group, the `vpermps` indices that spread the
+/// scales of blocks `4c .. 4c + 4` over the 16 lanes of the chunk's `vpdpbusd` sums (4
+/// lanes per block).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn block_lanes() -> [__m512i; 4] {
+    core::array::from_fn(|c| {
+        let b = c as i32 * 4;
+        let (b1, b2, b3) = (b + 1, b + 2, b + 3);
+        _mm512_setr_epi32(b, b, b, b, b1, b1, b1, b1, b2, b2, b2, b2, b3, b3, b3, b3)
+    })
+}
+
 /// [`q4_tile_i8`] for one activation row: rows are processed one after the other inside
 /// each chunk so only the accumulators and per-row scale vectors stay in registers. A
 /// final chunk of 1 or 2 blocks (576 columns are 18 blocks) runs on 256-bit vectors,
@@ -684,27 +697,7 @@ unsafe fn q4_mv_i8<const R: usize>(
     let (sb, sk) = (a.stride_nib(), a.stride_blk());
     let m4 = _mm512_set1_epi8(0x0f);
     let m4y = _mm256_set1_epi8(0x0f);
-    let idx: [__m512i; 4] = core::array::from_fn(|c| {
-        let c = c as i32 * 4;
-        _mm512_setr_epi32(
-            c,
-            c,
-            c,
-            c,
-            c + 1,
-            c + 1,
-            c + 1,
-            c + 1,
-            c + 2,
-            c + 2,
-            c + 2,
-            c + 2,
-            c + 3,
-            c + 3,
-            c + 3,
-            c + 3,
-        )
-    });
+    let idx = block_lanes();
     let mut acc = [_mm512_setzero_ps(); R];
     let next = NextTile::new(w, rows[R - 1], R);
     let xn = a.nib[act * sb..].as_ptr();
@@ -826,27 +819,7 @@ unsafe fn q4_mv576_gf<const ASYM: bool>(
     // Output bit i = input bit i + 4 (i < 4), else 0: a per-byte logical shift by 4.
     let shr4 = _mm512_set1_epi64(0x1020_4080_0000_0000);
     let shr4y = _mm256_set1_epi64x(0x1020_4080_0000_0000);
-    let idx: [__m512i; 4] = core::array::from_fn(|c| {
-        let c = c as i32 * 4;
-        _mm512_setr_epi32(
-            c,
-            c,
-            c,
-            c,
-            c + 1,
-            c + 1,
-            c + 1,
-            c + 1,
-            c + 2,
-            c + 2,
-            c + 2,
-            c + 2,
-            c + 3,
-            c + 3,
-            c + 3,
-            c + 3,
-        )
-    });
+    let idx = block_lanes();
     let idx_t = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     // Activation row 0. SAFETY: the nibble-order row is padded to a multiple of 128
     // bytes (640 here); the block arrays to a multiple of 16 per row (32 here).
@@ -979,27 +952,7 @@ unsafe fn q4_mv1536<const ASYM: bool>(
     );
     let minus8 = _mm512_set1_ps(-8.0);
     let m4 = _mm512_set1_epi8(0x0f);
-    let idx: [__m512i; 4] = core::array::from_fn(|c| {
-        let c = c as i32 * 4;
-        _mm512_setr_epi32(
-            c,
-            c,
-            c,
-            c,
-            c + 1,
-            c + 1,
-            c + 1,
-            c + 1,
-            c + 2,
-            c + 2,
-            c + 2,
-            c + 2,
-            c + 3,
-            c + 3,
-            c + 3,
-            c + 3,
-        )
-    });
+    let idx = block_lanes();
     let xn = a.nib.as_ptr();
     let (xd, xs) = (a.d.as_ptr(), a.s.as_ptr());
     let vals = w.values.as_ptr();
