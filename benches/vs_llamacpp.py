@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -56,9 +57,12 @@ def sdist(cache: Path) -> Path:
     """llama-cpp-python's sdist, downloaded once and checked."""
     path = cache / f"llama_cpp_python-{LCP_VERSION}.tar.gz"
     if not path.exists():
-        meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{LCP_VERSION}/json"))
-        (url,) = [u["url"] for u in meta["urls"] if u["packagetype"] == "sdist"]
-        url = urllib.parse.urljoin("https://pypi.org/pypi/", url)
+        index = "https://pypi.org/pypi/llama-cpp-python/json"
+        meta = json.load(urllib.request.urlopen(index))
+        files = meta["releases"][LCP_VERSION]
+        (url,) = [u["url"] for u in files if u["packagetype"] == "sdist"]
+        # Absolute on pypi.org; relative to the index on some mirrors.
+        url = urllib.parse.urljoin(index, url)
         log(f"downloading {url}")
         tmp = path.with_suffix(".part")
         with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
@@ -98,10 +102,6 @@ def llama_cpp(cache: Path) -> Path:
     return bin_dir
 
 
-def median_ts(samples):
-    return statistics.median(samples)
-
-
 def llama_bench(bin_dir, gguf, threads, p, n, reps):
     """{"pp": tok/s, "tg": tok/s}, each the median of the repetitions."""
     res = {}
@@ -110,7 +110,7 @@ def llama_bench(bin_dir, gguf, threads, p, n, reps):
             continue
         line = out([bin_dir / "llama-bench", "-m", gguf, "-t", threads, "-p", np_, "-n", ng,
                     "-r", reps, "-o", "jsonl"]).strip().splitlines()[-1]
-        res[test] = median_ts(json.loads(line)["samples_ts"])
+        res[test] = statistics.median(json.loads(line)["samples_ts"])
     return res
 
 
