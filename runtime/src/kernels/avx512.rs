@@ -560,13 +560,16 @@ pub(super) unsafe fn run_q8act(
                 q4_mv576_gf::<false>(w, a, rows, out)
             }
         }
-    } else if n == 1 && matches!(w.dtype, DType::Q4G32A | DType::Q4G32) && w.cols == 1536 {
-        // SAFETY: forwarded from our caller; `asym` is the dtype's.
+    } else if n == 1
+        && matches!(w.dtype, DType::Q4G32A | DType::Q4G32)
+        && w.cols.is_multiple_of(Q_MV_WIDE_COLS)
+    {
+        // SAFETY: forwarded from our caller; `ASYM` is the dtype's.
         unsafe {
             if w.dtype == DType::Q4G32A {
-                q4_mv1536::<true>(w, a, rows, out)
+                q4_mv_wide::<true>(w, a, rows, out)
             } else {
-                q4_mv1536::<false>(w, a, rows, out)
+                q4_mv_wide::<false>(w, a, rows, out)
             }
         }
     } else if n >= T_MIN_ACTS && w.cols <= T_MAX_COLS {
@@ -912,43 +915,45 @@ unsafe fn q4_mv576_gf<const ASYM: bool>(
     }
 }
 
-/// Rows per tile of [`q4_mv1536`]; 4 measured no better in the whole model.
-const Q_MV1536_ROWS: usize = 8;
-/// How many tiles ahead [`q4_mv1536`] prefetches values.
-const Q_MV1536_PF_TILES: usize = 1;
+/// Rows per tile of [`q4_mv_wide`]; 4 measured no better in the whole model.
+const Q_MV_WIDE_ROWS: usize = 8;
+/// How many tiles ahead [`q4_mv_wide`] prefetches values.
+const Q_MV_WIDE_PF_TILES: usize = 1;
+/// [`q4_mv_wide`] takes rows of a multiple of this many columns (16 blocks).
+const Q_MV_WIDE_COLS: usize = 16 * BLOCK;
 
-/// [`q4_mv_i8`] specialised for 1536-column `Q4G32A` (`ASYM`) or `Q4G32` rows (48 blocks, 768 bytes: ffn_down,
-/// 17% of the int4 bytes of a decode step). The activation row (1536 bytes, 24 zmm) does
-/// not fit in registers, so it streams from L1: each 4-block chunk of activations (low
-/// and high nibble halves) is loaded once and used by the `R` rows of the tile, each with
-/// its own accumulator. Per 16 blocks each row's scales and minimums are one 32-byte f16
-/// load each (no masks, no counts). The next tile's values are prefetched in address
-/// order, 8 lines per chunk (a row-strided order, line `c` of each row per chunk, was
-/// slower in the whole model although equal in cache).
+/// [`q4_mv_i8`] specialised for `Q4G32A` (`ASYM`) or `Q4G32` rows of a multiple of 512
+/// columns: SmolLM2's 1536-column ffn_down (17% of the int4 bytes of a decode step),
+/// and every matrix of Llama-3.x-style models (2048, 8192 columns). The activation row
+/// does not fit in registers, so it streams from L1: each 4-block chunk of activations
+/// (low and high nibble halves) is loaded once and used by the `R` rows of the tile, each
+/// with its own accumulator. Per 16 blocks each row's scales and minimums are one
+/// 32-byte f16 load each (no masks, no counts). The next tile's values are prefetched in
+/// address order, `R` lines per chunk (a row-strided order, line `c` of each row per
+/// chunk, was slower in the whole model although equal in cache).
 ///
 /// The high nibbles use a shift and a mask, not GFNI as in [`q4_mv576_gf`]: with
 /// `vgf2p8affineqb` the whole model was slower (median 176 vs 181 tok/s, 5 interleaved
 /// rounds), though equal in cache (Zen 4: it competes with `vpdpbusd` for the same
-/// pipes). Measured: 576x1536 in cache 16.3 -> 10.9 us (throughput test); whole-model
-/// t1 int8 decode see benches/README.md.
+/// pipes). Measured (throughput test, in cache): 576x1536 16.3 -> 10.9 us against the
+/// generic tile kernel; 2048x2048 and 2048x8192 see benches/README.md.
 ///
 /// # Safety
 /// As for [`run_q8act`] with one activation row, `w.dtype` `Q4G32A` if `ASYM` else
-/// `Q4G32`, `w.cols == 1536`.
+/// `Q4G32`, `w.cols` a multiple of [`Q_MV_WIDE_COLS`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_mv1536<const ASYM: bool>(
+unsafe fn q4_mv_wide<const ASYM: bool>(
     w: &Matrix<'_>,
     a: &super::int8::QuantActs,
     rows: Range<usize>,
     out: Out,
 ) {
-    const R: usize = Q_MV1536_ROWS;
-    const NB: usize = 48;
-    const ROW: usize = NB * BLOCK / 2;
-    // One prefetched line per (chunk, row of the tile) covers the next tile exactly.
-    const _: () = assert!(ROW / 12 == 64);
+    const R: usize = Q_MV_WIDE_ROWS;
+    let nb = w.cols / BLOCK;
+    let row = nb * BLOCK / 2;
     debug_assert!(
-        w.cols == NB * BLOCK && w.dtype == if ASYM { DType::Q4G32A } else { DType::Q4G32 }
+        w.cols.is_multiple_of(Q_MV_WIDE_COLS)
+            && w.dtype == if ASYM { DType::Q4G32A } else { DType::Q4G32 }
     );
     let minus8 = _mm512_set1_ps(-8.0);
     let m4 = _mm512_set1_epi8(0x0f);
@@ -964,11 +969,11 @@ unsafe fn q4_mv1536<const ASYM: bool>(
         let r: [usize; R] = core::array::from_fn(|k| r0 + k.min(rr - 1));
         // Prefetches the next tile's scales and minimums; values go line by line below.
         let _ = NextTile::new(w, r0 + R - 1, R);
-        let pf = vals.wrapping_add((r0 + Q_MV1536_PF_TILES * R) * ROW);
+        let pf = vals.wrapping_add((r0 + Q_MV_WIDE_PF_TILES * R) * row);
         let mut acc = [_mm512_setzero_ps(); R];
-        for g in 0..NB / 16 {
-            // SAFETY: activation row 0: the block arrays hold 48 entries; rows `r` are
-            // in the matrix (validated planes): 48 f16 scales and minimums at `96 r`.
+        for g in 0..nb / 16 {
+            // SAFETY: activation row 0: the block arrays hold `nb` entries; rows `r` are
+            // in the matrix (validated planes): `nb` f16 scales and minimums at `2 nb r`.
             let (dx, sx) = unsafe {
                 (
                     _mm512_loadu_ps(xd.add(16 * g)),
@@ -979,7 +984,7 @@ unsafe fn q4_mv1536<const ASYM: bool>(
             for k in 0..R {
                 // SAFETY: as above.
                 let (ds, ms) = unsafe {
-                    let o = 2 * NB * r[k] + 32 * g;
+                    let o = 2 * nb * r[k] + 32 * g;
                     let ds = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(o).cast()));
                     // Symmetric rows have no minimum plane: their minimum is `-8 d`.
                     let ms = if ASYM {
@@ -994,7 +999,7 @@ unsafe fn q4_mv1536<const ASYM: bool>(
             }
             for (c, idx) in idx.iter().enumerate() {
                 let ch = 4 * g + c;
-                // SAFETY: the nibble-order row holds 12 chunks of 128 bytes.
+                // SAFETY: the nibble-order row holds `nb / 4` chunks of 128 bytes.
                 let (xl, xh) = unsafe {
                     let p = xn.add(ch * 128);
                     (
@@ -1003,10 +1008,11 @@ unsafe fn q4_mv1536<const ASYM: bool>(
                     )
                 };
                 for k in 0..R {
-                    // The next tile in address order: `R ROW / 12` bytes per chunk.
-                    prefetch(pf.wrapping_add(ch * (R * ROW / 12) + 64 * k));
-                    // SAFETY: bytes `64 ch .. 64 ch + 64` of row `r[k]`'s 768.
-                    let v = unsafe { _mm512_loadu_si512(vals.add(ROW * r[k] + 64 * ch).cast()) };
+                    // The next tile in address order: `R row / (nb / 4)` = `64 R` bytes
+                    // per chunk, one line per row of the tile.
+                    prefetch(pf.wrapping_add(ch * (64 * R) + 64 * k));
+                    // SAFETY: bytes `64 ch .. 64 ch + 64` of row `r[k]`'s `row`.
+                    let v = unsafe { _mm512_loadu_si512(vals.add(row * r[k] + 64 * ch).cast()) };
                     let lo = _mm512_and_si512(v, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
                     let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);

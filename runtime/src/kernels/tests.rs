@@ -288,6 +288,8 @@ fn throughput() {
         (DType::Q4G32A, 1536, 576, 64),
         (DType::Q4G32, 1536, 576, 1),
         (DType::Q4G32A, 98304, 576, 1),
+        (DType::Q4G32A, 2048, 2048, 1),
+        (DType::Q4G32A, 2048, 8192, 1),
         (DType::Q8G32, 1536, 576, 1),
         (DType::Q8G32, 49152, 576, 1),
         (DType::F16, 1536, 576, 1),
@@ -450,17 +452,18 @@ fn int8_activation_kernels_match_the_scalar_reference() {
     }
 }
 
-/// The one-row 1536-column int4 kernels (ffn_down's shape, asymmetric and symmetric; 8-row
-/// tiles, the last one repeating its last row) against the scalar reference, for every
-/// tile remainder and for row ranges that start mid-tile.
+/// The one-row wide int4 kernels (multiples of 512 columns: ffn_down's 1536 and
+/// Llama-3.x-style 512/2048; asymmetric and symmetric; 8-row tiles, the last one
+/// repeating its last row) against the scalar reference, for every tile remainder and for
+/// row ranges that start mid-tile.
 #[test]
-fn int8_one_row_1536_columns_match_the_scalar_reference() {
-    let cols = 1536;
-    for (dtype, rows) in [DType::Q4G32A, DType::Q4G32]
+fn int8_one_row_wide_rows_match_the_scalar_reference() {
+    for (dtype, cols, rows) in [DType::Q4G32A, DType::Q4G32]
         .into_iter()
-        .flat_map(|d| (1..=17).chain([24, 31]).map(move |r| (d, r)))
+        .flat_map(|d| [512, 1536, 2048].map(move |c| (d, c)))
+        .flat_map(|(d, c)| (1..=17).chain([24, 31]).map(move |r| (d, c, r)))
     {
-        let bytes = weights(dtype, rows, cols, (rows * 13) as u32);
+        let bytes = weights(dtype, rows, cols, (rows * 13 + cols) as u32);
         let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
         let mut x = sample(cols, 3 + rows as u32);
         x[cols - 1] = -25.0;
