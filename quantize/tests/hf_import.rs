@@ -8,7 +8,7 @@ use glint_quantize::hf::{ImportError, import_hf};
 use glint_quantize::source::{Encoding, Imported};
 use glint_quantize::{Scheme, write_packed};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
-use glint_runtime::model::{KvCache, Scratch};
+use glint_runtime::model::{KvCache, KvType, Scratch};
 use glint_runtime::sampler::{SamplerConfig, argmax};
 use half::{bf16, f16};
 use safetensors::{Dtype, tensor::TensorView};
@@ -710,4 +710,23 @@ fn qwen2_pre_tokenizer_imports_and_runs() {
     assert_eq!(tok.decode(&ids, false), "in 2024 the");
     let (generated, _) = greedy(&engine, &ids);
     assert!(!generated.is_empty());
+}
+
+/// The tiny model's heads are 16 wide: an int8 KV cache (32-element blocks) is refused
+/// with a typed error and the model keeps its cache type; the float caches still run.
+#[test]
+fn int8_kv_cache_needs_heads_a_multiple_of_32_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &config(), &llama_tensors(), false);
+    let imp = import_hf(dir.path()).unwrap();
+    assert_eq!(imp.config.head_dim, 16);
+    let path = dir.path().join("tiny.glint");
+    write_packed(&imp, Scheme::Q8, &path, |_, _| {}).unwrap();
+    let engine = Engine::load(&path, 1).unwrap();
+    let err = engine.model().set_kv_type(KvType::Int8).unwrap_err();
+    assert!(err.to_string().contains("multiple of 32"), "{err}");
+    assert_eq!(engine.model().kv_type(), KvType::F16);
+    engine.model().set_kv_type(KvType::F32).unwrap();
+    let prompt = engine.tokenizer().encode("the in the", false);
+    assert!(!greedy(&engine, &prompt).0.is_empty());
 }
