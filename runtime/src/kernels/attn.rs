@@ -411,9 +411,9 @@ mod avx512 {
         // scales at `p * stride / 32`; head `g < S` at `g * 16 V` of `q`/`out` and at
         // `g * len` of `scores`.
         unsafe {
-            let sv = _mm512_set1_ps(scale);
             // Scores: `P` key rows widened into registers, then each head's `P` dot
-            // products (independent chains) and one transposed reduction of them.
+            // products (independent chains), one transposed reduction of them, and the
+            // scale on the `P` sums (as the reference applies it).
             let mut p = 0;
             while p < len {
                 let pp = (len - p).min(P);
@@ -430,14 +430,14 @@ mod avx512 {
                     let qg = q.add(g * 16 * V);
                     let mut a = [_mm512_setzero_ps(); P];
                     for j in 0..V {
-                        let qj = _mm512_mul_ps(_mm512_loadu_ps(qg.add(16 * j)), sv);
+                        let qj = _mm512_loadu_ps(qg.add(16 * j));
                         for (u, a) in a.iter_mut().enumerate() {
                             *a = _mm512_fmadd_ps(qj, k[u * V + j], *a);
                         }
                     }
                     let sums = crate::kernels::avx512::hsum(&a);
                     for (u, v) in sums.iter().enumerate().take(pp) {
-                        *scores.add(g * len + p + u) = *v;
+                        *scores.add(g * len + p + u) = *v * scale;
                     }
                 }
                 p += P;
