@@ -117,7 +117,9 @@ pub fn store_q8(dst: &mut [i8], scales: &mut [f32], src: &[f32]) {
 }
 
 /// `dst[i] = T::from_f32(src[i])` (round to nearest even for f16).
+/// Float caches only: int8 rows need their block scales ([`store_q8`]).
 pub fn store<T: KvElem>(dst: &mut [T], src: &[f32]) {
+    assert!(!T::I8, "int8 cache rows are written with store_q8");
     assert_eq!(dst.len(), src.len());
     #[cfg(target_arch = "x86_64")]
     if T::F16 && super::active() == Kernel::Avx512 {
