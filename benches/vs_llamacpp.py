@@ -31,8 +31,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 LCP_VERSION = "0.3.36"
@@ -57,17 +55,14 @@ def sdist(cache: Path) -> Path:
     """llama-cpp-python's sdist, downloaded once and checked."""
     path = cache / f"llama_cpp_python-{LCP_VERSION}.tar.gz"
     if not path.exists():
-        index = "https://pypi.org/pypi/llama-cpp-python/json"
-        meta = json.load(urllib.request.urlopen(index))
-        files = meta["releases"][LCP_VERSION]
-        (url,) = [u["url"] for u in files if u["packagetype"] == "sdist"]
-        # Absolute on pypi.org; relative to the index on some mirrors.
-        url = urllib.parse.urljoin(index, url)
-        log(f"downloading {url}")
-        tmp = path.with_suffix(".part")
-        with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-        tmp.rename(path)
+        # Through pip, which follows the user's index and mirror configuration.
+        tmp = cache / "sdist.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
+             "-d", tmp, f"llama-cpp-python=={LCP_VERSION}"])
+        (got,) = tmp.glob("llama_cpp_python-*.tar.gz")
+        got.rename(path)
+        shutil.rmtree(tmp, ignore_errors=True)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != LCP_SHA256:
         sys.exit(f"{path}: SHA-256 {digest}, expected {LCP_SHA256}")

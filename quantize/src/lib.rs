@@ -11,7 +11,7 @@ pub mod source;
 
 pub use pack::Scheme;
 
-use glint_format::{MappedGlint, write_glint};
+use glint_format::{LoadedGlint, write_glint};
 use source::{Encoding, Imported, SourceTensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,7 @@ pub fn import(src: &Path) -> Result<Imported, QuantizeError> {
 }
 
 fn import_glint(src: &Path) -> Result<Imported, QuantizeError> {
-    let mapped = MappedGlint::open(src)?;
+    let mapped = LoadedGlint::open(src)?;
     let f = mapped.file();
     let base = mapped.bytes().as_ptr() as usize;
     let tensors = f
@@ -190,7 +190,7 @@ impl Write for ChunkWriter {
 pub fn default_model(mut log: impl FnMut(&str)) -> Result<PathBuf, QuantizeError> {
     let cache = fetch::cache_dir();
     let packed = fetch::packed_path(&cache, Scheme::Q4g32a);
-    if MappedGlint::open(&packed).is_ok() {
+    if LoadedGlint::open(&packed).is_ok() {
         return Ok(packed);
     }
     log(&format!(

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use glint_format::{GlintFile, MappedGlint, Section};
+use glint_format::{GlintFile, LoadedGlint, Section};
 use glint_quantize::{Scheme, fetch, import, write_packed};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -190,9 +190,9 @@ fn main() -> Result<()> {
         } => {
             convert(&source, &output, scheme(&s)?)?;
         }
-        Command::Inspect { file } => inspect(MappedGlint::open(&file)?.file()),
+        Command::Inspect { file } => inspect(LoadedGlint::open(&file)?.file()),
         Command::Verify { file } => {
-            let m = MappedGlint::open(&file)?;
+            let m = LoadedGlint::open(&file)?;
             let start = Instant::now();
             m.file()
                 .verify()
@@ -208,7 +208,7 @@ fn main() -> Result<()> {
             let s = scheme(&s)?;
             let cache = fetch::cache_dir();
             let out = fetch::packed_path(&cache, s);
-            if MappedGlint::open(&out).is_err() {
+            if LoadedGlint::open(&out).is_err() {
                 let gguf = fetch::fetch_gguf(&cache)?;
                 convert(&gguf, &out, s)?;
             }

@@ -7,8 +7,9 @@ use glint_models::{Mapped, ModelError, canonical_name};
 use glint_quantize::hf::{ImportError, import_hf};
 use glint_quantize::source::{Encoding, Imported};
 use glint_quantize::{Scheme, write_packed};
+use glint_runtime::backend::{CpuOptions, KvType};
+use glint_runtime::engine::SessionOptions;
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
-use glint_runtime::model::{KvCache, KvType, Scratch};
 use glint_runtime::sampler::{SamplerConfig, argmax};
 use half::{bf16, f16};
 use safetensors::{Dtype, tensor::TensorView};
@@ -529,17 +530,32 @@ fn element_bound(dtype: DType, x: f32) -> f32 {
 
 /// Logits after `prompt` from an empty cache.
 fn logits_after(engine: &Engine, prompt: &[u32]) -> Vec<f32> {
-    let c = engine.model().config();
-    let mut cache = KvCache::new(c, 32);
-    let mut scratch = Scratch::new(c, 32, 32, engine.threads(), false);
-    engine.forward(prompt, &mut cache, &mut scratch);
-    scratch.logits().to_vec()
+    let m = engine.model();
+    let mut cache = m.cache(32, KvType::F32).unwrap();
+    let mut scratch = m.scratch(32, 32, false).unwrap();
+    m.forward(prompt, &mut cache, &mut scratch).unwrap();
+    m.logits(&mut scratch).to_vec()
+}
+
+/// The runtime on one thread.
+fn load(path: &std::path::Path) -> Result<Engine, glint_runtime::engine::EngineError> {
+    let opts = CpuOptions {
+        threads: 1,
+        ..CpuOptions::default()
+    };
+    Engine::load(path, opts)
 }
 
 /// Up to 6 greedy tokens after `prompt` in a new session: the ids the context holds
 /// after the prompt plus the last one, not yet run.
 fn greedy(engine: &Engine, prompt: &[u32]) -> (Vec<u32>, GenerateStats) {
-    let mut session = engine.session(32);
+    greedy_with(engine, prompt, KvType::F16)
+}
+
+/// [`greedy`] with a KV cache of `kv`.
+fn greedy_with(engine: &Engine, prompt: &[u32], kv: KvType) -> (Vec<u32>, GenerateStats) {
+    let opts = SessionOptions { context: 32, kv };
+    let mut session = engine.session(opts).expect("a session");
     let params = GenerateParams {
         max_tokens: 6,
         sampler: SamplerConfig::greedy(),
@@ -649,7 +665,7 @@ fn packs_with_every_scheme_and_runs_in_the_runtime() {
     let mut reference: Option<Vec<f32>> = None;
     for (scheme, path) in packed.iter().rev() {
         let name = scheme.name();
-        let engine = Engine::load(path, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let engine = load(path).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(*engine.model().config(), imp.config);
         let prompt = engine.tokenizer().encode("the in the", false);
         // t he | Ġ in | Ġthe: the merges work, the word split is GPT-2's.
@@ -698,7 +714,7 @@ fn qwen2_pre_tokenizer_imports_and_runs() {
 
     let path = dir.path().join("tiny.glint");
     write_packed(&imp, Scheme::Q8, &path, |_, _| {}).unwrap();
-    let engine = Engine::load(&path, 1).unwrap();
+    let engine = load(&path).unwrap();
     let tok = engine.tokenizer();
     assert_eq!(
         tok.pre_tokenizer(),
@@ -713,7 +729,7 @@ fn qwen2_pre_tokenizer_imports_and_runs() {
 }
 
 /// The tiny model's heads are 16 wide: an int8 KV cache (32-element blocks) is refused
-/// with a typed error and the model keeps its cache type; the float caches still run.
+/// with a typed error; the float caches still run.
 #[test]
 fn int8_kv_cache_needs_heads_a_multiple_of_32_wide() {
     let dir = tempfile::tempdir().unwrap();
@@ -722,11 +738,17 @@ fn int8_kv_cache_needs_heads_a_multiple_of_32_wide() {
     assert_eq!(imp.config.head_dim, 16);
     let path = dir.path().join("tiny.glint");
     write_packed(&imp, Scheme::Q8, &path, |_, _| {}).unwrap();
-    let engine = Engine::load(&path, 1).unwrap();
-    let err = engine.model().set_kv_type(KvType::Int8).unwrap_err();
+    let engine = load(&path).unwrap();
+    let opts = SessionOptions {
+        context: 32,
+        kv: KvType::Int8,
+    };
+    let err = engine
+        .session(opts)
+        .err()
+        .expect("an int8 cache is refused");
     assert!(err.to_string().contains("multiple of 32"), "{err}");
-    assert_eq!(engine.model().kv_type(), KvType::F16);
-    engine.model().set_kv_type(KvType::F32).unwrap();
     let prompt = engine.tokenizer().encode("the in the", false);
+    assert!(!greedy_with(&engine, &prompt, KvType::F32).0.is_empty());
     assert!(!greedy(&engine, &prompt).0.is_empty());
 }

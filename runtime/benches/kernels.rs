@@ -12,7 +12,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use glint_format::quant::quantize;
 use glint_format::{DType, Matrix};
-use glint_runtime::kernels::{Kernel, QuantActs, int8_supported};
+use glint_runtime::backend::cpu::kernels::{Kernel, QuantActs, int8_supported};
 use std::hint::black_box;
 
 fn sample(n: usize, seed: u32) -> Vec<f32> {
@@ -54,7 +54,7 @@ fn kernels(c: &mut Criterion) {
             });
             if int8_supported(dtype) {
                 let mut a = QuantActs::new(n, cols);
-                a.quantize(&x, n, cols);
+                a.quantize(Kernel::best(), &x, n, cols);
                 g.bench_function(BenchmarkId::new("int8", k.name()), |b| {
                     b.iter(|| k.matmul_q8act_rows(&w, black_box(&a), 0..rows, &mut y))
                 });
@@ -67,7 +67,7 @@ fn kernels(c: &mut Criterion) {
 /// Streaming read bandwidth: `threads` threads each sum their half (or all) of a 256 MiB
 /// buffer with four independent accumulators, so the loop is bound by memory, not adds.
 fn dram_read(c: &mut Criterion) {
-    // On 2 MiB pages where the OS has them, as the weights are (see `MappedGlint`).
+    // On 2 MiB pages where the OS has them, as the weights are (see `LoadedGlint`).
     let mut map = memmap2::MmapMut::map_anon(256 << 20).expect("256 MiB");
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);

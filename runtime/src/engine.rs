@@ -8,13 +8,12 @@
 //! fills the context it stops with [`StopReason::ContextFull`]. Nothing is silently
 //! dropped (no sliding window): the caller decides what to forget ([`Session::reset`]).
 
+use crate::backend::{Backend, BackendError, CpuBackend, CpuOptions, KvStore, KvType};
 use crate::chat::{ChatTemplate, Message, Role, TemplateError};
-use crate::model::{KvCache, LoadError, Model, Scratch};
-use crate::pool::ThreadPool;
+use crate::model::{ForwardError, LoadError, Model, ModelSource};
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError, TokenizerSpec};
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError, Vocabulary};
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +31,18 @@ pub enum EngineError {
     /// The file's tokenizer is not usable.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The backend could not be started.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// How a [`Session`] is set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Context positions; 0 (or more than the model's): the model's trained context.
+    pub context: usize,
+    /// Element type of the KV cache.
+    pub kv: KvType,
 }
 
 /// Why a generation call failed. Every error is found before anything runs, so the
@@ -59,6 +70,9 @@ pub enum GenerateError {
     /// The chat template failed.
     #[error("{0}")]
     Template(String),
+    /// The model refused a forward pass.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 }
 
 impl From<TemplateError> for GenerateError {
@@ -119,6 +133,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Checked before every token.
     pub cancel: CancelToken,
+    /// Keep generating past end-of-text tokens (benchmarks, like llama.cpp's
+    /// `--ignore-eos`).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -128,6 +145,7 @@ impl Default for GenerateParams {
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
             cancel: CancelToken::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -163,8 +181,9 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
 }
 
-struct Shared {
-    model: Model,
+/// What the clones of an [`Engine`] share.
+struct EngineParts<B: Backend> {
+    model: Model<B>,
     tokenizer: Tokenizer,
     /// Start a new context with BOS (the tokenizer's `add_bos` flag).
     add_bos: bool,
@@ -172,55 +191,49 @@ struct Shared {
     /// when a chat is rendered, so models without one still load for plain prompts).
     template: Result<ChatTemplate, String>,
     stop_ids: Vec<u32>,
-    pool: ThreadPool,
 }
 
 /// A loaded model with its tokenizer and chat template. Cheap to clone; shareable
-/// across threads. Sessions share the engine's worker threads.
-#[derive(Clone)]
-pub struct Engine(Arc<Shared>);
+/// across threads. Sessions share the engine's backend (on the CPU: its worker threads).
+pub struct Engine<B: Backend = CpuBackend>(Arc<EngineParts<B>>);
+
+impl<B: Backend> Clone for Engine<B> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
 
 impl Engine {
-    /// Loads the `.glint` file at `path` and starts `threads` worker threads in all.
-    pub fn load(path: impl AsRef<Path>, threads: usize) -> Result<Self, EngineError> {
-        let model = Model::load(path)?;
+    /// Loads a `.glint` model (a path, bytes, or a range of an open file) on the CPU.
+    pub fn load(source: impl Into<ModelSource>, opts: CpuOptions) -> Result<Self, EngineError> {
+        Self::with_backend(source, CpuBackend::new(opts)?)
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// Loads a `.glint` model onto `backend`.
+    pub fn with_backend(source: impl Into<ModelSource>, backend: B) -> Result<Self, EngineError> {
+        let model = Model::load(source, backend)?;
         let f = model.file();
         let c = *f.config();
-        let t = f.tokenizer();
-        // BOS is added by the session (only at the start of a context), not by `encode`.
-        let tokenizer = Tokenizer::new(TokenizerSpec {
-            model: t.model,
-            tokens: t.tokens.iter().collect(),
-            token_types: t.token_types,
-            merges: t.merges.iter().collect(),
-            scores: t
-                .scores
-                .map(|_| (0..t.tokens.len()).map(|i| t.score(i)).collect()),
-            add_space_prefix: t.add_space_prefix,
-            pre: t.pre,
-            bos: c.bos,
-            eos: c.eos,
-            add_bos: false,
-        })?;
-        let add_bos = t.add_bos;
+        let tokenizer = Tokenizer::new(Vocabulary::from_file(f))?;
+        let add_bos = f.tokenizer().add_bos;
         let text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], true)).unwrap_or_default();
         let template = ChatTemplate::new(f.chat_template(), &text(c.bos), &text(c.eos))
             .map_err(|e| e.to_string());
         let mut stop_ids: Vec<u32> = [c.eos, c.eot].into_iter().flatten().collect();
         stop_ids.dedup();
-        let pool = ThreadPool::new(threads);
-        Ok(Self(Arc::new(Shared {
+        Ok(Self(Arc::new(EngineParts {
             model,
             tokenizer,
             add_bos,
             template,
             stop_ids,
-            pool,
         })))
     }
 
     /// The model.
-    pub fn model(&self) -> &Model {
+    pub fn model(&self) -> &Model<B> {
         &self.0.model
     }
 
@@ -229,39 +242,34 @@ impl Engine {
         &self.0.tokenizer
     }
 
-    /// Whether a new context starts with the BOS token.
-    pub fn add_bos(&self) -> bool {
-        self.0.add_bos
+    /// The tokens of `text` as a prompt: the one place that decides BOS, which starts a
+    /// new context (`at_start`) when the model asks for it. Special tokens written in
+    /// the text (such as `<|im_start|>`) are parsed as special tokens.
+    pub fn prompt_tokens(&self, text: &str, at_start: bool) -> Vec<u32> {
+        let mut v = Vec::new();
+        if at_start && self.0.add_bos {
+            v.extend(self.0.model.config().bos);
+        }
+        v.extend(self.0.tokenizer.encode(text, true));
+        v
     }
 
-    /// Runs `tokens` through the model with the engine's worker threads (see
-    /// [`Model::forward`]); for evaluation tools that manage their own cache.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, scratch: &mut Scratch) {
-        self.0.model.forward(tokens, cache, scratch, &self.0.pool);
-    }
-
-    /// Threads each kernel call runs on.
-    pub fn threads(&self) -> usize {
-        self.0.pool.threads()
-    }
-
-    /// A new session with room for `context` positions (clamped to the model's trained
-    /// context; `0` means the model's context).
-    pub fn session(&self, context: usize) -> Session {
-        let c = self.0.model.config();
-        let cap = if context == 0 {
-            c.context_len as usize
-        } else {
-            context.min(c.context_len as usize)
+    /// A new session. Its cache is allocated up front (`Err` if the memory is not
+    /// there); only the positions used become resident.
+    pub fn session(&self, opts: SessionOptions) -> Result<Session<B>, BackendError> {
+        let max = self.0.model.config().context_len as usize;
+        let cap = match opts.context {
+            0 => max,
+            n => n.min(max),
         };
-        Session {
+        Ok(Session {
             engine: self.clone(),
-            cache: self.0.model.kv_cache(cap),
-            scratch: Scratch::new(c, PREFILL_BATCH, cap, self.threads(), false),
+            cache: self.0.model.cache(cap, opts.kv)?,
+            scratch: self.0.model.scratch(PREFILL_BATCH, cap, false)?,
             tokens: Vec::new(),
             pending: None,
             history: Vec::new(),
-        }
+        })
     }
 
     /// Renders `messages` with the model's chat template.
@@ -280,10 +288,10 @@ impl Engine {
 }
 
 /// One conversation: a KV cache, the tokens in it and the chat history.
-pub struct Session {
-    engine: Engine,
-    cache: KvCache,
-    scratch: Scratch,
+pub struct Session<B: Backend = CpuBackend> {
+    engine: Engine<B>,
+    cache: B::Cache,
+    scratch: B::Scratch,
     /// Tokens whose keys and values are in `cache`.
     tokens: Vec<u32>,
     /// The last sampled token, not yet run through the model (it is when the context
@@ -292,7 +300,7 @@ pub struct Session {
     history: Vec<Message>,
 }
 
-impl Session {
+impl<B: Backend> Session<B> {
     /// Context positions in use.
     pub fn len(&self) -> usize {
         self.tokens.len()
@@ -332,7 +340,7 @@ impl Session {
 
     /// Forgets the context and the chat history.
     pub fn reset(&mut self) {
-        self.cache.clear();
+        self.cache.truncate(0);
         self.tokens.clear();
         self.pending = None;
         self.history.clear();
@@ -346,12 +354,8 @@ impl Session {
         params: &GenerateParams,
         on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<GenerateStats, GenerateError> {
-        let tok = &self.engine.0.tokenizer;
-        let mut prompt = Vec::new();
-        if self.tokens.is_empty() && self.pending.is_none() && self.engine.0.add_bos {
-            prompt.extend(self.engine.0.model.config().bos);
-        }
-        prompt.extend(tok.encode(text, true));
+        let at_start = self.tokens.is_empty() && self.pending.is_none();
+        let prompt = self.engine.prompt_tokens(text, at_start);
         self.generate_tokens(&prompt, params, on_token)
     }
 
@@ -440,13 +444,20 @@ impl Session {
             }
             None => prompt.clone(),
         };
-        for chunk in run.chunks(self.scratch.batch()) {
-            if cancel.is_cancelled() {
+        if cancel.is_cancelled() {
+            stop = StopReason::Cancelled;
+        } else {
+            let tokens = &mut self.tokens;
+            let done = model.prefill(&run, &mut self.cache, &mut self.scratch, |r, _| {
+                tokens.extend_from_slice(&run[r]);
+                match cancel.is_cancelled() {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            })?;
+            if done.is_break() {
                 stop = StopReason::Cancelled;
-                break;
             }
-            model.forward(chunk, &mut self.cache, &mut self.scratch, &shared.pool);
-            self.tokens.extend_from_slice(chunk);
         }
         let prefill = start.elapsed();
         let mut sampler = Sampler::new(params.sampler.clone());
@@ -462,11 +473,11 @@ impl Session {
                 if cancel.is_cancelled() {
                     break StopReason::Cancelled;
                 }
-                let id = sampler.sample(self.scratch.logits(), &self.tokens);
+                let id = sampler.sample(model.logits(&mut self.scratch), &self.tokens);
                 first_token_at.get_or_insert_with(|| start.elapsed());
                 generated += 1;
                 self.pending = Some(id);
-                if shared.stop_ids.contains(&id) {
+                if !params.ignore_eos && shared.stop_ids.contains(&id) {
                     break StopReason::EndOfText;
                 }
                 let piece = decoder.push(tok, id).to_string();
@@ -485,7 +496,7 @@ impl Session {
                 if self.cache.len() >= self.cache.capacity() {
                     break StopReason::ContextFull;
                 }
-                model.forward(&[id], &mut self.cache, &mut self.scratch, &shared.pool);
+                model.forward(&[id], &mut self.cache, &mut self.scratch)?;
                 self.tokens.push(id);
                 self.pending = None;
             };
@@ -516,7 +527,8 @@ impl Session {
     }
 }
 
-fn rate(n: usize, t: Duration) -> f64 {
+/// `n` per second of `t` (0 for no time).
+pub fn rate(n: usize, t: Duration) -> f64 {
     if t.is_zero() {
         0.0
     } else {

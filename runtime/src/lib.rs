@@ -1,12 +1,14 @@
 //! The Glint runtime: maps a `.glint` file (no copy, O(header) load), tokenizes, runs
-//! the Llama forward on the CPU with int4/int8 kernels that dequantize on the fly,
-//! samples and streams tokens.
+//! the Llama forward over a [`backend::Backend`] (today the CPU, with int4/int8 kernels
+//! that dequantize on the fly), samples and streams tokens. Options are passed as
+//! values; the library reads no environment variable.
 //!
 //! ```no_run
-//! use glint_runtime::engine::{Engine, GenerateParams};
+//! use glint_runtime::backend::CpuOptions;
+//! use glint_runtime::engine::{Engine, GenerateParams, SessionOptions};
 //! use std::ops::ControlFlow;
-//! let engine = Engine::load("model.glint", 2)?;
-//! let mut session = engine.session(2048);
+//! let engine = Engine::load("model.glint", CpuOptions { threads: 2, ..CpuOptions::default() })?;
+//! let mut session = engine.session(SessionOptions { context: 2048, ..SessionOptions::default() })?;
 //! let params = GenerateParams { max_tokens: 64, ..GenerateParams::default() };
 //! session.chat("What is the capital of France?", &params, |ev| {
 //!     print!("{}", ev.text);
@@ -15,17 +17,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod backend;
 pub mod chat;
 pub mod engine;
 pub mod eval;
-pub mod kernels;
 pub mod model;
-pub mod pool;
 pub mod sampler;
 pub mod tokenizer;
 
+pub use backend::{Backend, CpuBackend, CpuOptions, KvType, Precision};
 pub use chat::{Message, Role};
-pub use engine::{CancelToken, Engine, GenerateParams, GenerateStats, Session, StopReason};
+pub use engine::{
+    CancelToken, Engine, GenerateParams, GenerateStats, Session, SessionOptions, StopReason,
+};
+pub use model::{Model, ModelSource};
 
 /// Peak resident set size of this process (Linux `VmHWM`), if the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -35,8 +40,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// A human-readable summary of a loaded model, for `glint info`.
-pub fn describe(model: &model::Model) -> String {
+/// A human-readable summary of a loaded model and what runs it (the one header
+/// printer: `glint info`, `glint bench`), with the KV cache of type `kv`.
+pub fn describe<B: Backend>(model: &Model<B>, kv: KvType) -> String {
     let f = model.file();
     let c = model.config();
     let mut s = String::new();
@@ -61,15 +67,16 @@ pub fn describe(model: &model::Model) -> String {
         c.context_len
     );
     s += &format!(
-        "memory: weights mapped {:.1} MiB; KV cache {:.1} KiB per position ({:.1} MiB at full context)\n",
+        "memory: weights mapped {:.1} MiB; {} KV cache {:.1} KiB per position ({:.1} MiB at full context)\n",
         f.file_len() as f64 / (1 << 20) as f64,
-        model::KvCache::bytes_for(c, 1, model.kv_type()) as f64 / 1024.0,
-        model::KvCache::bytes_for(c, c.context_len as usize, model.kv_type()) as f64
-            / (1 << 20) as f64
+        kv.name(),
+        kv.cache_bytes(model.shape(), 1) as f64 / 1024.0,
+        kv.cache_bytes(model.shape(), c.context_len as usize) as f64 / (1 << 20) as f64
     );
     s += &format!(
         "decode reads {:.1} MB of weights per token\n",
         model.weight_bytes_per_token() as f64 / 1e6
     );
+    s += &format!("backend: {}\n", model.backend().describe());
     s
 }

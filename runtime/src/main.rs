@@ -3,16 +3,16 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use glint_runtime::engine::{Engine, GenerateParams, GenerateStats};
-use glint_runtime::model::{KvType, Model, Precision, Scratch};
-use glint_runtime::pool::ThreadPool;
-use glint_runtime::sampler::{SamplerConfig, argmax};
-use glint_runtime::{Message, Role, kernels, peak_rss_bytes};
+use glint_runtime::backend::cpu::kernels::Kernel;
+use glint_runtime::backend::{CpuOptions, KvType, Precision};
+use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, SessionOptions, rate};
+use glint_runtime::sampler::SamplerConfig;
+use glint_runtime::{Message, Role, peak_rss_bytes};
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "glint", version, about = "Run a .glint model on the CPU")]
@@ -29,30 +29,46 @@ struct ModelArgs {
     /// Threads in all (default: every core).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-}
-
-#[derive(Args, Clone)]
-struct PrecisionArgs {
     /// Matrix products: `exact` (f32 activations) or `int8` (int8 activations, like
-    /// llama.cpp's default; faster). Default: $GLINT_PRECISION, else exact.
-    #[arg(long = "precision", value_parser = ["exact", "int8"])]
-    precision: Option<String>,
-    /// KV cache elements: `f16` (default), `int8` (per-32 block scales, like llama.cpp's
+    /// llama.cpp's default; faster).
+    #[arg(long = "precision", default_value = "exact", value_parser = parse_precision)]
+    precision: Precision,
+    /// KV cache elements: `f16`, `int8` (per-32 block scales, like llama.cpp's
     /// `-ctk q8_0 -ctv q8_0`: 56% of the memory) or `f32`.
-    #[arg(long = "kv", value_parser = ["f16", "int8", "f32"])]
-    kv: Option<String>,
+    #[arg(long = "kv", default_value = "f16", value_parser = parse_kv)]
+    kv: KvType,
+    /// CPU kernel family (`scalar`, `avx2`, `avx512`); default: the fastest this CPU runs.
+    #[arg(long = "kernel", value_parser = parse_kernel)]
+    kernel: Option<Kernel>,
 }
 
-impl PrecisionArgs {
-    /// Sets the model's precision (else keeps the env's) and KV cache type when given.
-    fn apply(&self, model: &Model) -> Result<()> {
-        if let Some(p) = self.precision.as_deref().and_then(Precision::from_name) {
-            model.set_precision(p);
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    Precision::from_name(s).ok_or_else(|| format!("{s:?}: expected exact or int8"))
+}
+
+fn parse_kv(s: &str) -> Result<KvType, String> {
+    KvType::from_name(s).ok_or_else(|| format!("{s:?}: expected f16, int8 or f32"))
+}
+
+fn parse_kernel(s: &str) -> Result<Kernel, String> {
+    let names: Vec<_> = Kernel::ALL.iter().map(|k| k.name()).collect();
+    Kernel::from_name(s).ok_or_else(|| format!("{s:?}: expected one of {}", names.join(", ")))
+}
+
+impl ModelArgs {
+    fn cpu_options(&self) -> CpuOptions {
+        CpuOptions {
+            threads: self.threads.unwrap_or(0),
+            precision: self.precision,
+            kernel: self.kernel,
         }
-        if let Some(kv) = self.kv.as_deref().and_then(KvType::from_name) {
-            model.set_kv_type(kv)?;
+    }
+
+    fn session_options(&self, context: usize) -> SessionOptions {
+        SessionOptions {
+            context,
+            kv: self.kv,
         }
-        Ok(())
     }
 }
 
@@ -114,8 +130,6 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sample: SampleArgs,
-        #[command(flatten)]
-        precision: PrecisionArgs,
         /// Prompt text; special tokens written in it (`<|im_start|>`) are parsed.
         #[arg(short = 'p', long = "prompt")]
         prompt: String,
@@ -132,8 +146,6 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sample: SampleArgs,
-        #[command(flatten)]
-        precision: PrecisionArgs,
         /// System prompt.
         #[arg(long)]
         system: Option<String>,
@@ -152,8 +164,6 @@ enum Command {
     Perplexity {
         #[command(flatten)]
         model: ModelArgs,
-        #[command(flatten)]
-        precision: PrecisionArgs,
         /// Text file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
@@ -165,8 +175,6 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
-        #[command(flatten)]
-        precision: PrecisionArgs,
         /// Prompt tokens (pp test).
         #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
         n_prompt: usize,
@@ -180,10 +188,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the header of a model file.
+    /// Print the header of a model file and what would run it.
     Info {
-        /// Model file (default: the default model).
-        file: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
 }
 
@@ -195,14 +203,9 @@ fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-fn threads(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
-}
-
 fn engine(m: &ModelArgs) -> Result<Engine> {
     let path = model_path(&m.model)?;
-    Engine::load(&path, threads(m.threads)).with_context(|| format!("loading {}", path.display()))
+    Engine::load(&path, m.cpu_options()).with_context(|| format!("loading {}", path.display()))
 }
 
 fn print_stats(s: &GenerateStats) {
@@ -263,14 +266,12 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         Command::Run {
             model,
             sample,
-            precision,
             prompt,
             chat,
             ids,
         } => {
             let engine = engine(&model)?;
-            precision.apply(engine.model())?;
-            let mut session = engine.session(sample.ctx);
+            let mut session = engine.session(model.session_options(sample.ctx))?;
             let text = if chat {
                 engine.render_chat(&[Message::new(Role::User, prompt)], true)?
             } else {
@@ -318,12 +319,10 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         Command::Chat {
             model,
             sample,
-            precision,
             system,
         } => {
             let engine = engine(&model)?;
-            precision.apply(engine.model())?;
-            let mut session = engine.session(sample.ctx);
+            let mut session = engine.session(model.session_options(sample.ctx))?;
             if let Some(sys) = system {
                 session.set_system(&sys);
             }
@@ -370,11 +369,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         Command::Tokenize { model, ids, text } => {
             let engine = engine(&model)?;
             let tok = engine.tokenizer();
-            let mut v = Vec::new();
-            if engine.add_bos() {
-                v.extend(engine.model().config().bos);
-            }
-            v.extend(tok.encode(&text, true));
+            let v = engine.prompt_tokens(&text, true);
             if !ids {
                 for &id in &v {
                     writeln!(stdout, "{id:6} -> '{}'", tok.decode(&[id], true))?;
@@ -382,36 +377,38 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             }
             writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
         }
-        Command::Perplexity {
-            model,
-            precision,
-            file,
-            ctx,
-        } => {
+        Command::Perplexity { model, file, ctx } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let engine = engine(&model)?;
-            precision.apply(engine.model())?;
-            let ppl = glint_runtime::eval::perplexity(&engine, &text, ctx, |chunk, ppl| {
-                eprint!("[{chunk}] {ppl:.4} ")
-            })?;
+            let ppl =
+                glint_runtime::eval::perplexity(&engine, &text, ctx, model.kv, |chunk, ppl| {
+                    eprint!("[{chunk}] {ppl:.4} ")
+                })?;
             eprintln!();
             writeln!(stdout, "PPL = {ppl:.4}")?;
         }
         Command::Bench {
             model,
-            precision,
             n_prompt,
             n_gen,
             reps,
             json,
-        } => bench(&mut stdout, &model, &precision, n_prompt, n_gen, reps, json)?,
-        Command::Info { file } => {
-            let path = model_path(&file)?;
-            let engine =
-                Engine::load(&path, 1).with_context(|| format!("loading {}", path.display()))?;
-            write!(stdout, "{}", glint_runtime::describe(engine.model()))?;
-            writeln!(stdout, "kernel: {}", kernels::kernel_name())?;
+        } => {
+            let test = BenchTest {
+                n_prompt,
+                n_gen,
+                reps,
+            };
+            bench(&mut stdout, &model, test, json)?
+        }
+        Command::Info { model } => {
+            let engine = engine(&model)?;
+            write!(
+                stdout,
+                "{}",
+                glint_runtime::describe(engine.model(), model.kv)
+            )?;
         }
     }
     Ok(())
@@ -422,58 +419,75 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(
-    out: &mut impl Write,
-    m: &ModelArgs,
-    precision: &PrecisionArgs,
+/// What `glint bench` measures, as llama-bench: a pp test of `n_prompt` tokens and a
+/// tg test of `n_gen`, each `reps` times after one warm-up.
+#[derive(Clone, Copy)]
+struct BenchTest {
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
-    json: bool,
-) -> Result<()> {
+}
+
+fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Result<()> {
+    let BenchTest {
+        n_prompt,
+        n_gen,
+        reps,
+    } = test;
     let path = model_path(&m.model)?;
-    let threads = threads(m.threads);
-    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    precision.apply(&model)?;
+    let engine = engine(m)?;
+    let model = engine.model();
     let c = *model.config();
-    let pool = ThreadPool::new(threads);
-    let ctx = (n_prompt + n_gen).max(1);
-    let mut cache = model.kv_cache(ctx);
-    let mut scratch = Scratch::new(&c, 64, ctx, threads, false);
+    let mut session = engine.session(m.session_options(n_prompt.max(1) + n_gen + 1))?;
     // Pseudo-random prompt tokens, as llama-bench uses.
     let prompt: Vec<u32> = (0..n_prompt as u64)
         .map(|i| ((i * 2_654_435_761) % c.vocab_size as u64) as u32)
         .collect();
+    // The pp test only prefills; the tg test decodes `n_gen` tokens from one start
+    // token, greedy, past end-of-text (the first token comes from the start token's
+    // prefill, so `max_tokens` is one more and the decode rate covers `n_gen` steps).
+    let params = |max_tokens| GenerateParams {
+        max_tokens,
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        },
+        ignore_eos: true,
+        ..GenerateParams::default()
+    };
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..reps.max(1) + 1 {
-        cache.clear();
-        let t = Instant::now();
-        for part in prompt.chunks(64) {
-            model.forward(part, &mut cache, &mut scratch, &pool);
+        if n_prompt > 0 {
+            session.reset();
+            let t = Instant::now();
+            session.generate_tokens(&prompt, &params(0), |_| ControlFlow::Continue(()))?;
+            pp.push(rate(n_prompt, t.elapsed()));
         }
-        pp.push(rate(n_prompt, t.elapsed()));
-        cache.clear();
-        let mut tok = c.bos.unwrap_or(0);
-        let t = Instant::now();
-        for _ in 0..n_gen {
-            model.forward(&[tok], &mut cache, &mut scratch, &pool);
-            tok = argmax(scratch.logits().iter().copied());
-        }
-        tg.push(rate(n_gen, t.elapsed()));
+        session.reset();
+        let start = [c.bos.unwrap_or(0)];
+        let s =
+            session.generate_tokens(&start, &params(n_gen + 1), |_| ControlFlow::Continue(()))?;
+        tg.push(s.decode_tok_s);
     }
     // The first repetition warms the page cache and the CPU: dropped, as llama-bench's warm-up.
-    let (pp, tg) = (median(pp[1..].to_vec()), median(tg[1..].to_vec()));
+    let pp = if pp.is_empty() {
+        0.0
+    } else {
+        median(pp[1..].to_vec())
+    };
+    let tg = median(tg[1..].to_vec());
     let rss = peak_rss_bytes().unwrap_or(0);
     let bytes = model.weight_bytes_per_token();
+    let backend = model.backend();
     if json {
         let j = serde_json::json!({
             "model": path.display().to_string(),
             "file_bytes": model.file().file_len(),
-            "kernel": kernels::kernel_name(),
-            "precision": model.precision().name(),
-            "kv": model.kv_type().name(),
-            "threads": threads,
+            "kernel": backend.kernel().name(),
+            "precision": backend.precision().name(),
+            "kv": m.kv.name(),
+            "threads": backend.threads(),
             "n_prompt": n_prompt,
             "n_gen": n_gen,
             "repetitions": reps,
@@ -491,15 +505,14 @@ fn bench(
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
+        let (threads, kernel) = (backend.threads(), backend.kernel().name());
         writeln!(
             out,
-            "| {name} | {threads} | {} | pp{n_prompt} | {pp:.1} |",
-            kernels::kernel_name()
+            "| {name} | {threads} | {kernel} | pp{n_prompt} | {pp:.1} |"
         )?;
         writeln!(
             out,
-            "| {name} | {threads} | {} | tg{n_gen} | {tg:.1} |",
-            kernels::kernel_name()
+            "| {name} | {threads} | {kernel} | tg{n_gen} | {tg:.1} |"
         )?;
         writeln!(
             out,
@@ -509,12 +522,4 @@ fn bench(
         )?;
     }
     Ok(())
-}
-
-fn rate(n: usize, t: Duration) -> f64 {
-    if t.is_zero() {
-        0.0
-    } else {
-        n as f64 / t.as_secs_f64()
-    }
 }

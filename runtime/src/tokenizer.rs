@@ -41,7 +41,7 @@ use unicode::{BYTE_TO_CHAR, char_to_byte};
 /// Everything needed to build a [`Tokenizer`], as stored in a GGUF file's
 /// `tokenizer.ggml.*` keys.
 #[derive(Clone, Debug)]
-pub struct TokenizerSpec<'a> {
+pub struct Vocabulary<'a> {
     /// The algorithm (`tokenizer.ggml.model`: `gpt2` is byte-level BPE,
     /// `llama` SentencePiece).
     pub model: TokenizerModel,
@@ -77,7 +77,29 @@ pub struct TokenizerSpec<'a> {
     pub add_bos: bool,
 }
 
-/// Why a [`TokenizerSpec`] was rejected.
+impl<'a> Vocabulary<'a> {
+    /// The vocabulary a `.glint` file stores. `add_bos` is false: a new context's BOS
+    /// is added by [`crate::Engine::prompt_tokens`], not by every `encode`.
+    pub fn from_file(f: &glint_format::GlintFile<'a>) -> Self {
+        let (t, c) = (f.tokenizer(), f.config());
+        Self {
+            model: t.model,
+            tokens: t.tokens.iter().collect(),
+            token_types: t.token_types,
+            merges: t.merges.iter().collect(),
+            scores: t
+                .scores
+                .map(|_| (0..t.tokens.len()).map(|i| t.score(i)).collect()),
+            add_space_prefix: t.add_space_prefix,
+            pre: t.pre,
+            bos: c.bos,
+            eos: c.eos,
+            add_bos: false,
+        }
+    }
+}
+
+/// Why a [`Vocabulary`] was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenizerError {
@@ -308,7 +330,7 @@ impl Tokenizer {
     /// space between two halves, a token-type or score list of the wrong
     /// length, a BOS/EOS id outside the vocabulary, or `add_bos` without a
     /// BOS id.
-    pub fn new(spec: TokenizerSpec<'_>) -> Result<Self, TokenizerError> {
+    pub fn new(spec: Vocabulary<'_>) -> Result<Self, TokenizerError> {
         let is_spm = spec.model == TokenizerModel::SentencePiece;
         let pre = match PreTokenizer::from_name(spec.pre) {
             Some(pre) => pre,

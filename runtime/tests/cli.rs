@@ -1,6 +1,6 @@
 //! End-to-end tests of the `glint` command line on the real model: `$GLINT_MODEL` when
 //! set, else no `-m` so the default model is used (CI fetches it into the cache first).
-//! Outputs are checked against llama.cpp's fixture (`../shared/fixtures/`), and every
+//! Outputs are checked against llama.cpp's fixture (`tests/fixtures/`), and every
 //! failure must be a non-zero exit with a clear message, never a panic.
 
 use std::ffi::{OsStr, OsString};
@@ -79,8 +79,8 @@ fn fails(o: &Output, needles: &[&str]) {
 fn fixture() -> &'static serde_json::Value {
     static F: OnceLock<serde_json::Value> = OnceLock::new();
     F.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/llamacpp-smollm2.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llamacpp-smollm2.json");
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         serde_json::from_str(&text).expect("fixture JSON")
@@ -226,15 +226,14 @@ fn bench_json_is_one_object_with_the_figures() {
 
 #[test]
 fn info_describes_the_model() {
-    let mut args: Vec<OsString> = vec!["info".into()];
-    args.extend(std::env::var_os("GLINT_MODEL"));
-    let out = ok(&glint(&args));
+    let out = ok(&glint(&with_model(&["info"])));
     for needle in [
         "format 1.",
         "scheme ",
         "dim 576, 30 layers, 9 heads (3 kv)",
         "vocab 49152",
-        "kernel: ",
+        "backend: cpu ",
+        "1 threads",
     ] {
         assert!(out.contains(needle), "{needle:?} not in:\n{out}");
     }
@@ -248,7 +247,7 @@ fn perplexity_prints_ppl_last() {
     // The first ~1500 characters of the evaluation text: a few hundred tokens, so four
     // or five windows of 64.
     let full = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/eval-gpl3.txt"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/eval-gpl3.txt"),
     )
     .expect("read eval-gpl3.txt");
     let mut cut = 1500.min(full.len());
@@ -272,8 +271,14 @@ fn perplexity_prints_ppl_last() {
     assert!(ppl.is_finite() && ppl > 1.0, "PPL {ppl}");
 
     // The same figure as the library computes.
-    let engine = glint_runtime::Engine::load(model_path(), 1).expect("load the model");
-    let want = glint_runtime::eval::perplexity(&engine, text, 64, |_, _| {}).expect("perplexity");
+    let opts = glint_runtime::CpuOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let engine = glint_runtime::Engine::load(model_path(), opts).expect("load the model");
+    let kv = glint_runtime::KvType::F16;
+    let want =
+        glint_runtime::eval::perplexity(&engine, text, 64, kv, |_, _| {}).expect("perplexity");
     assert!(
         (ppl - want).abs() <= 1e-3 * want,
         "CLI {ppl} vs library {want}"
@@ -313,7 +318,7 @@ fn every_subcommand_fails_on(model: &Path, needles: &[&str]) {
             m(),
         ]
         .concat(),
-        vec!["info".into(), model.into()],
+        [vec!["info".into()], m()].concat(),
     ];
     for args in runs {
         let o = glint(&args);

@@ -7,13 +7,25 @@ mod common;
 use common::model_path;
 use glint_runtime::engine::GenerateError;
 use glint_runtime::sampler::SamplerConfig;
-use glint_runtime::{CancelToken, Engine, GenerateParams, StopReason};
+use glint_runtime::{CancelToken, CpuOptions, Engine, GenerateParams, SessionOptions, StopReason};
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| Engine::load(model_path(), 2).expect("load the model"))
+    let opts = CpuOptions {
+        threads: 2,
+        ..CpuOptions::default()
+    };
+    E.get_or_init(|| Engine::load(model_path(), opts).expect("load the model"))
+}
+
+/// Sessions of `context` positions, f16 KV.
+fn ctx(context: usize) -> SessionOptions {
+    SessionOptions {
+        context,
+        ..SessionOptions::default()
+    }
 }
 
 fn greedy(n: usize) -> GenerateParams {
@@ -26,7 +38,7 @@ fn greedy(n: usize) -> GenerateParams {
 
 #[test]
 fn a_prompt_longer_than_the_context_is_refused_and_the_session_stays_usable() {
-    let mut s = engine().session(16);
+    let mut s = engine().session(ctx(16)).unwrap();
     let long = "word ".repeat(40);
     let err = s
         .generate(&long, &greedy(4), |_| ControlFlow::Continue(()))
@@ -51,7 +63,7 @@ fn a_prompt_longer_than_the_context_is_refused_and_the_session_stays_usable() {
 
 #[test]
 fn generation_stops_when_the_context_is_full() {
-    let mut s = engine().session(12);
+    let mut s = engine().session(ctx(12)).unwrap();
     let stats = s
         .generate("Once upon a time", &greedy(100), |_| {
             ControlFlow::Continue(())
@@ -63,7 +75,7 @@ fn generation_stops_when_the_context_is_full() {
 
 #[test]
 fn empty_prompt_and_bad_token_ids_are_errors() {
-    let mut s = engine().session(32);
+    let mut s = engine().session(ctx(32)).unwrap();
     assert_eq!(
         s.generate("", &greedy(4), |_| ControlFlow::Continue(()))
             .unwrap_err(),
@@ -78,7 +90,7 @@ fn empty_prompt_and_bad_token_ids_are_errors() {
 
 #[test]
 fn cancel_from_another_thread_stops_mid_stream() {
-    let mut s = engine().session(256);
+    let mut s = engine().session(ctx(256)).unwrap();
     let cancel = CancelToken::new();
     let params = GenerateParams {
         cancel: cancel.clone(),
@@ -126,7 +138,8 @@ fn two_sessions_generate_at_once_on_one_model() {
         .map(|p| {
             let mut out = String::new();
             engine()
-                .session(128)
+                .session(ctx(128))
+                .unwrap()
                 .generate(p, &greedy(24), |ev| {
                     out.push_str(ev.text);
                     ControlFlow::Continue(())
@@ -142,7 +155,8 @@ fn two_sessions_generate_at_once_on_one_model() {
                 scope.spawn(move || {
                     let mut out = String::new();
                     engine()
-                        .session(128)
+                        .session(ctx(128))
+                        .unwrap()
                         .generate(p, &greedy(24), |ev| {
                             out.push_str(ev.text);
                             ControlFlow::Continue(())
@@ -159,7 +173,7 @@ fn two_sessions_generate_at_once_on_one_model() {
 
 #[test]
 fn chat_keeps_history_and_ends_the_turn_on_end_of_text() {
-    let mut s = engine().session(512);
+    let mut s = engine().session(ctx(512)).unwrap();
     let (reply, stats) = s
         .chat("What is the capital of France?", &greedy(64), |_| {
             ControlFlow::Continue(())
@@ -182,7 +196,7 @@ fn chat_keeps_history_and_ends_the_turn_on_end_of_text() {
 
 #[test]
 fn stop_strings_end_generation_and_are_not_streamed() {
-    let mut s = engine().session(256);
+    let mut s = engine().session(ctx(256)).unwrap();
     let params = GenerateParams {
         stop: vec!["Paris".into()],
         ..greedy(64)
@@ -220,7 +234,8 @@ fn same_seed_same_text() {
     let run = || {
         let mut out = String::new();
         engine()
-            .session(128)
+            .session(ctx(128))
+            .unwrap()
             .generate("Tell me a joke.", &params, |ev| {
                 out.push_str(ev.text);
                 ControlFlow::Continue(())
@@ -233,7 +248,7 @@ fn same_seed_same_text() {
 
 #[test]
 fn a_chat_turn_that_does_not_fit_leaves_the_session_as_it_was() {
-    let mut s = engine().session(64);
+    let mut s = engine().session(ctx(64)).unwrap();
     s.chat("Hi", &greedy(4), |_| ControlFlow::Continue(()))
         .unwrap();
     let (tokens, history) = (s.tokens().to_vec(), s.history().to_vec());

@@ -20,7 +20,7 @@ fn mapping_and_validating_the_model_keeps_rss_far_below_the_file_size() {
     let file_len = std::fs::metadata(&path).unwrap().len();
     let before = rss_bytes();
     let start = std::time::Instant::now();
-    let m = glint_format::MappedGlint::open(&path).unwrap();
+    let m = glint_format::LoadedGlint::open(&path).unwrap();
     let took = start.elapsed();
     let growth = rss_bytes().saturating_sub(before);
     eprintln!("open+validate {took:?}; RSS growth {growth} bytes for a {file_len}-byte file");

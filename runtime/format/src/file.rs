@@ -5,7 +5,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::strlist::StrList;
 use crate::tokenizer::TokenizerData;
 use crate::{DType, FormatError, Matrix, TENSOR_ALIGN};
-use alloc::format;
+use alloc::{format, vec};
 use no_std_compat::string::String;
 use no_std_compat::vec::Vec;
 use sha2::{Digest, Sha256};
@@ -434,35 +434,133 @@ impl<'a> GlintFile<'a> {
     }
 }
 
+/// A tensor of one transformer block, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockTensor {
+    /// RMSNorm before attention.
+    AttnNorm,
+    /// Query projection.
+    AttnQ,
+    /// Key projection.
+    AttnK,
+    /// Value projection.
+    AttnV,
+    /// Query bias (Qwen2).
+    AttnQBias,
+    /// Key bias (Qwen2).
+    AttnKBias,
+    /// Value bias (Qwen2).
+    AttnVBias,
+    /// Attention output projection.
+    AttnOutput,
+    /// RMSNorm before the feed-forward.
+    FfnNorm,
+    /// Feed-forward gate projection.
+    FfnGate,
+    /// Feed-forward up projection.
+    FfnUp,
+    /// Feed-forward down projection.
+    FfnDown,
+}
+
+impl BlockTensor {
+    /// The part of the canonical name after `blk.N.` (GGUF's spelling).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            BlockTensor::AttnNorm => "attn_norm.weight",
+            BlockTensor::AttnQ => "attn_q.weight",
+            BlockTensor::AttnK => "attn_k.weight",
+            BlockTensor::AttnV => "attn_v.weight",
+            BlockTensor::AttnQBias => "attn_q.bias",
+            BlockTensor::AttnKBias => "attn_k.bias",
+            BlockTensor::AttnVBias => "attn_v.bias",
+            BlockTensor::AttnOutput => "attn_output.weight",
+            BlockTensor::FfnNorm => "ffn_norm.weight",
+            BlockTensor::FfnGate => "ffn_gate.weight",
+            BlockTensor::FfnUp => "ffn_up.weight",
+            BlockTensor::FfnDown => "ffn_down.weight",
+        }
+    }
+}
+
+/// A tensor of a Llama model, by role: the one table of canonical tensor names
+/// (GGUF's), used by the writer's checks, the importers and the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LlamaTensor {
+    /// Token embeddings, `[vocab][dim]`.
+    TokenEmbd,
+    /// A tensor of block `N`.
+    Block(u32, BlockTensor),
+    /// The final RMSNorm.
+    OutputNorm,
+    /// The output head, `[vocab][dim]` (absent with tied embeddings).
+    Output,
+}
+
+impl LlamaTensor {
+    /// The canonical name, e.g. `blk.3.attn_q.weight`.
+    pub fn name(self) -> String {
+        match self {
+            LlamaTensor::TokenEmbd => "token_embd.weight".into(),
+            LlamaTensor::Block(i, t) => format!("blk.{i}.{}", t.suffix()),
+            LlamaTensor::OutputNorm => "output_norm.weight".into(),
+            LlamaTensor::Output => "output.weight".into(),
+        }
+    }
+
+    /// Its shape in a model of config `c`.
+    pub fn shape(self, c: &ModelConfig) -> Vec<u64> {
+        let (dim, vocab, ffn) = (c.dim as u64, c.vocab_size as u64, c.ffn_dim as u64);
+        let (q, kv) = (
+            (c.n_heads * c.head_dim) as u64,
+            (c.n_kv_heads * c.head_dim) as u64,
+        );
+        match self {
+            LlamaTensor::TokenEmbd | LlamaTensor::Output => vec![vocab, dim],
+            LlamaTensor::OutputNorm => vec![dim],
+            LlamaTensor::Block(_, t) => match t {
+                BlockTensor::AttnNorm | BlockTensor::FfnNorm => vec![dim],
+                BlockTensor::AttnQ => vec![q, dim],
+                BlockTensor::AttnK | BlockTensor::AttnV => vec![kv, dim],
+                BlockTensor::AttnQBias => vec![q],
+                BlockTensor::AttnKBias | BlockTensor::AttnVBias => vec![kv],
+                BlockTensor::AttnOutput => vec![dim, q],
+                BlockTensor::FfnGate | BlockTensor::FfnUp => vec![ffn, dim],
+                BlockTensor::FfnDown => vec![dim, ffn],
+            },
+        }
+    }
+
+    /// The tensors of a model of config `c`, in file order.
+    pub fn all(c: &ModelConfig) -> Vec<LlamaTensor> {
+        use BlockTensor::*;
+        let mut v = vec![LlamaTensor::TokenEmbd];
+        for i in 0..c.n_layers {
+            let mut block = |t| v.push(LlamaTensor::Block(i, t));
+            [AttnNorm, AttnQ, AttnK, AttnV]
+                .into_iter()
+                .for_each(&mut block);
+            if c.qkv_bias {
+                [AttnQBias, AttnKBias, AttnVBias]
+                    .into_iter()
+                    .for_each(&mut block);
+            }
+            [AttnOutput, FfnNorm, FfnGate, FfnUp, FfnDown]
+                .into_iter()
+                .for_each(&mut block);
+        }
+        v.push(LlamaTensor::OutputNorm);
+        if !c.tied_embeddings {
+            v.push(LlamaTensor::Output);
+        }
+        v
+    }
+}
+
 /// The tensors a Llama model of config `c` consists of, with their shapes, in file order.
 pub fn expected_llama_tensors(c: &ModelConfig) -> Vec<(String, Vec<u64>)> {
-    let (dim, vocab, ffn) = (c.dim as u64, c.vocab_size as u64, c.ffn_dim as u64);
-    let (q, kv) = (
-        (c.n_heads * c.head_dim) as u64,
-        (c.n_kv_heads * c.head_dim) as u64,
-    );
-    let mut v = Vec::new();
-    let mut add = |name: String, shape: &[u64]| v.push((name, shape.to_vec()));
-    add("token_embd.weight".into(), &[vocab, dim]);
-    for i in 0..c.n_layers {
-        add(format!("blk.{i}.attn_norm.weight"), &[dim]);
-        add(format!("blk.{i}.attn_q.weight"), &[q, dim]);
-        add(format!("blk.{i}.attn_k.weight"), &[kv, dim]);
-        add(format!("blk.{i}.attn_v.weight"), &[kv, dim]);
-        if c.qkv_bias {
-            add(format!("blk.{i}.attn_q.bias"), &[q]);
-            add(format!("blk.{i}.attn_k.bias"), &[kv]);
-            add(format!("blk.{i}.attn_v.bias"), &[kv]);
-        }
-        add(format!("blk.{i}.attn_output.weight"), &[dim, q]);
-        add(format!("blk.{i}.ffn_norm.weight"), &[dim]);
-        add(format!("blk.{i}.ffn_gate.weight"), &[ffn, dim]);
-        add(format!("blk.{i}.ffn_up.weight"), &[ffn, dim]);
-        add(format!("blk.{i}.ffn_down.weight"), &[dim, ffn]);
-    }
-    add("output_norm.weight".into(), &[dim]);
-    if !c.tied_embeddings {
-        add("output.weight".into(), &[vocab, dim]);
-    }
-    v
+    LlamaTensor::all(c)
+        .into_iter()
+        .map(|t| (t.name(), t.shape(c)))
+        .collect()
 }

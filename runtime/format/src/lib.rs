@@ -22,11 +22,12 @@ mod writer;
 pub use config::{Arch, CONFIG_LEN, ModelConfig, RopeScaling, RopeStyle, limits};
 pub use dtype::{BLOCK, DType, Matrix, PlaneLayout, TENSOR_ALIGN};
 pub use file::{
-    DATA_ALIGN, GlintFile, HEADER_LEN, MAGIC, MAX_DIMS, MAX_ELEMENTS, SECTIONS, Section,
-    TENSOR_ENTRY_LEN, Tensor, VERSION_MAJOR, VERSION_MINOR, expected_llama_tensors,
+    BlockTensor, DATA_ALIGN, GlintFile, HEADER_LEN, LlamaTensor, MAGIC, MAX_DIMS, MAX_ELEMENTS,
+    SECTIONS, Section, TENSOR_ENTRY_LEN, Tensor, VERSION_MAJOR, VERSION_MINOR,
+    expected_llama_tensors,
 };
 #[cfg(feature = "std")]
-pub use mapped::{MappedGlint, OpenError};
+pub use mapped::{LoadedGlint, OpenError};
 pub use strlist::StrList;
 pub use tokenizer::{TokenizerData, TokenizerModel, TokenizerSpec};
 #[cfg(feature = "std")]

@@ -338,15 +338,15 @@ fn mapped_open_reports_io_and_format_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.glint");
     std::fs::write(&path, tiny_file()).unwrap();
-    let m = MappedGlint::open(&path).unwrap();
+    let m = LoadedGlint::open(&path).unwrap();
     assert_eq!(m.file().config().dim, 64);
     assert!(matches!(
-        MappedGlint::open(dir.path().join("absent.glint")),
+        LoadedGlint::open(dir.path().join("absent.glint")),
         Err(OpenError::Io { .. })
     ));
     std::fs::write(&path, b"GLINTMDL").unwrap();
     assert!(matches!(
-        MappedGlint::open(&path),
+        LoadedGlint::open(&path),
         Err(OpenError::Format { .. })
     ));
 }

@@ -159,7 +159,7 @@ impl Fixture {
     /// The tokenizer with the file's scores, or (`with_scores == false`)
     /// with priorities derived from the merges, as a Hugging Face import.
     fn build(&self, with_scores: bool, add_space_prefix: bool) -> Tokenizer {
-        Tokenizer::new(TokenizerSpec {
+        Tokenizer::new(Vocabulary {
             model: TokenizerModel::SentencePiece,
             tokens: self.pieces.iter().map(String::as_str).collect(),
             token_types: &self.types,
@@ -308,7 +308,7 @@ fn no_space_prefix_when_the_vocabulary_says_so() {
 fn hand_made(pieces: &[(&str, f32, u8)]) -> Tokenizer {
     let tokens: Vec<&str> = pieces.iter().map(|p| p.0).collect();
     let types: Vec<u8> = pieces.iter().map(|p| p.2).collect();
-    Tokenizer::new(TokenizerSpec {
+    Tokenizer::new(Vocabulary {
         model: TokenizerModel::SentencePiece,
         tokens,
         token_types: &types,
@@ -357,7 +357,7 @@ fn bytes_without_a_token_become_unknown_or_vanish() {
 
 #[test]
 fn invalid_sentencepiece_specs_are_rejected() {
-    let spec = |scores: Option<Vec<f32>>, merges: Vec<&'static str>| TokenizerSpec {
+    let spec = |scores: Option<Vec<f32>>, merges: Vec<&'static str>| Vocabulary {
         model: TokenizerModel::SentencePiece,
         tokens: vec!["a", "b", "ab"],
         token_types: &[],

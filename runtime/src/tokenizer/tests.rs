@@ -38,8 +38,8 @@ impl Vocab {
         }
     }
 
-    fn spec<'a>(&'a self, pre: &'a str) -> TokenizerSpec<'a> {
-        TokenizerSpec {
+    fn spec<'a>(&'a self, pre: &'a str) -> Vocabulary<'a> {
+        Vocabulary {
             model: TokenizerModel::ByteLevelBpe,
             tokens: self.tokens.iter().map(String::as_str).collect(),
             token_types: &self.types,
@@ -200,7 +200,7 @@ fn bos_is_prepended_when_asked() {
         .iter()
         .position(|t| t == "<|im_start|>")
         .unwrap() as u32;
-    let tok = Tokenizer::new(TokenizerSpec {
+    let tok = Tokenizer::new(Vocabulary {
         bos: Some(bos),
         add_bos: true,
         ..vocab.spec("gpt2")
@@ -223,7 +223,7 @@ fn invalid_specs_are_rejected() {
     for bad in ["ab", "a ", " ", ""] {
         let merges = vec!["h e", bad];
         assert_eq!(
-            err(TokenizerSpec {
+            err(Vocabulary {
                 merges,
                 ..vocab.spec("gpt2")
             }),
@@ -234,28 +234,28 @@ fn invalid_specs_are_rejected() {
         );
     }
     assert!(matches!(
-        err(TokenizerSpec {
+        err(Vocabulary {
             token_types: &[1, 1],
             ..vocab.spec("gpt2")
         }),
         TokenizerError::TokenTypeCount { .. }
     ));
     assert!(matches!(
-        err(TokenizerSpec {
+        err(Vocabulary {
             eos: Some(1_000_000),
             ..vocab.spec("gpt2")
         }),
         TokenizerError::SpecialIdOutOfRange { role: "eos", .. }
     ));
     assert_eq!(
-        err(TokenizerSpec {
+        err(Vocabulary {
             add_bos: true,
             ..vocab.spec("gpt2")
         }),
         TokenizerError::MissingBos
     );
     // A merge whose left half starts with a space is still split after it.
-    let tok = Tokenizer::new(TokenizerSpec {
+    let tok = Tokenizer::new(Vocabulary {
         merges: vec!["  x"],
         ..vocab.spec("gpt2")
     });
@@ -545,7 +545,7 @@ fn load_smollm2() -> Option<Dump> {
 }
 
 fn smollm2(dump: &Dump) -> Tokenizer {
-    Tokenizer::new(TokenizerSpec {
+    Tokenizer::new(Vocabulary {
         model: TokenizerModel::ByteLevelBpe,
         tokens: dump.tokens.iter().map(String::as_str).collect(),
         token_types: &dump.types,

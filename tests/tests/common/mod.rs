@@ -22,10 +22,10 @@ pub fn gguf_path() -> PathBuf {
     glint_quantize::fetch::fetch_gguf(&glint_quantize::fetch::cache_dir()).expect("fetch the GGUF")
 }
 
-/// `../shared/fixtures/<name>` parsed as JSON.
+/// `tests/fixtures/<name>` (llama.cpp's outputs, copied in) parsed as JSON.
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
+        .join("fixtures")
         .join(name);
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));

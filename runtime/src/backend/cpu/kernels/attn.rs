@@ -4,7 +4,7 @@
 //! with one f32 scale per 32-element block ([`KvElem`], [`KvRows`]), plus the f32 ->
 //! cache-element conversions used on append ([`store`], [`store_q8`]).
 //!
-//! [`attend`] dispatches on the [`active`](super::active) kernel: AVX-512 (head dims a
+//! [`attend`] runs on the kernel it is given: AVX-512 (head dims a
 //! multiple of 16, up to 256) has a hand-written loop (zmm dot products, a vectorised
 //! `exp` built on `vscalefps`, f16 read through `vcvtph2ps`); everything else runs the
 //! scalar reference [`attend_scalar`], which every SIMD path is tested against.
@@ -118,28 +118,25 @@ pub fn store_q8(dst: &mut [i8], scales: &mut [f32], src: &[f32]) {
 
 /// `dst[i] = T::from_f32(src[i])` (round to nearest even for f16).
 /// Float caches only: int8 rows need their block scales ([`store_q8`]).
-pub fn store<T: KvElem>(dst: &mut [T], src: &[f32]) {
+pub fn store<T: KvElem>(kernel: Kernel, dst: &mut [T], src: &[f32]) {
     assert!(!T::I8, "int8 cache rows are written with store_q8");
     assert_eq!(dst.len(), src.len());
     #[cfg(target_arch = "x86_64")]
-    if T::F16 && super::active() == Kernel::Avx512 {
-        // SAFETY: AVX-512F (and F16C) checked by `active`; lengths asserted equal; `T`
-        // is `f16` (2 bytes, `F16`).
+    if T::F16 && kernel == Kernel::Avx512 && kernel.available() {
+        // SAFETY: AVX-512F (and F16C) checked by `available`; lengths asserted equal;
+        // `T` is `f16` (2 bytes, `F16`).
         unsafe { avx512::store_f16(dst.as_mut_ptr().cast(), src) };
         return;
     }
+    let _ = kernel;
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = T::from_f32(s);
     }
 }
 
-/// `g[i] = silu(g[i]) * u[i]` with `silu(x) = x / (1 + exp(-x))` (SwiGLU).
-pub fn silu_mul(g: &mut [f32], u: &[f32]) {
-    silu_mul_with(super::active(), g, u);
-}
-
-/// [`silu_mul`] with a given kernel (AVX-512 where it applies, else scalar).
-pub fn silu_mul_with(kernel: Kernel, g: &mut [f32], u: &[f32]) {
+/// `g[i] = silu(g[i]) * u[i]` with `silu(x) = x / (1 + exp(-x))` (SwiGLU), on `kernel`
+/// (AVX-512 where it applies, else scalar).
+pub fn silu_mul(kernel: Kernel, g: &mut [f32], u: &[f32]) {
     assert_eq!(g.len(), u.len());
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && kernel.available() {
@@ -153,47 +150,42 @@ pub fn silu_mul_with(kernel: Kernel, g: &mut [f32], u: &[f32]) {
     }
 }
 
-/// `heads` query heads sharing one KV head (grouped-query attention): for each head
-/// `g`, `out_g = sum_p softmax_p(scale * q_g . k_p) v_p` over `p < len`, where `q_g`
-/// and `out_g` are the `g`-th `hd`-element pieces of `q` and `out` and `k_p` is position
-/// `p` of `keys` (likewise `v_p`); `scores` is scratch of at least `heads * len`.
-#[allow(clippy::too_many_arguments)]
+/// One attention call: `heads` query heads sharing one KV head (grouped-query
+/// attention). For each head `g`, `out_g = sum_p softmax_p(scale * q_g . k_p) v_p` over
+/// `p < len`, where `q_g` and `out_g` are the `g`-th `hd`-element pieces of `q` and
+/// `out` and `k_p` is position `p` of `keys` (likewise `v_p`).
+#[derive(Clone, Copy, Debug)]
+pub struct AttendJob<'a, T> {
+    /// The query heads, `heads * hd` elements.
+    pub q: &'a [f32],
+    /// Query heads in `q`.
+    pub heads: usize,
+    /// The KV head's keys.
+    pub keys: KvRows<'a, T>,
+    /// The KV head's values.
+    pub values: KvRows<'a, T>,
+    /// Positions attended to.
+    pub len: usize,
+    /// Multiplies every score (`1 / sqrt(hd)`).
+    pub scale: f32,
+}
+
+/// Runs `job` on `kernel` (AVX-512 where it applies, else the scalar reference) into
+/// `out` (`q.len()` elements); `scores` is scratch of at least `heads * len`.
 pub fn attend<T: KvElem>(
-    q: &[f32],
-    heads: usize,
-    keys: KvRows<'_, T>,
-    values: KvRows<'_, T>,
-    len: usize,
-    scale: f32,
+    kernel: Kernel,
+    job: &AttendJob<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_with(
-        super::active(),
+    let AttendJob {
         q,
         heads,
         keys,
         values,
         len,
         scale,
-        scores,
-        out,
-    );
-}
-
-/// [`attend`] with a given kernel (AVX-512 where it applies, else the scalar reference).
-#[allow(clippy::too_many_arguments)]
-pub fn attend_with<T: KvElem>(
-    kernel: Kernel,
-    q: &[f32],
-    heads: usize,
-    keys: KvRows<'_, T>,
-    values: KvRows<'_, T>,
-    len: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+    } = *job;
     assert!(
         heads >= 1 && q.len().is_multiple_of(heads),
         "q holds whole heads"
@@ -250,21 +242,19 @@ pub fn attend_with<T: KvElem>(
         }
     }
     let _ = kernel;
-    attend_scalar(q, heads, keys, values, len, scale, scores, out);
+    attend_scalar(job, scores, out);
 }
 
 /// The reference of [`attend`]: one head after the other.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_scalar<T: KvElem>(
-    q: &[f32],
-    heads: usize,
-    keys: KvRows<'_, T>,
-    values: KvRows<'_, T>,
-    len: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+pub fn attend_scalar<T: KvElem>(job: &AttendJob<'_, T>, scores: &mut [f32], out: &mut [f32]) {
+    let AttendJob {
+        q,
+        heads,
+        keys,
+        values,
+        len,
+        scale,
+    } = *job;
     let hd = q.len() / heads;
     for (q, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
         let mut max = f32::NEG_INFINITY;
@@ -437,7 +427,7 @@ mod avx512 {
                             *a = _mm512_fmadd_ps(qj, k[u * V + j], *a);
                         }
                     }
-                    let sums = crate::kernels::avx512::hsum(&a);
+                    let sums = crate::backend::cpu::kernels::avx512::hsum(&a);
                     for (u, v) in sums.iter().enumerate().take(pp) {
                         *scores.add(g * len + p + u) = *v * scale;
                     }
@@ -563,12 +553,18 @@ mod tests {
                         .collect();
                     let mut sc = vec![0f32; heads * len];
                     let mut want = vec![0f32; heads * hd];
-                    attend_scalar(&q, heads, keys, values, len, 0.125, &mut sc, &mut want);
+                    let job = AttendJob {
+                        q: &q,
+                        heads,
+                        keys,
+                        values,
+                        len,
+                        scale: 0.125,
+                    };
+                    attend_scalar(&job, &mut sc, &mut want);
                     for kernel in Kernel::all_available() {
                         let mut got = vec![0f32; heads * hd];
-                        attend_with(
-                            kernel, &q, heads, keys, values, len, 0.125, &mut sc, &mut got,
-                        );
+                        attend(kernel, &job, &mut sc, &mut got);
                         for (g, w) in got.iter().zip(&want) {
                             assert!(
                                 (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
@@ -633,9 +629,25 @@ mod tests {
         );
         let mut sc = vec![0f32; len];
         let mut want = vec![0f32; hd];
-        attend_scalar(&q, 1, kf, vf, len, 0.125, &mut sc, &mut want);
+        let f32_job = AttendJob {
+            q: &q,
+            heads: 1,
+            keys: kf,
+            values: vf,
+            len,
+            scale: 0.125,
+        };
+        attend_scalar(&f32_job, &mut sc, &mut want);
         let mut got = vec![0f32; hd];
-        attend(&q, 1, k8, v8, len, 0.125, &mut sc, &mut got);
+        let i8_job = AttendJob {
+            keys: k8,
+            values: v8,
+            q: &q,
+            heads: 1,
+            len,
+            scale: 0.125,
+        };
+        attend(Kernel::best(), &i8_job, &mut sc, &mut got);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 0.01, "{g} vs {w}");
         }
@@ -662,18 +674,18 @@ mod tests {
         let g0: Vec<f32> = sample(1000, 9).iter().map(|v| v * 30.0).collect();
         let u: Vec<f32> = sample(1000, 10);
         let mut want = g0.clone();
-        silu_mul_with(Kernel::Scalar, &mut want, &u);
+        silu_mul(Kernel::Scalar, &mut want, &u);
         for kernel in Kernel::all_available() {
             for len in [1usize, 15, 16, 17, 1000] {
                 let mut got = g0[..len].to_vec();
-                silu_mul_with(kernel, &mut got, &u[..len]);
+                silu_mul(kernel, &mut got, &u[..len]);
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{g} vs {w}");
                 }
             }
         }
         let mut big = vec![200.0f32, -200.0, 0.0];
-        silu_mul_with(Kernel::best(), &mut big, &[1.0, 1.0, 1.0]);
+        silu_mul(Kernel::best(), &mut big, &[1.0, 1.0, 1.0]);
         assert_eq!(big, [200.0, -0.0, 0.0]);
     }
 
@@ -681,7 +693,7 @@ mod tests {
     fn store_rounds_like_half() {
         let src: Vec<f32> = sample(1000, 3).iter().map(|v| v * 70000.0).collect();
         let mut got = vec![f16::ZERO; 1000];
-        store(&mut got, &src);
+        store(Kernel::best(), &mut got, &src);
         for (g, &s) in got.iter().zip(&src) {
             assert_eq!(g.to_bits(), f16::from_f32(s).to_bits());
         }

@@ -1,4 +1,4 @@
-//! The int8-activation path ([`Precision::Int8`](crate::model::Precision)): activations
+//! The int8-activation path ([`Precision::Int8`](crate::backend::Precision)): activations
 //! are quantized to int8 once per input vector, per 32-element block (llama.cpp's Q8_1:
 //! `d = amax / 127`, `q = round(x / d)`, plus the block sum `s = d * sum(q)`), and each
 //! weight block is dotted with them in integer arithmetic:
@@ -148,9 +148,10 @@ impl QuantActs {
                 + self.ts.len())) as u64
     }
 
-    /// Quantizes the `n` rows of `x` (`[n][cols]`, `cols` a multiple of 32). Panics if
-    /// the shape exceeds what [`QuantActs::new`] was given.
-    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+    /// Quantizes the `n` rows of `x` (`[n][cols]`, `cols` a multiple of 32) with
+    /// `kernel`'s row quantizer (every one gives the same bits). Panics if the shape
+    /// exceeds what [`QuantActs::new`] was given.
+    pub fn quantize(&mut self, kernel: Kernel, x: &[f32], n: usize, cols: usize) {
         assert!(
             cols.is_multiple_of(BLOCK) && cols > 0,
             "cols must be a positive multiple of 32"
@@ -165,7 +166,7 @@ impl QuantActs {
         let (sn, sb, sk) = (self.stride_nat(), self.stride_nib(), self.stride_blk());
         let nb = cols / BLOCK;
         let tiled = n > 1;
-        let simd = use_simd_quantize();
+        let simd = use_simd_quantize(kernel);
         if tiled {
             // Zero the padding rows of the last tile.
             let (t, j0) = (n / TILE, n % TILE);
@@ -244,18 +245,22 @@ impl QuantActs {
 }
 
 /// Whether [`QuantActs::quantize`] uses the AVX-512 row quantizer (bit-identical to
-/// [`quantize_row_scalar`]): when the active kernel is AVX-512 and the CPU has BW, VL and
+/// [`quantize_row_scalar`]): when `kernel` is AVX-512 and the CPU has F, BW, VL and
 /// VNNI.
-fn use_simd_quantize() -> bool {
+fn use_simd_quantize(kernel: Kernel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::active() == Kernel::Avx512
+        kernel == Kernel::Avx512
+            && kernel.available()
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    {
+        let _ = kernel;
+        false
+    }
 }
 
 /// The int8 block rule (llama.cpp's Q8_0): `d = max |x| / 127` and `q = round(x / d)`
@@ -296,13 +301,6 @@ pub(super) fn quantize_row_scalar(
 }
 
 impl Kernel {
-    /// Whether this CPU can run the int8-activation kernels of this kernel family
-    /// (AVX-512 without VNNI falls back to the AVX2 int8 kernels, so this equals
-    /// [`Kernel::available`]).
-    pub fn int8_available(self) -> bool {
-        self.available()
-    }
-
     /// `y_rows[i * rows.len() + r - rows.start] = sum_c W[r, c] * xq[i][c]` with the
     /// activations of `a` (every row of it), for `r` in `rows`. Panics if the CPU lacks
     /// the kernel, if `w`'s dtype has no int8 kernel ([`int8_supported`]) or on a shape
@@ -388,27 +386,6 @@ impl Kernel {
             Kernel::Avx2 | Kernel::Avx512 => unreachable!("not available"),
         }
     }
-}
-
-/// [`Kernel::matmul_q8act_rows_raw`] with the [`active`](super::active) kernel.
-///
-/// # Safety
-/// As for [`Kernel::matmul_q8act_rows_raw`].
-pub unsafe fn matmul_q8act_rows_raw(
-    w: &Matrix<'_>,
-    a: &QuantActs,
-    rows: Range<usize>,
-    y: *mut f32,
-    ldy: usize,
-) {
-    // SAFETY: forwarded to our caller.
-    unsafe { super::active().matmul_q8act_rows_raw(w, a, rows, y, ldy) }
-}
-
-/// `y = W xq` for every row of `a` (`y` is `[a.rows()][w.rows]`) with the
-/// [`active`](super::active) kernel.
-pub fn matmul_q8act(w: &Matrix<'_>, a: &QuantActs, y: &mut [f32]) {
-    super::active().matmul_q8act_rows(w, a, 0..w.rows, y);
 }
 
 /// Validates shapes and planes for the int8-activation kernels.

@@ -9,8 +9,11 @@
 //!
 //! # API
 //!
-//! * [`matvec`] / [`matvec_rows`]: one activation row (decode).
-//! * [`matmul`] / [`matmul_rows`] / [`matmul_rows_raw`]: `n` activation rows (prefill).
+//! Every entry point is a method of the [`Kernel`] that runs it: the CPU backend holds
+//! its kernel as a value (no process-wide choice).
+//!
+//! * [`Kernel::matvec_rows`]: one activation row (decode).
+//! * [`Kernel::matmul_rows`] / [`Kernel::matmul_rows_raw`]: `n` activation rows (prefill).
 //!   Work is tiled so that each 32-element weight block is dequantized once, into
 //!   registers, per tile of weight rows and activation rows; nothing is ever dequantized
 //!   into memory beyond a block, and no call allocates.
@@ -26,10 +29,8 @@
 //! [`Kernel`] names one implementation. [`Kernel::Scalar`] is the portable reference (kept
 //! forever: every SIMD kernel is tested against it). On x86-64 there are
 //! [`Kernel::Avx2`] (AVX2 + FMA + F16C) and [`Kernel::Avx512`] (AVX-512F); both have
-//! hand-written kernels for every dtype. The kernel used by the free functions is chosen
-//! once, on first use, from the CPU features ([`Kernel::best`]) unless the environment
-//! variable `GLINT_KERNEL` names one (`scalar`, `avx2` or `avx512`; for tests and
-//! benches); see [`active`] and [`kernel_name`].
+//! hand-written kernels for every dtype. [`Kernel::best`] picks the fastest from the
+//! CPU features; a caller may pick any [`Kernel::available`] one by value.
 //!
 //! Inner loops, per dtype (why these forms: see the comments in `avx512.rs`/`avx2.rs`):
 //! * int4 (all groups) on AVX-512: per block and weight row, a 16-entry table
@@ -60,12 +61,11 @@
 //! entry point (`matvec_q8act`-style, next to these), not a kernel of this exact path.
 
 use core::ops::Range;
-use std::sync::OnceLock;
 
 use glint_format::{BLOCK, DType, Matrix};
 
 pub mod attn;
-pub use int8::{QuantActs, int8_supported, matmul_q8act, matmul_q8act_rows_raw};
+pub use int8::{QuantActs, int8_supported};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -91,7 +91,7 @@ impl Kernel {
     /// Every kernel, slowest first.
     pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512];
 
-    /// The name used by `GLINT_KERNEL` and printed by [`kernel_name`].
+    /// The name `glint` prints and accepts (`--kernel`).
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
@@ -100,7 +100,7 @@ impl Kernel {
         }
     }
 
-    /// Parses a name as accepted by `GLINT_KERNEL`.
+    /// Parses [`Kernel::name`].
     pub fn from_name(name: &str) -> Option<Kernel> {
         Kernel::ALL.into_iter().find(|k| k.name() == name.trim())
     }
@@ -234,85 +234,6 @@ impl Kernel {
             Kernel::Avx2 | Kernel::Avx512 => unreachable!("not available"),
         }
     }
-}
-
-static ACTIVE: OnceLock<Kernel> = OnceLock::new();
-
-/// The kernel used by [`matvec`], [`matmul`] and friends: `GLINT_KERNEL` if set, else
-/// [`Kernel::best`]. Chosen once per process.
-///
-/// Panics (on first use) if `GLINT_KERNEL` names an unknown kernel or one this CPU
-/// cannot run: forcing a path is meant for tests and benches, where silently measuring
-/// another one would mislead.
-pub fn active() -> Kernel {
-    *ACTIVE.get_or_init(|| match std::env::var("GLINT_KERNEL") {
-        Ok(name) if !name.trim().is_empty() => {
-            let k = Kernel::from_name(&name).unwrap_or_else(|| {
-                panic!("GLINT_KERNEL={name:?}: expected one of scalar, avx2, avx512")
-            });
-            assert!(k.available(), "GLINT_KERNEL={name}: this CPU cannot run it");
-            k
-        }
-        _ => Kernel::best(),
-    })
-}
-
-/// Name of the [`active`] kernel (`"scalar"`, `"avx2"` or `"avx512"`).
-pub fn kernel_name() -> &'static str {
-    active().name()
-}
-
-/// `y[r] = sum_c W[r, c] * x[c]` for every row. `x.len() == w.cols`, `y.len() == w.rows`.
-pub fn matvec(w: &Matrix<'_>, x: &[f32], y: &mut [f32]) {
-    active().matvec_rows(w, x, 0..w.rows, y);
-}
-
-/// [`matvec`] for the output rows in `rows` only: `y_rows[r - rows.start]` for `r` in
-/// `rows` (`y_rows.len() == rows.len()`). For splitting a matrix across threads.
-pub fn matvec_rows(w: &Matrix<'_>, x: &[f32], rows: Range<usize>, y_rows: &mut [f32]) {
-    active().matvec_rows(w, x, rows, y_rows);
-}
-
-/// Batched [`matvec`]: `x` is `[n][w.cols]` row-major and `y` is `[n][w.rows]`,
-/// `y[i][r] = sum_c W[r, c] * x[i][c]`.
-pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32]) {
-    assert_eq!(y.len(), n * w.rows, "output length must be n * w.rows");
-    let rows = 0..w.rows;
-    check(w, x, n, &rows);
-    let out = Out {
-        ptr: y.as_mut_ptr(),
-        ld: w.rows,
-        row0: 0,
-    };
-    // SAFETY: checked above; element (i, r) lands at `i * w.rows + r < y.len()`.
-    unsafe { active().run(w, x, n, rows, out) }
-}
-
-/// [`matmul`] for the output rows in `rows` only, into a packed `[n][rows.len()]` buffer:
-/// `y_rows[i * rows.len() + r - rows.start]`. For a strided write into a shared output
-/// see [`matmul_rows_raw`].
-pub fn matmul_rows(w: &Matrix<'_>, x: &[f32], n: usize, rows: Range<usize>, y_rows: &mut [f32]) {
-    active().matmul_rows(w, x, n, rows, y_rows);
-}
-
-/// [`matmul`] for the output rows in `rows` only, written in place into a shared
-/// `[n][ldy]` output: element `(i, r)` goes to `*y.add(i * ldy + r)` for `i < n` and `r`
-/// in `rows`; nothing else is read or written. Threads given disjoint row ranges can
-/// share one output this way.
-///
-/// # Safety
-/// `y` must be valid for writes at every such position, and no other code may access
-/// those elements during the call (disjoint row ranges on different threads are fine).
-pub unsafe fn matmul_rows_raw(
-    w: &Matrix<'_>,
-    x: &[f32],
-    n: usize,
-    rows: Range<usize>,
-    y: *mut f32,
-    ldy: usize,
-) {
-    // SAFETY: forwarded to our caller.
-    unsafe { active().matmul_rows_raw(w, x, n, rows, y, ldy) }
 }
 
 /// Bytes of the values plane per element, times two (int4 packs two per byte).
@@ -488,7 +409,6 @@ impl Out {
 /// `x` must hold `n * cols` elements and `out` must be writable at every `(i, r)`,
 /// `i < n`, `r` in `rows`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-#[allow(clippy::too_many_arguments)]
 unsafe fn drive<const R: usize, const N: usize, const S: usize>(
     x: &[f32],
     cols: usize,

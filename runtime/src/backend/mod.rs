@@ -1,0 +1,359 @@
+//! The seam between the Llama recipe ([`crate::model`]) and the hardware that runs it.
+//!
+//! A [`Backend`] owns the weights it is given at load (as its own handles), the
+//! activations of a batch ([`Backend::Scratch`], addressed by [`Act`]) and the KV cache
+//! ([`Backend::Cache`]), and implements the dozen operations the recipe is made of:
+//! embed, RMSNorm, projections (several matrices over one input), RoPE, KV append,
+//! attention, SwiGLU, residual add and logits. The recipe calls them in order and never
+//! touches a buffer itself, so the same `forward` runs on any backend:
+//!
+//! * [`cpu::CpuBackend`]: SIMD kernels (or the scalar reference, chosen by value) on a
+//!   thread pool, weights used in place from the mapped file.
+//!
+//! A new backend (the GPU, a test double) implements [`Backend`]; nothing in `model.rs`
+//! changes.
+
+pub mod cpu;
+
+use core::ops::Range;
+use glint_format::{BLOCK, LoadedGlint, Matrix, ModelConfig, RopeStyle};
+use std::sync::Arc;
+
+pub use cpu::{CpuBackend, CpuOptions};
+
+/// How the matrix products treat activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 activations, weights dequantized on the fly, f32 accumulation: matches
+    /// "dequantize, then f32 matmul" (llama.cpp's f32 reference) to rounding. The default:
+    /// it is what the accuracy tests pin down.
+    #[default]
+    Exact,
+    /// Activations quantized to int8 per 32-block once per input vector and integer dot
+    /// products (`vpdpbusd`), like llama.cpp's default CPU path; float matrices stay
+    /// exact. Faster; perplexity and logits effects are in `benches/README.md`.
+    Int8,
+}
+
+impl Precision {
+    /// `"exact"` or `"int8"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// Parses [`Precision::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Precision::Exact, Precision::Int8]
+            .into_iter()
+            .find(|p| p.name() == name.trim())
+    }
+}
+
+/// Element type of a KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// f32: exact.
+    F32,
+    /// f16 (rounded to nearest on append): half the bytes of f32. The default: measured
+    /// on the exact path (`benches/README.md`), the last-position top-10 logits move
+    /// from 3e-5 to 0.005 of llama.cpp's f32 reference (bound 0.05) and perplexity from
+    /// 18.2994 to 18.2990.
+    #[default]
+    F16,
+    /// int8 per 32-element block with an f32 scale (llama.cpp's `q8_0` cache rule):
+    /// 9 bits per element, 56% of f16. Needs a head dimension that is a multiple of 32.
+    Int8,
+}
+
+impl KvType {
+    /// `"f32"`, `"f16"` or `"int8"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Int8 => "int8",
+        }
+    }
+
+    /// Parses [`KvType::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [KvType::F32, KvType::F16, KvType::Int8]
+            .into_iter()
+            .find(|k| k.name() == name.trim())
+    }
+
+    /// Bits per cached element, its share of the block scale included.
+    pub fn bits(self) -> u64 {
+        match self {
+            KvType::F32 => 32,
+            KvType::F16 => 16,
+            KvType::Int8 => 8 + 32 / BLOCK as u64,
+        }
+    }
+
+    /// Bytes a cache of this type takes for `capacity` positions of `shape`'s model.
+    pub fn cache_bytes(self, shape: &ModelShape, capacity: usize) -> u64 {
+        2 * self.bits() * shape.n_layers as u64 * capacity as u64 * shape.attn.kv_dim as u64 / 8
+    }
+}
+
+/// The attention's shape, computed once from the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnShape {
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Query heads per key/value head.
+    pub group: usize,
+    /// `n_heads * head_dim`.
+    pub q_dim: usize,
+    /// `n_kv_heads * head_dim`.
+    pub kv_dim: usize,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// How RoPE pairs elements.
+    pub rope_style: RopeStyle,
+}
+
+/// Every size the forward pass needs, computed once from the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelShape {
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Width of the feed-forward hidden layer.
+    pub ffn_dim: usize,
+    /// Tokens in the vocabulary (width of the logits).
+    pub vocab: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// The attention.
+    pub attn: AttnShape,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+}
+
+impl ModelShape {
+    /// The shape of `c`'s model.
+    pub fn new(c: &ModelConfig) -> Self {
+        let head_dim = c.head_dim as usize;
+        let (n_heads, n_kv_heads) = (c.n_heads as usize, c.n_kv_heads as usize);
+        Self {
+            dim: c.dim as usize,
+            ffn_dim: c.ffn_dim as usize,
+            vocab: c.vocab_size as usize,
+            n_layers: c.n_layers as usize,
+            attn: AttnShape {
+                head_dim,
+                n_heads,
+                n_kv_heads,
+                group: n_heads / n_kv_heads,
+                q_dim: n_heads * head_dim,
+                kv_dim: n_kv_heads * head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                rope_style: c.rope_style,
+            },
+            norm_eps: c.norm_eps,
+        }
+    }
+
+    /// Elements per token of activation `a`.
+    pub fn width(&self, a: Act) -> usize {
+        match a {
+            Act::X => self.dim,
+            Act::Xn => self.dim.max(self.attn.q_dim),
+            Act::Q | Act::Att => self.attn.q_dim,
+            Act::K | Act::V => self.attn.kv_dim,
+            Act::Gate | Act::Up => self.ffn_dim,
+            Act::Logits => self.vocab,
+        }
+    }
+}
+
+/// An activation buffer of a batch: `[batch][width]` (see [`ModelShape::width`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Act {
+    /// The residual stream.
+    X,
+    /// A normalised copy of `X`, or a projection's output before it joins `X`.
+    Xn,
+    /// Queries.
+    Q,
+    /// New keys.
+    K,
+    /// New values.
+    V,
+    /// The attention's output.
+    Att,
+    /// The feed-forward gate (SwiGLU's output in place).
+    Gate,
+    /// The feed-forward up projection.
+    Up,
+    /// Next-token logits.
+    Logits,
+}
+
+impl Act {
+    /// Every buffer, in index order.
+    pub const ALL: [Act; 9] = [
+        Act::X,
+        Act::Xn,
+        Act::Q,
+        Act::K,
+        Act::V,
+        Act::Att,
+        Act::Gate,
+        Act::Up,
+        Act::Logits,
+    ];
+}
+
+/// Sizes of a [`Backend::Scratch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScratchSize {
+    /// Most tokens per forward call.
+    pub batch: usize,
+    /// Positions of the cache it attends over.
+    pub capacity: usize,
+    /// Keep the logits of every token of a batch (perplexity), not only the last.
+    pub all_logits: bool,
+}
+
+/// One weight matrix of the file, as a backend receives it at load: the planes,
+/// borrowed from the model's bytes, and those bytes, for a backend that keeps using
+/// them in place.
+#[derive(Clone, Copy)]
+pub struct WeightSource<'a> {
+    matrix: Matrix<'a>,
+    file: &'a Arc<LoadedGlint>,
+}
+
+impl<'a> WeightSource<'a> {
+    /// `matrix` must borrow from `file`'s bytes: [`cpu::CpuBackend`] relies on it.
+    pub(crate) fn new(matrix: Matrix<'a>, file: &'a Arc<LoadedGlint>) -> Self {
+        Self { matrix, file }
+    }
+
+    /// The matrix.
+    pub fn matrix(&self) -> Matrix<'a> {
+        self.matrix
+    }
+
+    /// The loaded file the matrix lies in.
+    pub fn file(&self) -> &'a Arc<LoadedGlint> {
+        self.file
+    }
+}
+
+/// Why a backend could not prepare a weight, a cache or a scratch.
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum BackendError {
+    /// The backend cannot run this model or setting.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// An allocation failed.
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// Bytes asked for.
+        bytes: u64,
+    },
+}
+
+/// What every KV cache tells: positions filled and available, and its size.
+pub trait KvStore {
+    /// Positions filled.
+    fn len(&self) -> usize;
+    /// Positions it can hold.
+    fn capacity(&self) -> usize;
+    /// True when no position is filled.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets positions from `len` on (e.g. to re-run a changed suffix).
+    fn truncate(&mut self, len: usize);
+    /// Marks `n` more positions as filled (after a forward pass appended them).
+    fn commit(&mut self, n: usize);
+    /// The element type.
+    fn kv_type(&self) -> KvType;
+    /// Bytes allocated.
+    fn bytes(&self) -> u64;
+}
+
+/// What every scratch tells: its sizes.
+pub trait ScratchInfo {
+    /// The sizes it was made with.
+    fn size(&self) -> ScratchSize;
+    /// Bytes allocated.
+    fn bytes(&self) -> u64;
+}
+
+/// The operations of a Llama forward pass on one kind of hardware. Each operation
+/// works on the first `n` tokens of a batch in [`Backend::Scratch`]; the cache's new
+/// positions are `cache.len()..cache.len() + n` until [`KvStore::commit`].
+pub trait Backend: Send + Sync + Sized {
+    /// A weight matrix, ready for [`Backend::project`] and [`Backend::embed`].
+    type Weight: Send + Sync;
+    /// A small f32 vector: a norm's weights, a bias, RoPE frequencies.
+    type Vector: Send + Sync;
+    /// Keys and values of every layer.
+    type Cache: KvStore + Send;
+    /// The activations of a batch.
+    type Scratch: ScratchInfo + Send;
+
+    /// What runs, for `glint info` and benches (e.g. `cpu avx512, int8, 2 threads`).
+    fn describe(&self) -> String;
+    /// Prepares a weight matrix.
+    fn weight(&self, w: WeightSource<'_>) -> Result<Self::Weight, BackendError>;
+    /// Prepares a vector.
+    fn vector(&self, v: &[f32]) -> Result<Self::Vector, BackendError>;
+    /// A cache of `kv` elements for `capacity` positions of `shape`'s model.
+    fn cache(
+        &self,
+        shape: &ModelShape,
+        capacity: usize,
+        kv: KvType,
+    ) -> Result<Self::Cache, BackendError>;
+    /// Activation buffers of `size` for `shape`'s model.
+    fn scratch(&self, shape: &ModelShape, size: ScratchSize)
+    -> Result<Self::Scratch, BackendError>;
+
+    /// `X[i] = table[tokens[i]]`.
+    fn embed(&self, s: &mut Self::Scratch, table: &Self::Weight, tokens: &[u32]);
+    /// The RoPE angles of positions `pos0..pos0 + n` from the inverse frequencies,
+    /// used by every later [`Backend::rope`] of this batch.
+    fn rope_angles(&self, s: &mut Self::Scratch, inv_freq: &Self::Vector, pos0: usize, n: usize);
+    /// `out[j] = rmsnorm(input[rows.start + j]) * weight` for `j < rows.len()`.
+    fn rms_norm(
+        &self,
+        s: &mut Self::Scratch,
+        input: Act,
+        rows: Range<usize>,
+        weight: &Self::Vector,
+        out: Act,
+    );
+    /// `out_j = W_j input` for `n` rows and each `(W_j, out_j)` (at most 3, all with
+    /// `input`'s width as columns; outputs distinct from each other and from `input`).
+    fn project(&self, s: &mut Self::Scratch, input: Act, n: usize, outs: &[(&Self::Weight, Act)]);
+    /// `a[i] += bias` for `n` rows.
+    fn add_bias(&self, s: &mut Self::Scratch, a: Act, n: usize, bias: &Self::Vector);
+    /// Rotates every head of `Q` and `K` (`n` rows) by their positions' angles.
+    fn rope(&self, s: &mut Self::Scratch, n: usize);
+    /// Stores `K` and `V` (`n` rows) as layer `layer`'s new positions.
+    fn append_kv(&self, cache: &mut Self::Cache, layer: usize, s: &Self::Scratch, n: usize);
+    /// `Att` = causal grouped-query attention of `Q` (`n` rows, the new positions) over
+    /// layer `layer`'s cached positions up to each.
+    fn attention(&self, cache: &Self::Cache, layer: usize, s: &mut Self::Scratch, n: usize);
+    /// `Gate = silu(Gate) * Up` for `n` rows.
+    fn swiglu(&self, s: &mut Self::Scratch, n: usize);
+    /// `into += from` for `n` rows (the residual connection).
+    fn add(&self, s: &mut Self::Scratch, into: Act, from: Act, n: usize);
+    /// The logits written by the last forward pass: `[rows][vocab]`.
+    fn logits<'s>(&self, s: &'s mut Self::Scratch) -> &'s [f32];
+}
