@@ -109,8 +109,8 @@ def llama_bench(bin_dir, gguf, threads, p, n, reps):
     return res
 
 
-def glint_bench(model, threads, p, n, reps, precision):
-    d = json.loads(out([ROOT / "target/release/glint", "bench", "-m", model, "-t", threads,
+def glint_bench(model, threads, p, n, reps, precision, binary=ROOT / "target/release/glint"):
+    d = json.loads(out([binary, "bench", "-m", model, "-t", threads,
                         "-p", max(p, 1), "-n", n, "-r", reps, "--precision", precision,
                         "--json"]).strip().splitlines()[-1])
     res = {"tg": d["decode_tok_s"]}
@@ -127,6 +127,8 @@ def main():
     ap.add_argument("-n", type=int, default=128, help="generated tokens")
     ap.add_argument("-r", type=int, default=3, help="repetitions per engine call")
     ap.add_argument("--precision", default="int8", help="Glint precision: int8 or exact")
+    ap.add_argument("--baseline", type=Path, help="an earlier `glint` binary, run in the same rounds "
+                    "(before/after comparisons of a change)")
     args = ap.parse_args()
 
     cache = Path(os.environ.get("GLINT_CACHE", ROOT / "target/glint-cache"))
@@ -155,6 +157,9 @@ def main():
             for name, (gguf, glint) in models.items():
                 engines = [("llama.cpp", lambda: llama_bench(bin_dir, gguf, t, args.p, args.n, args.r)),
                            ("glint", lambda: glint_bench(glint, t, args.p, args.n, args.r, args.precision))]
+                if args.baseline:
+                    engines.append(("baseline", lambda: glint_bench(glint, t, args.p, args.n, args.r,
+                                                                    args.precision, args.baseline)))
                 if rnd % 2:
                     engines.reverse()
                 res = {e: f() for e, f in engines}
@@ -182,6 +187,23 @@ def main():
                 ratio = statistics.median(b / a for a, b in zip(llama, ours))
                 print(f"| {label} | {t} | {lm} | {statistics.median(llama):.1f} | {glint_name[gm]} | "
                       f"{statistics.median(ours):.1f} | {ratio:.2f}x |")
+    if not args.baseline:
+        return
+    print(f"\nThe same rounds, baseline {args.baseline}: its ratio to llama.cpp, and the current "
+          f"build's to it (median of per-round ratios)\n")
+    print("| test | threads | Glint model | baseline | baseline / llama.cpp | current / baseline |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for test, label in tests:
+        for t in threads:
+            for lm, gm in pairs[:2]:
+                rounds = range(args.rounds)
+                llama = [got[r, lm, t]["llama.cpp"][test] for r in rounds]
+                base = [got[r, gm, t]["baseline"][test] for r in rounds]
+                ours = [got[r, gm, t]["glint"][test] for r in rounds]
+                vs_llama = statistics.median(b / a for a, b in zip(llama, base))
+                vs_base = statistics.median(b / a for a, b in zip(base, ours))
+                print(f"| {label} | {t} | {glint_name[gm]} | {statistics.median(base):.1f} | "
+                      f"{vs_llama:.2f}x | {vs_base:.3f}x |")
 
 
 if __name__ == "__main__":
