@@ -150,8 +150,8 @@ impl<'a> Iterator for WrapLines<'a> {
         };
         let (head, tail) = paragraph.split_at(limit);
         let (line, skip) = match head.rfind(' ') {
-            Some(space) if space > 0 => (head.split_at(space).0, space + 1),
             _ if tail.starts_with(' ') => (head, limit + 1),
+            Some(space) if space > 0 => (head.split_at(space).0, space + 1),
             _ => (head, limit),
         };
         self.rest = rest.get(skip..);

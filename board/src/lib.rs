@@ -12,6 +12,7 @@
 //!
 //! The `.glint` parser is the runtime's own (`glint-format` without `std`).
 #![no_std]
+#![warn(missing_docs)]
 #![cfg_attr(
     not(test),
     deny(

@@ -336,6 +336,12 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
         self.abandon(trial)
     }
 
+    /// The booted slot's image bytes, in place in the mapped flash: what the runtime
+    /// loads.
+    pub fn image(&self, booted: &BootedSlot) -> &[u8] {
+        self.image_bytes(booted.image)
+    }
+
     /// The booted slot's model, parsed in place from the mapped flash.
     pub fn model(&self, booted: &BootedSlot) -> Result<GlintFile<'_>, FormatError> {
         GlintFile::parse(self.image_bytes(booted.image))
