@@ -336,6 +336,12 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
         self.abandon(trial)
     }
 
+    /// Checks a slot as fully as the first boot of a trial does: manifest signature,
+    /// SHA-256 of the whole image, `.glint` header. Does not boot it.
+    pub fn verify_slot(&mut self, slot: SlotId) -> Result<BootedSlot, UpdateError> {
+        self.check_slot(slot, SlotCheck::Full)
+    }
+
     /// The booted slot's image bytes, in place in the mapped flash: what the runtime
     /// loads.
     pub fn image(&self, booted: &BootedSlot) -> &[u8] {

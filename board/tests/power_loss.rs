@@ -38,6 +38,14 @@ fn power_on_once(
 ) -> Result<bool, UpdateError> {
     let booted = u.boot()?;
     let version = assert_valid_model(u, &booted, &fx.images);
+    // Every slot the state record calls bootable holds a whole, signed, valid image:
+    // no slot is ever written while the record could boot it.
+    for slot in SlotId::BOTH {
+        if u.state().slot(slot) != SlotState::Invalid {
+            let checked = u.verify_slot(slot);
+            assert!(checked.is_ok(), "{slot:?} {:?}: {checked:?}", u.state());
+        }
+    }
     match (plan, version) {
         (Plan::Confirm, 2) => {
             if booted.state == SlotState::Trial {
@@ -117,11 +125,11 @@ fn power_cut_at_every_operation_and_again_during_recovery() {
     };
     let mut single = 0u64;
     let mut double = 0u64;
-    for (start, plan) in [
-        (provisioned(), Plan::Confirm),
-        (provisioned(), Plan::Rollback),
-        (with_fallback(), Plan::Confirm),
-        (with_fallback(), Plan::Rollback),
+    for (start, from, plan) in [
+        (provisioned(), "slot B empty", Plan::Confirm),
+        (provisioned(), "slot B empty", Plan::Rollback),
+        (with_fallback(), "slot A a fallback", Plan::Confirm),
+        (with_fallback(), "slot A a fallback", Plan::Rollback),
     ] {
         let clean = complete(start.clone(), plan, &mut Host::default(), &fx);
         let ops = clean.ops() - start.ops();
@@ -129,6 +137,7 @@ fn power_cut_at_every_operation_and_again_during_recovery() {
             ops > 40,
             "{plan:?}: {ops} operations, expected a whole update"
         );
+        println!("{plan:?} from {from}: {ops} write and erase operations");
         for first in 0..ops {
             for torn in [false, true] {
                 let mut host = Host::default();
