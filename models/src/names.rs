@@ -1,4 +1,7 @@
-//! Hugging Face tensor names → Glint's canonical names.
+//! Hugging Face tensor names → Glint's canonical names (the table in
+//! [`glint_format::LlamaTensor`]).
+
+use glint_format::{BlockTensor, LlamaTensor};
 
 /// What a Hugging Face tensor name maps to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,13 +21,13 @@ pub fn canonical_name(hf_name: &str) -> Mapped {
         return Mapped::Ignore;
     }
     let fixed = match hf_name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
+        "model.embed_tokens.weight" => Some(LlamaTensor::TokenEmbd),
+        "model.norm.weight" => Some(LlamaTensor::OutputNorm),
+        "lm_head.weight" => Some(LlamaTensor::Output),
         _ => None,
     };
-    if let Some(name) = fixed {
-        return Mapped::Tensor(name.to_owned());
+    if let Some(t) = fixed {
+        return Mapped::Tensor(t.name());
     }
     let Some(rest) = hf_name.strip_prefix("model.layers.") else {
         return Mapped::Unknown;
@@ -38,22 +41,25 @@ pub fn canonical_name(hf_name: &str) -> Mapped {
     {
         return Mapped::Unknown;
     }
-    let suffix = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
+    let Ok(layer) = layer.parse::<u32>() else {
+        return Mapped::Unknown;
+    };
+    let t = match part {
+        "input_layernorm.weight" => BlockTensor::AttnNorm,
+        "self_attn.q_proj.weight" => BlockTensor::AttnQ,
+        "self_attn.k_proj.weight" => BlockTensor::AttnK,
+        "self_attn.v_proj.weight" => BlockTensor::AttnV,
+        "self_attn.q_proj.bias" => BlockTensor::AttnQBias,
+        "self_attn.k_proj.bias" => BlockTensor::AttnKBias,
+        "self_attn.v_proj.bias" => BlockTensor::AttnVBias,
+        "self_attn.o_proj.weight" => BlockTensor::AttnOutput,
+        "post_attention_layernorm.weight" => BlockTensor::FfnNorm,
+        "mlp.gate_proj.weight" => BlockTensor::FfnGate,
+        "mlp.up_proj.weight" => BlockTensor::FfnUp,
+        "mlp.down_proj.weight" => BlockTensor::FfnDown,
         _ => return Mapped::Unknown,
     };
-    Mapped::Tensor(format!("blk.{layer}.{suffix}"))
+    Mapped::Tensor(LlamaTensor::Block(layer, t).name())
 }
 
 #[cfg(test)]

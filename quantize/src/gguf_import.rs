@@ -6,7 +6,8 @@ use crate::fetch::sha256_file;
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::source::{Encoding, Imported, SourceTensor};
 use glint_format::{
-    Arch, ModelConfig, RopeStyle, TokenizerModel, TokenizerSpec, expected_llama_tensors,
+    Arch, LlamaTensor, ModelConfig, RopeStyle, TokenizerModel, TokenizerSpec,
+    expected_llama_tensors,
 };
 use memmap2::Mmap;
 use std::path::Path;
@@ -101,7 +102,7 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
             .ok_or_else(|| GgufImportError::Missing(key("attention.layer_norm_rms_epsilon")))?,
         rope_style,
         rope_scaling: None,
-        tied_embeddings: g.tensor("output.weight").is_none(),
+        tied_embeddings: g.tensor(&LlamaTensor::Output.name()).is_none(),
         qkv_bias,
         bos: token_id("tokenizer.ggml.bos_token_id"),
         eos,

@@ -6,7 +6,9 @@
 //! into one of [`Imported::files`].
 
 use crate::source::{Encoding, Imported, SourceTensor};
-use glint_format::{ModelConfig, TokenizerModel, TokenizerSpec, expected_llama_tensors};
+use glint_format::{
+    LlamaTensor, ModelConfig, TokenizerModel, TokenizerSpec, expected_llama_tensors,
+};
 use glint_models::{Mapped, ModelError, canonical_name, config_from_hf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
@@ -283,12 +285,13 @@ fn order_tensors(
     config: &mut ModelConfig,
     mut found: HashMap<String, Found>,
 ) -> Result<Vec<SourceTensor>, ImportError> {
-    if !found.contains_key("output.weight") {
+    let head = LlamaTensor::Output.name();
+    if !found.contains_key(&head) {
         config.tied_embeddings = true;
     }
     if config.tied_embeddings {
         // A tied checkpoint that stores the head anyway stores the embedding twice.
-        found.remove("output.weight");
+        found.remove(&head);
     }
     let mut tensors = Vec::with_capacity(found.len());
     for (name, shape) in expected_llama_tensors(config) {

@@ -94,44 +94,7 @@ fn convert(source: &Path, output: &Path, scheme: Scheme) -> Result<()> {
 }
 
 fn inspect(f: &GlintFile<'_>) {
-    let c = f.config();
-    let (major, minor) = f.version();
-    println!("format {major}.{minor}, {} bytes", f.file_len());
-    println!(
-        "config: {:?} dim {} layers {} heads {} kv_heads {} head_dim {} ffn {} vocab {} ctx {} rope_theta {} {:?} scaling {:?} eps {} tied {} qkv_bias {}",
-        c.arch,
-        c.dim,
-        c.n_layers,
-        c.n_heads,
-        c.n_kv_heads,
-        c.head_dim,
-        c.ffn_dim,
-        c.vocab_size,
-        c.context_len,
-        c.rope_theta,
-        c.rope_style,
-        c.rope_scaling,
-        c.norm_eps,
-        c.tied_embeddings,
-        c.qkv_bias
-    );
-    println!(
-        "tokens: bos {:?} eos {:?} eot {:?} pad {:?}",
-        c.bos, c.eos, c.eot, c.pad
-    );
-    let t = f.tokenizer();
-    println!(
-        "tokenizer: {:?} pre {:?}, {} tokens, {} merges, add_bos {}",
-        t.model,
-        t.pre,
-        t.tokens.len(),
-        t.merges.len(),
-        t.add_bos
-    );
-    println!("chat template: {} bytes", f.chat_template().len());
-    for (k, v) in f.provenance() {
-        println!("provenance: {k} = {v}");
-    }
+    print!("{}", f.summary());
     for s in [
         Section::Config,
         Section::Tokenizer,

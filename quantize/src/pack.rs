@@ -5,7 +5,7 @@
 use crate::gguf::{self, GgmlType};
 use crate::source::{Encoding, Imported, SourceTensor};
 use glint_format::quant::{Planes, dequantize_row, quantize};
-use glint_format::{DType, FileMeta, Matrix, TensorOut};
+use glint_format::{DType, FileMeta, LlamaTensor, Matrix, TensorOut};
 use half::{bf16, f16};
 
 /// A packing scheme: which dtype each kind of tensor gets.
@@ -63,7 +63,9 @@ impl Scheme {
         if shape.len() == 1 {
             return DType::F32;
         }
-        let head = name == "token_embd.weight" || name == "output.weight";
+        let head = [LlamaTensor::TokenEmbd, LlamaTensor::Output]
+            .iter()
+            .any(|t| t.name() == name);
         let cols = shape.last().copied().unwrap_or(0);
         let symmetric = |largest: DType| {
             [DType::Q4G128, DType::Q4G64, DType::Q4G32]

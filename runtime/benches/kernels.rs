@@ -15,17 +15,7 @@ use glint_format::{DType, Matrix};
 use glint_runtime::backend::cpu::kernels::{Kernel, QuantActs, int8_supported};
 use std::hint::black_box;
 
-fn sample(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use glint_format::quant::test_values as sample;
 
 fn kernels(c: &mut Criterion) {
     let cases = [

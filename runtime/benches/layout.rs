@@ -35,17 +35,7 @@ const Q4_1_BLOCK: usize = 20;
 /// without the 600 MB f32 source).
 const CHUNK_ROWS: usize = 4096;
 
-fn sample(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use glint_format::quant::test_values as sample;
 
 /// Where a kernel finds block `i = row * blocks + b`: its 16 nibble bytes, f16 d and m.
 trait Layout: Sync {

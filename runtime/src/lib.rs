@@ -40,32 +40,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// A human-readable summary of a loaded model and what runs it (the one header
-/// printer: `glint info`, `glint bench`), with the KV cache of type `kv`.
+/// A human-readable summary of a loaded model for `glint info`: the file's header
+/// ([`glint_format::GlintFile::summary`]), memory with a KV cache of type `kv`, and
+/// what runs it.
 pub fn describe<B: Backend>(model: &Model<B>, kv: KvType) -> String {
     let f = model.file();
     let c = model.config();
-    let mut s = String::new();
-    let scheme = f.provenance_value("scheme").unwrap_or("?");
-    let source = f.provenance_value("source").unwrap_or("?");
-    s += &format!(
-        "file: {} bytes, format {}.{}, scheme {scheme}, from {source}\n",
-        f.file_len(),
-        f.version().0,
-        f.version().1
-    );
-    s += &format!(
-        "model: {:?}, dim {}, {} layers, {} heads ({} kv), head dim {}, ffn {}, vocab {}, context {}\n",
-        c.arch,
-        c.dim,
-        c.n_layers,
-        c.n_heads,
-        c.n_kv_heads,
-        c.head_dim,
-        c.ffn_dim,
-        c.vocab_size,
-        c.context_len
-    );
+    let mut s = f.summary();
     s += &format!(
         "memory: weights mapped {:.1} MiB; {} KV cache {:.1} KiB per position ({:.1} MiB at full context)\n",
         f.file_len() as f64 / (1 << 20) as f64,

@@ -413,6 +413,53 @@ impl<'a> GlintFile<'a> {
     pub fn file_len(&self) -> u64 {
         self.bytes.len() as u64
     }
+    /// The header in a few lines (format, architecture, tokens, tokenizer, template,
+    /// provenance): the one header printer, shared by `glint info` and
+    /// `glint-quantize inspect`.
+    pub fn summary(&self) -> String {
+        let c = self.config();
+        let t = self.tokenizer();
+        let (major, minor) = self.version();
+        let mut s = format!(
+            "file: {} bytes, format {major}.{minor}, scheme {}, from {}\n",
+            self.file_len(),
+            self.provenance_value("scheme").unwrap_or("?"),
+            self.provenance_value("source").unwrap_or("?"),
+        );
+        s += &format!(
+            "model: {:?}, dim {}, {} layers, {} heads ({} kv), head dim {}, ffn {}, vocab {}, context {}\n",
+            c.arch,
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.ffn_dim,
+            c.vocab_size,
+            c.context_len
+        );
+        s += &format!(
+            "rope: theta {} {:?}, scaling {:?}; norm eps {}; tied embeddings {}; qkv bias {}\n",
+            c.rope_theta, c.rope_style, c.rope_scaling, c.norm_eps, c.tied_embeddings, c.qkv_bias
+        );
+        s += &format!(
+            "tokens: bos {:?} eos {:?} eot {:?} pad {:?}\n",
+            c.bos, c.eos, c.eot, c.pad
+        );
+        s += &format!(
+            "tokenizer: {:?} pre {:?}, {} tokens, {} merges, add_bos {}\n",
+            t.model,
+            t.pre,
+            t.tokens.len(),
+            t.merges.len(),
+            t.add_bos
+        );
+        s += &format!("chat template: {} bytes\n", self.chat_template().len());
+        for (k, v) in self.provenance() {
+            s += &format!("provenance: {k} = {v}\n");
+        }
+        s
+    }
 
     /// Reads every byte: checks the SHA-256 of the file and the CRC-32 of every tensor.
     /// The normal load path does not call this.

@@ -185,6 +185,21 @@ fn libm_round(x: f32) -> f32 {
     }
 }
 
+/// `n` deterministic pseudo-random values in `[-1, 1)` from `seed` (xorshift32): the
+/// one generator of test and benchmark data across the workspace, so a failing case
+/// is reproduced from its seed alone.
+pub fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,16 +215,7 @@ mod tests {
     }
 
     fn sample(n: usize) -> Vec<f32> {
-        // Deterministic pseudo-random values in [-1, 1).
-        let mut s = 0x1234_5678u32;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
+        test_values(n, 0x1234_5678)
     }
 
     #[test]

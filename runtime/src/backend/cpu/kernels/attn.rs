@@ -491,17 +491,7 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn sample(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use glint_format::quant::test_values as sample;
 
     /// Keys or values of `len` positions in the cache type `T`: int8 goes through
     /// [`store_q8`] row by row (block scales), the float types element by element.

@@ -12,17 +12,7 @@ const DTYPES: [DType; 7] = [
 ];
 
 /// Deterministic pseudo-random values in [-1, 1).
-fn sample(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use glint_format::quant::test_values as sample;
 
 /// Random weights with a different scale and offset per row (so the int4 minimums and
 /// the scales vary a lot), quantized to `dtype`.
