@@ -43,7 +43,7 @@ fn kernels(c: &mut Criterion) {
                 b.iter(|| k.matmul_rows(&w, black_box(&x), n, 0..rows, &mut y))
             });
             if int8_supported(dtype) {
-                let mut a = QuantActs::new(n, cols);
+                let mut a = QuantActs::new(n, cols).unwrap();
                 a.quantize(Kernel::best(), &x, n, cols);
                 g.bench_function(BenchmarkId::new("int8", k.name()), |b| {
                     b.iter(|| k.matmul_q8act_rows(&w, black_box(&a), 0..rows, &mut y))

@@ -229,3 +229,43 @@ fn a_model_loads_from_bytes_and_from_a_range_of_a_file() {
     let err = Engine::load(past, cpu(None)).err().expect("refused");
     assert!(err.to_string().contains("outside the file"), "{err}");
 }
+
+#[test]
+fn a_forward_pass_refuses_what_would_not_fit_with_typed_errors() {
+    use glint_runtime::model::ForwardError;
+    let engine = Engine::load(model_path(), cpu(Some(Kernel::Scalar))).unwrap();
+    let m = engine.model();
+    let vocab = m.config().vocab_size;
+    let mut cache = m.cache(4, KvType::F16).unwrap();
+    let mut scratch = m.scratch(2, 4, false).unwrap();
+    let mut run = |tokens: &[u32]| m.forward(tokens, &mut cache, &mut scratch);
+    assert_eq!(run(&[]), Err(ForwardError::Empty));
+    assert_eq!(run(&[vocab]), Err(ForwardError::BadToken(vocab)));
+    assert_eq!(
+        run(&[1, 2, 3]),
+        Err(ForwardError::BatchTooLarge {
+            tokens: 3,
+            batch: 2
+        })
+    );
+    run(&[1, 2]).unwrap();
+    run(&[3, 4]).unwrap();
+    assert_eq!(
+        run(&[5]),
+        Err(ForwardError::ContextFull {
+            tokens: 1,
+            used: 4,
+            capacity: 4
+        })
+    );
+    // A scratch that attends over fewer positions than the cache holds.
+    let mut big = m.cache(8, KvType::F16).unwrap();
+    let mut small = m.scratch(2, 4, false).unwrap();
+    assert_eq!(
+        m.forward(&[1], &mut big, &mut small),
+        Err(ForwardError::ScratchTooSmall {
+            scratch: 4,
+            cache: 8
+        })
+    );
+}

@@ -44,7 +44,7 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     /// A backend with `opts`; starts its worker threads. `Err` if the CPU cannot run
-    /// the kernel asked for.
+    /// the kernel asked for or the OS refuses the threads.
     pub fn new(opts: CpuOptions) -> Result<Self, BackendError> {
         let kernel = opts.kernel.unwrap_or_else(Kernel::best);
         if !kernel.available() {
@@ -60,7 +60,9 @@ impl CpuBackend {
         Ok(Self {
             kernel,
             precision: opts.precision,
-            pool: ThreadPool::new(threads),
+            pool: ThreadPool::new(threads).map_err(|e| {
+                BackendError::Unsupported(format!("cannot start {threads} threads: {e}"))
+            })?,
         })
     }
 
@@ -208,7 +210,8 @@ impl Backend for CpuBackend {
     }
 
     fn scratch(&self, shape: &ModelShape, size: ScratchSize) -> Result<CpuScratch, BackendError> {
-        let batch = size.batch.max(1);
+        // More tokens per call than the cache holds could never run.
+        let batch = size.batch.clamp(1, size.capacity.max(1));
         let size = ScratchSize { batch, ..size };
         let mut acts: [Vec<f32>; Act::ALL.len()] = Default::default();
         for a in Act::ALL {
@@ -238,7 +241,12 @@ impl Backend for CpuBackend {
             acts,
             scores: zeroed(scores, "attention scores")?,
             rope: zeroed(batch * shape.attn.head_dim, "rope angles")?,
-            qa: QuantActs::new(batch, widest),
+            qa: QuantActs::new(batch, widest).map_err(|_| BackendError::OutOfMemory {
+                what: "quantized activations",
+                bytes: (batch as u64)
+                    .saturating_mul(widest as u64)
+                    .saturating_mul(4),
+            })?,
         })
     }
 

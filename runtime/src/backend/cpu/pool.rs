@@ -47,7 +47,8 @@ pub struct ThreadPool {
 
 impl ThreadPool {
     /// A pool running jobs on `threads` threads in all (the caller counts as one).
-    pub fn new(threads: usize) -> Self {
+    /// `Err` if the OS refuses a thread; the workers already started are stopped.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
@@ -59,20 +60,20 @@ impl ThreadPool {
             wake: Condvar::new(),
         });
         let n = threads.max(1);
-        let workers = (1..n)
-            .map(|index| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("glint-worker-{index}"))
-                    .spawn(move || worker(&shared, index, n))
-                    .expect("spawn a worker thread")
-            })
-            .collect();
-        Self {
+        let mut pool = Self {
             shared,
-            workers,
+            workers: Vec::with_capacity(n - 1),
             dispatch: Mutex::new(()),
+        };
+        for index in 1..n {
+            let shared = Arc::clone(&pool.shared);
+            // On error `pool` is dropped, which stops and joins the started workers.
+            let worker = std::thread::Builder::new()
+                .name(format!("glint-worker-{index}"))
+                .spawn(move || worker(&shared, index, n))?;
+            pool.workers.push(worker);
         }
+        Ok(pool)
     }
 
     /// Threads that run each job (workers plus the caller).
@@ -190,7 +191,7 @@ mod tests {
 
     #[test]
     fn every_thread_runs_every_job() {
-        let pool = ThreadPool::new(3);
+        let pool = ThreadPool::new(3).unwrap();
         let sum = AtomicU64::new(0);
         for round in 0..1000u64 {
             pool.run(&|i, n| {
@@ -219,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_reaches_the_caller_and_the_pool_survives() {
-        let pool = ThreadPool::new(2);
+        let pool = ThreadPool::new(2).unwrap();
         let r = catch_unwind(AssertUnwindSafe(|| {
             pool.run(&|i, _| assert_ne!(i, 1, "boom"))
         }));

@@ -29,6 +29,7 @@
 //! [`super`].
 
 use core::ops::Range;
+use std::collections::TryReserveError;
 
 use glint_format::{BLOCK, DType, Matrix};
 use half::f16;
@@ -84,24 +85,26 @@ const ROUND: f32 = 12_582_912.0;
 
 impl QuantActs {
     /// Room for up to `max_n` rows of up to `max_cols` (a multiple of 32) elements.
-    pub fn new(max_n: usize, max_cols: usize) -> Self {
+    /// `Err` when the memory cannot be had (or its size overflows).
+    pub fn new(max_n: usize, max_cols: usize) -> Result<Self, TryReserveError> {
         let (nat, nib, blk) = Self::strides(max_cols);
         let n = max_n.max(1);
-        Self {
+        let tiled = n.next_multiple_of(TILE);
+        Ok(Self {
             n: 0,
             cols: 0,
             max_n: n,
             max_cols,
-            nat: vec![0; n * nat],
-            nib: vec![0; n * nib],
-            corr: vec![0; n * nat / 4],
-            d: vec![0.0; n * blk],
-            s: vec![0.0; n * blk],
-            d4: vec![0.0; n * nib / 8],
-            til: vec![0; n.next_multiple_of(TILE) * max_cols],
-            td: vec![0.0; n.next_multiple_of(TILE) * max_cols / BLOCK],
-            ts: vec![0.0; n.next_multiple_of(TILE) * max_cols / BLOCK],
-        }
+            nat: zeros(n, nat)?,
+            nib: zeros(n, nib)?,
+            corr: zeros(n, nat / 4)?,
+            d: zeros(n, blk)?,
+            s: zeros(n, blk)?,
+            d4: zeros(n, nib / 8)?,
+            til: zeros(tiled, max_cols)?,
+            td: zeros(tiled, max_cols / BLOCK)?,
+            ts: zeros(tiled, max_cols / BLOCK)?,
+        })
     }
 
     /// Row strides for `cols`: natural-order bytes, nibble-order bytes, blocks.
@@ -242,6 +245,15 @@ impl QuantActs {
     fn sum(&self, i: usize, b: usize) -> f32 {
         self.s[i * self.stride_blk() + b]
     }
+}
+
+/// `rows * cols` zeros, or an error instead of an abort when the memory is not there.
+fn zeros<T: Clone + Default>(rows: usize, cols: usize) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    // An impossible size fails the reservation like an allocation that does not fit.
+    v.try_reserve_exact(rows.checked_mul(cols).unwrap_or(usize::MAX))?;
+    v.resize(rows * cols, T::default());
+    Ok(v)
 }
 
 /// Whether [`QuantActs::quantize`] uses the AVX-512 row quantizer (bit-identical to

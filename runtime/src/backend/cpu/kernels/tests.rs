@@ -314,7 +314,7 @@ fn throughput() {
                 best * 1e6
             );
             if int8_supported(dtype) {
-                let mut a = QuantActs::new(n, cols);
+                let mut a = QuantActs::new(n, cols).unwrap();
                 a.quantize(Kernel::best(), &x, n, cols);
                 let mut best = f64::INFINITY;
                 for _ in 0..60 {
@@ -398,7 +398,7 @@ fn int8_activation_kernels_match_the_scalar_reference() {
                 // A zero block (scale 0) and a large outlier.
                 x[..BLOCK.min(cols)].fill(0.0);
                 x[cols - 1] = 40.0;
-                let mut a = QuantActs::new(40, 2048);
+                let mut a = QuantActs::new(40, 2048).unwrap();
                 // A bigger batch first: the padding of the last tile must be cleared.
                 a.quantize(Kernel::best(), &sample(40 * cols, 5), 40, cols);
                 a.quantize(Kernel::best(), &x, n, cols);
@@ -455,7 +455,7 @@ fn int8_one_row_wide_rows_match_the_scalar_reference() {
         let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
         let mut x = sample(cols, 3 + rows as u32);
         x[cols - 1] = -25.0;
-        let mut a = QuantActs::new(1, cols);
+        let mut a = QuantActs::new(1, cols).unwrap();
         a.quantize(Kernel::best(), &x, 1, cols);
         let want = reference_q8act(&w, &x, 1);
         let mut scalar = vec![f32::NAN; rows];
@@ -489,7 +489,7 @@ fn int8_activation_path_is_close_to_the_exact_path() {
         let w = Matrix::from_bytes(dtype, rows, cols, &bytes).unwrap();
         let x = sample(cols, 5);
         let want = reference(&w, &x);
-        let mut a = QuantActs::new(1, cols);
+        let mut a = QuantActs::new(1, cols).unwrap();
         a.quantize(Kernel::best(), &x, 1, cols);
         let mut y = vec![0f32; rows];
         Kernel::best().matmul_q8act_rows(&w, &a, 0..rows, &mut y);
@@ -510,7 +510,7 @@ fn int8_activation_path_is_close_to_the_exact_path() {
 fn int8_activations_refuse_float_weights() {
     let bytes = weights(DType::F16, 2, 32, 1);
     let w = Matrix::from_bytes(DType::F16, 2, 32, &bytes).unwrap();
-    let mut a = QuantActs::new(1, 32);
+    let mut a = QuantActs::new(1, 32).unwrap();
     a.quantize(Kernel::best(), &[0.5; 32], 1, 32);
     Kernel::best().matmul_q8act_rows(&w, &a, 0..2, &mut [0.0; 2]);
 }
