@@ -251,7 +251,7 @@ impl QuantActs {
 fn zeros<T: Clone + Default>(rows: usize, cols: usize) -> Result<Vec<T>, TryReserveError> {
     let mut v = Vec::new();
     // An impossible size fails the reservation like an allocation that does not fit.
-    v.try_reserve_exact(rows.checked_mul(cols).unwrap_or(usize::MAX))?;
+    v.try_reserve_exact(rows.saturating_mul(cols))?;
     v.resize(rows * cols, T::default());
     Ok(v)
 }
