@@ -3,9 +3,13 @@
 //! Outputs are checked against llama.cpp's fixture (`tests/fixtures/`), and every
 //! failure must be a non-zero exit with a clear message, never a panic.
 
+#[path = "../../tests/tests/common/mod.rs"]
+mod common;
+
+use common::{ids, model_path};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -25,17 +29,6 @@ fn model_args() -> Vec<OsString> {
         v.extend(["-m".into(), m]);
     }
     v
-}
-
-/// The model file the CLI uses, for tests that also load it in-process.
-fn model_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| match std::env::var_os("GLINT_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => glint_quantize::default_model(|m| eprintln!("{m}"))
-            .expect("fetch and pack the default model"),
-    })
-    .clone()
 }
 
 /// `args` then the model arguments.
@@ -78,21 +71,7 @@ fn fails(o: &Output, needles: &[&str]) {
 
 fn fixture() -> &'static serde_json::Value {
     static F: OnceLock<serde_json::Value> = OnceLock::new();
-    F.get_or_init(|| {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llamacpp-smollm2.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        serde_json::from_str(&text).expect("fixture JSON")
-    })
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| u32::try_from(x.as_u64().expect("id")).expect("u32 id"))
-        .collect()
+    F.get_or_init(|| common::fixture("llamacpp-smollm2.json"))
 }
 
 fn last_line(s: &str) -> &str {
@@ -246,10 +225,8 @@ fn info_describes_the_model() {
 fn perplexity_prints_ppl_last() {
     // The first ~1500 characters of the evaluation text: a few hundred tokens, so four
     // or five windows of 64.
-    let full = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/eval-gpl3.txt"),
-    )
-    .expect("read eval-gpl3.txt");
+    let full = std::fs::read_to_string(Path::new(common::FIXTURES).join("eval-gpl3.txt"))
+        .expect("read eval-gpl3.txt");
     let mut cut = 1500.min(full.len());
     while !full.is_char_boundary(cut) {
         cut -= 1;

@@ -1,4 +1,6 @@
-//! Shared helpers: the real model and llama.cpp's fixture.
+//! Shared helpers: the real model and llama.cpp's fixture. Also used by the runtime's
+//! CLI tests (`runtime/tests/cli.rs`, through `#[path]`), so paths do not depend on
+//! which crate includes it.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -22,11 +24,12 @@ pub fn gguf_path() -> PathBuf {
     glint_quantize::fetch::fetch_gguf(&glint_quantize::fetch::cache_dir()).expect("fetch the GGUF")
 }
 
-/// `tests/fixtures/<name>` (llama.cpp's outputs, copied in) parsed as JSON.
+/// The fixtures folder, `tests/fixtures/` (llama.cpp's outputs, copied in).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+
+/// `tests/fixtures/<name>` parsed as JSON.
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
+    let path = PathBuf::from(FIXTURES).join(name);
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture JSON")
