@@ -249,6 +249,9 @@ impl<'a> Manifest<'a> {
     /// The SHA-256 of chunk `index`.
     pub fn chunk_sha256(&self, index: u32) -> Option<[u8; HASH_LEN]> {
         let at = SIGNED_LEN.checked_add((index as usize).checked_mul(HASH_LEN)?)?;
-        self.bytes.get(at..at + HASH_LEN)?.try_into().ok()
+        self.bytes
+            .get(at..at.checked_add(HASH_LEN)?)?
+            .try_into()
+            .ok()
     }
 }

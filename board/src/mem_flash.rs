@@ -180,7 +180,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MemFlash<WRITE, ERASE>
         }
         let old = self.bytes.get(range.clone()).unwrap_or_default();
         if let Some(at) = old.iter().zip(bytes).position(|(&o, &n)| n & !o != 0) {
-            return Err(MemFlashError::NotErased(offset + at as u32));
+            return Err(MemFlashError::NotErased(offset.saturating_add(at as u32)));
         }
         let applied = match self.next_op() {
             None => bytes.len(),
