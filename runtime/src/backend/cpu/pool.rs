@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 /// A job: called once per thread with `(thread_index, n_threads)`.
 type Job<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
-struct Shared {
+struct PoolState {
     generation: AtomicUsize,
     remaining: AtomicUsize,
     stop: AtomicBool,
@@ -32,14 +32,14 @@ struct Shared {
 // SAFETY: `job` is written only by the dispatching thread while no worker reads it
 // (between generations) and read by workers only after they observe the new
 // generation (Acquire), which the dispatcher publishes (Release) after the write.
-unsafe impl Sync for Shared {}
+unsafe impl Sync for PoolState {}
 
 /// Iterations a worker spins waiting for the next job before it sleeps (~50-100 µs).
 const SPIN_LIMIT: u32 = 20_000;
 
 /// A fixed set of worker threads; see the module docs.
 pub struct ThreadPool {
-    shared: Arc<Shared>,
+    shared: Arc<PoolState>,
     workers: Vec<JoinHandle<()>>,
     /// Serialises dispatch: one job at a time per pool.
     dispatch: Mutex<()>,
@@ -49,7 +49,7 @@ impl ThreadPool {
     /// A pool running jobs on `threads` threads in all (the caller counts as one).
     /// `Err` if the OS refuses a thread; the workers already started are stopped.
     pub fn new(threads: usize) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PoolState {
             generation: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -125,7 +125,7 @@ impl ThreadPool {
     }
 }
 
-fn worker(s: &Shared, index: usize, n: usize) {
+fn worker(s: &PoolState, index: usize, n: usize) {
     let mut seen = 0usize;
     loop {
         let mut spins = 0u32;
