@@ -127,6 +127,8 @@ def main():
     ap.add_argument("-n", type=int, default=128, help="generated tokens")
     ap.add_argument("-r", type=int, default=3, help="repetitions per engine call")
     ap.add_argument("--precision", default="int8", help="Glint precision: int8 or exact")
+    ap.add_argument("--glint", type=Path, help="the `glint` binary to measure (default: build "
+                    "target/release/glint)")
     ap.add_argument("--baseline", type=Path, help="an earlier `glint` binary, run in the same rounds "
                     "(before/after comparisons of a change)")
     args = ap.parse_args()
@@ -134,7 +136,9 @@ def main():
     cache = Path(os.environ.get("GLINT_CACHE", ROOT / "target/glint-cache"))
     cache.mkdir(parents=True, exist_ok=True)
     os.environ["GLINT_CACHE"] = str(cache)
-    run(["cargo", "build", "--release", "-p", "glint-runtime", "-p", "glint-quantize"], cwd=ROOT)
+    if not args.glint:
+        run(["cargo", "build", "--release", "-p", "glint-runtime", "-p", "glint-quantize"], cwd=ROOT)
+    current = args.glint or ROOT / "target/release/glint"
     quantize = ROOT / "target/release/glint-quantize"
     # `fetch` leaves the GGUF in the cache and prints the q4g32a pack of it.
     q4_1_glint = Path(out([quantize, "fetch"]).strip().splitlines()[-1])
@@ -156,7 +160,8 @@ def main():
         for t in threads:
             for name, (gguf, glint) in models.items():
                 engines = [("llama.cpp", lambda: llama_bench(bin_dir, gguf, t, args.p, args.n, args.r)),
-                           ("glint", lambda: glint_bench(glint, t, args.p, args.n, args.r, args.precision))]
+                           ("glint", lambda: glint_bench(glint, t, args.p, args.n, args.r, args.precision,
+                                                         current))]
                 if args.baseline:
                     engines.append(("baseline", lambda: glint_bench(glint, t, args.p, args.n, args.r,
                                                                     args.precision, args.baseline)))
