@@ -1,26 +1,25 @@
 //! Byte-level BPE (GPT-2 style) and SentencePiece BPE tokenizers that
 //! reproduce llama.cpp's `llama-tokenize` token for token.
 //!
-//! Encoding follows llama.cpp's `llama_vocab::tokenize` for `gpt2` vocabs:
+//! Encoding follows llama.cpp's `llama_vocab::tokenize`:
 //!
 //! 1. With `parse_special`, control/unknown tokens written in the text are cut
 //!    out first (user-defined tokens always are), longest token text first,
 //!    exactly as `tokenizer_st_partition` does.
-//! 2. Each remaining fragment is split into words by the pre-tokenizer
-//!    ([`PreTokenizer`]).
-//! 3. Each word's bytes are mapped to GPT-2's printable alphabet and merged
-//!    pairwise, lowest merge rank first (leftmost on ties), as
-//!    `llm_tokenizer_bpe_session` does.
+//! 2. Each remaining fragment is encoded by the vocabulary's [`Segmenter`]:
+//!    byte-level BPE (`gpt2` vocabs, the `bpe` module) splits it into words
+//!    with the pre-tokenizer ([`PreTokenizer`]) and merges each word's bytes
+//!    by merge rank; SentencePiece (`llama` vocabs, the `spm` module) merges
+//!    its characters by score, with byte-token fallback.
 //!
-//! For SentencePiece (`llama`) vocabs, step 1 is the same and each remaining
-//! fragment is then encoded by score-ranked merges over its characters, with
-//! byte-token fallback (see [`TokenizerModel::SentencePiece`] and the `spm`
-//! module).
+//! The token tables, special-token matching and decoding are shared; only
+//! encoding a fragment and rendering a token's text differ between the two.
 //!
 //! Decoding is the concatenation of llama.cpp's `token_to_piece` outputs;
 //! [`StreamDecoder`] turns a token stream into text without ever splitting a
 //! UTF-8 character.
 
+mod bpe;
 mod pretokenize;
 mod spm;
 #[cfg(test)]
@@ -31,12 +30,12 @@ mod unicode;
 mod unicode_tables;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 pub use glint_format::TokenizerModel;
 pub use pretokenize::PreTokenizer;
-use unicode::{BYTE_TO_CHAR, char_to_byte};
 
 /// Everything needed to build a [`Tokenizer`], as stored in a GGUF file's
 /// `tokenizer.ggml.*` keys.
@@ -210,10 +209,6 @@ const EOG_TEXTS: &[&str] = &[
     "<end_of_utterance>",
 ];
 
-/// Marks a byte whose GPT-2 character is neither a token nor part of any
-/// merge: it can never merge and is emitted through the byte fallback.
-const NO_SYMBOL: u32 = u32::MAX;
-
 /// A small, fast hasher (the rustc/Firefox "Fx" hash). Keys are the model's
 /// own vocabulary and merge ids, not attacker-chosen insertions, so DoS
 /// resistance buys nothing and SipHash would dominate build time.
@@ -280,19 +275,37 @@ impl Hasher for FxHasher {
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
-/// Key of the merge table: the two symbol ids of a pair.
-#[inline]
-fn pair_key(left: u32, right: u32) -> u64 {
-    (u64::from(left) << 32) | u64::from(right)
+/// The model-specific half of a [`Tokenizer`] ([`bpe::Bpe`] or
+/// [`spm::Spm`]): how a fragment of plain text becomes tokens and how a
+/// token's text renders as bytes. Built once by [`Tokenizer::new`] from the
+/// [`Vocabulary`] and the shared token tables; everything else (the tables,
+/// special-token matching, decoding) is shared.
+trait Segmenter: std::fmt::Debug + Send + Sync {
+    /// The algorithm this is.
+    fn model(&self) -> TokenizerModel;
+
+    /// Whether fragments that start the text or follow a special token get a
+    /// leading space (SentencePiece's `add_space_prefix`).
+    fn add_space_prefix(&self) -> bool;
+
+    /// Appends the tokens of `fragment`, a run of text between special tokens
+    /// (`after_special`: it starts the text or follows a special token).
+    fn encode_fragment(
+        &self,
+        token_to_id: &FxMap<Box<str>, u32>,
+        fragment: &str,
+        after_special: bool,
+        scratch: &mut EncodeScratch,
+        out: &mut Vec<u32>,
+    );
+
+    /// Appends the bytes of a token of type `ty` whose vocabulary string is
+    /// `text`, as llama.cpp's `token_to_piece(special = true)` renders it.
+    fn render_piece(&self, text: &str, ty: TokenType, out: &mut Vec<u8>);
 }
 
 /// A byte-level BPE or SentencePiece tokenizer matching llama.cpp's
 /// `llama-tokenize`.
-///
-/// Symbols during byte-level BPE merging are ids: real token ids below `vocab_size`, and
-/// ids above it for strings that merges produce or consume but that are not
-/// tokens themselves (absent in well-formed vocabularies, but llama.cpp
-/// merges by string, so they must still take part).
 #[derive(Clone)]
 pub struct Tokenizer {
     /// Token strings as given (empty ones replaced as llama.cpp does).
@@ -303,19 +316,12 @@ pub struct Tokenizer {
     /// `piece_bytes[piece_ranges[id]..piece_ranges[id + 1]]` is token `id`.
     piece_ranges: Vec<u32>,
     token_to_id: FxMap<Box<str>, u32>,
-    /// `(left, right)` symbol ids → `(rank, merged symbol id)`.
-    merges: FxMap<u64, (u32, u32)>,
-    /// Initial symbol of each byte (`NO_SYMBOL` if it has none).
-    byte_symbol: [u32; 256],
-    /// Token of the one-byte string of each ASCII byte, for the fallback.
-    ascii_token: [Option<u32>; 128],
     /// Special tokens by decreasing text length (llama.cpp's match order).
     specials: Vec<u32>,
+    /// Reported by [`Tokenizer::pre_tokenizer`]; byte-level BPE keeps its own.
     pre: PreTokenizer,
-    /// SentencePiece state; `None` for byte-level BPE.
-    spm: Option<spm::Spm>,
-    /// llama.cpp's `ignore_merges`: a word that is a token is used as is.
-    ignore_merges: bool,
+    /// Encodes the text between special tokens; shared by clones.
+    segmenter: Arc<dyn Segmenter>,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
@@ -331,21 +337,9 @@ impl Tokenizer {
     /// length, a BOS/EOS id outside the vocabulary, or `add_bos` without a
     /// BOS id.
     pub fn new(spec: Vocabulary<'_>) -> Result<Self, TokenizerError> {
-        let is_spm = spec.model == TokenizerModel::SentencePiece;
-        let pre = match PreTokenizer::from_name(spec.pre) {
-            Some(pre) => pre,
-            None if is_spm => PreTokenizer::Default,
-            None => return Err(TokenizerError::UnknownPreTokenizer(spec.pre.to_owned())),
-        };
         let n_tokens = spec.tokens.len();
-        // Every merge may add up to three intermediate ids on top of tokens
-        // (byte-level BPE; SentencePiece symbols are texts, not ids).
-        let id_space = if is_spm {
-            n_tokens
-        } else {
-            n_tokens.saturating_add(spec.merges.len().saturating_mul(3))
-        };
-        if u32::try_from(id_space).is_err() || id_space == u32::MAX as usize {
+        // Byte-level BPE also checks room for its merge intermediates.
+        if u32::try_from(n_tokens).is_err() || n_tokens == u32::MAX as usize {
             return Err(TokenizerError::TooLarge(n_tokens));
         }
         if !spec.token_types.is_empty() && spec.token_types.len() != n_tokens {
@@ -388,44 +382,19 @@ impl Tokenizer {
             types.push(ty);
         }
 
-        let (merges, spm) = if is_spm {
-            let spm = spm::Spm::new(
-                spec.scores,
-                &spec.merges,
-                &token_to_id,
-                &types,
-                spec.add_space_prefix,
-            )?;
-            let none = BuiltMerges {
-                table: FxMap::default(),
-                byte_symbol: [NO_SYMBOL; 256],
-            };
-            (none, Some(spm))
-        } else {
-            let merges = Self::build_merges(&spec.merges, &token_to_id, n_tokens)?;
-            (merges, None)
+        let segmenter: Arc<dyn Segmenter> = match spec.model {
+            TokenizerModel::ByteLevelBpe => Arc::new(bpe::Bpe::new(&spec, &token_to_id)?),
+            TokenizerModel::SentencePiece => Arc::new(spm::Spm::new(&spec, &token_to_id, &types)?),
         };
 
         let mut piece_bytes = Vec::with_capacity(n_tokens * 6);
         let mut piece_ranges = Vec::with_capacity(n_tokens + 1);
         piece_ranges.push(0);
         for (text, &ty) in texts.iter().zip(&types) {
-            if is_spm {
-                spm::render_piece(text, ty, &mut piece_bytes);
-            } else {
-                render_piece(text, ty, &mut piece_bytes);
-            }
+            segmenter.render_piece(text, ty, &mut piece_bytes);
             let end =
                 u32::try_from(piece_bytes.len()).map_err(|_| TokenizerError::TooLarge(n_tokens))?;
             piece_ranges.push(end);
-        }
-
-        let mut ascii_token = [None; 128];
-        for (b, slot) in ascii_token.iter_mut().enumerate() {
-            let s = [b as u8];
-            if let Ok(s) = std::str::from_utf8(&s) {
-                *slot = token_to_id.get(s).copied();
-            }
         }
 
         let mut specials: Vec<u32> = (0..n_tokens as u32)
@@ -436,72 +405,19 @@ impl Tokenizer {
         specials.sort_by_key(|&id| Reverse(texts[id as usize].len()));
 
         Ok(Self {
-            byte_symbol: merges.byte_symbol,
-            merges: merges.table,
             texts,
             types,
             piece_bytes,
             piece_ranges,
             token_to_id,
-            ascii_token,
             specials,
-            ignore_merges: pre == PreTokenizer::Llama3,
-            pre,
-            spm,
+            // SentencePiece has no pre-tokenizer and accepts any name.
+            pre: PreTokenizer::from_name(spec.pre).unwrap_or(PreTokenizer::Default),
+            segmenter,
             bos: spec.bos,
             eos: spec.eos,
             add_bos: spec.add_bos,
         })
-    }
-
-    /// Parses the merges into the id-pair table and finds each byte's initial
-    /// symbol. Strings that are not tokens get ids from `n_tokens` upwards.
-    fn build_merges(
-        merges: &[&str],
-        token_to_id: &FxMap<Box<str>, u32>,
-        n_tokens: usize,
-    ) -> Result<BuiltMerges, TokenizerError> {
-        let mut table: FxMap<u64, (u32, u32)> =
-            FxMap::with_capacity_and_hasher(merges.len(), BuildHasherDefault::default());
-        let mut extra: FxMap<String, u32> = FxMap::default();
-        let mut next_extra = n_tokens as u32;
-        let mut joined = String::new();
-        let mut intern = |s: &str, extra: &mut FxMap<String, u32>| -> u32 {
-            if let Some(&id) = token_to_id.get(s) {
-                return id;
-            }
-            if let Some(&id) = extra.get(s) {
-                return id;
-            }
-            let id = next_extra;
-            next_extra += 1;
-            extra.insert(s.to_owned(), id);
-            id
-        };
-        for (rank, &merge) in merges.iter().enumerate() {
-            let (left, right) = split_merge(rank, merge)?;
-            joined.clear();
-            joined.push_str(left);
-            joined.push_str(right);
-            let left = intern(left, &mut extra);
-            let right = intern(right, &mut extra);
-            let merged = intern(&joined, &mut extra);
-            // The first occurrence of a pair keeps its rank (`emplace`).
-            table
-                .entry(pair_key(left, right))
-                .or_insert((rank as u32, merged));
-        }
-        let mut byte_symbol = [NO_SYMBOL; 256];
-        let mut buf = [0u8; 4];
-        for (b, slot) in byte_symbol.iter_mut().enumerate() {
-            let s: &str = BYTE_TO_CHAR[b].encode_utf8(&mut buf);
-            *slot = token_to_id
-                .get(s)
-                .or_else(|| extra.get(s))
-                .copied()
-                .unwrap_or(NO_SYMBOL);
-        }
-        Ok(BuiltMerges { table, byte_symbol })
     }
 
     /// Number of tokens in the vocabulary.
@@ -539,18 +455,14 @@ impl Tokenizer {
 
     /// The tokenizer algorithm.
     pub fn model(&self) -> TokenizerModel {
-        if self.spm.is_some() {
-            TokenizerModel::SentencePiece
-        } else {
-            TokenizerModel::ByteLevelBpe
-        }
+        self.segmenter.model()
     }
 
     /// Whether SentencePiece encoding prefixes text with a space (`▁`) at the
     /// start and after each special token. Decoding keeps that space, as
     /// llama.cpp's `token_to_piece` does; `false` for byte-level BPE.
     pub fn add_space_prefix(&self) -> bool {
-        self.spm.as_ref().is_some_and(|s| s.add_space_prefix)
+        self.segmenter.add_space_prefix()
     }
 
     /// Beginning-of-sequence token id.
@@ -590,22 +502,18 @@ impl Tokenizer {
             out.extend(self.bos);
         }
         let mut scratch = EncodeScratch::default();
-        // SentencePiece: the start of the text counts as following a special.
+        // The start of the text counts as following a special token.
         let mut after_special = true;
         for fragment in self.partition(text, parse_special) {
             match fragment {
                 Fragment::Text(start, end) => {
-                    let fragment = &text[start..end];
-                    match &self.spm {
-                        Some(spm) => spm.encode(
-                            &self.token_to_id,
-                            fragment,
-                            spm.add_space_prefix && after_special,
-                            &mut scratch.spm,
-                            out,
-                        ),
-                        None => self.encode_fragment(fragment, &mut scratch, out),
-                    }
+                    self.segmenter.encode_fragment(
+                        &self.token_to_id,
+                        &text[start..end],
+                        after_special,
+                        &mut scratch,
+                        out,
+                    );
                     after_special = false;
                 }
                 Fragment::Token(id) => {
@@ -667,123 +575,6 @@ impl Tokenizer {
         fragments
     }
 
-    /// Pre-tokenizes one text fragment and BPE-encodes each word.
-    fn encode_fragment(&self, text: &str, scratch: &mut EncodeScratch, out: &mut Vec<u32>) {
-        let mut words = std::mem::take(&mut scratch.words);
-        words.clear();
-        pretokenize::split(self.pre, text, &mut scratch.pre, &mut words);
-        for &(start, end) in &words {
-            self.encode_word(&text.as_bytes()[start..end], scratch, out);
-        }
-        scratch.words = words;
-    }
-
-    /// BPE over one word: start from one symbol per byte and repeatedly merge
-    /// the adjacent pair with the lowest rank (leftmost among equals).
-    fn encode_word(&self, word: &[u8], scratch: &mut EncodeScratch, out: &mut Vec<u32>) {
-        if self.ignore_merges {
-            let encoded = &mut scratch.encoded;
-            encoded.clear();
-            encoded.extend(word.iter().map(|&b| BYTE_TO_CHAR[b as usize]));
-            if let Some(&id) = self.token_to_id.get(encoded.as_str()) {
-                out.push(id);
-                return;
-            }
-        }
-        if let [b] = word
-            && let Some(id) = self.symbol_token(self.byte_symbol[*b as usize])
-        {
-            out.push(id);
-            return;
-        }
-
-        let symbols = &mut scratch.symbols;
-        let queue = &mut scratch.queue;
-        symbols.clear();
-        queue.clear();
-        for (i, &b) in word.iter().enumerate() {
-            symbols.push(Symbol {
-                id: self.byte_symbol[b as usize],
-                start: i,
-                len: 1,
-                prev: i.checked_sub(1),
-                next: (i + 1 < word.len()).then_some(i + 1),
-            });
-        }
-        for right in 1..symbols.len() {
-            self.push_pair(symbols, queue, right - 1, right);
-        }
-        while let Some(Reverse(pair)) = queue.pop() {
-            let (l, r) = (pair.left, pair.right);
-            // A queued pair is stale once either side changed: symbols only
-            // grow or empty, so unchanged lengths mean unchanged symbols
-            // (llama.cpp compares the texts, which is equivalent).
-            let (ll, rl) = (symbols[l].len, symbols[r].len);
-            if ll == 0 || rl == 0 || ll + rl != pair.len {
-                continue;
-            }
-            symbols[l].id = pair.merged;
-            symbols[l].len += rl;
-            symbols[r].len = 0;
-            let after = symbols[r].next;
-            symbols[l].next = after;
-            if let Some(after) = after {
-                symbols[after].prev = Some(l);
-            }
-            if let Some(before) = symbols[l].prev {
-                self.push_pair(symbols, queue, before, l);
-            }
-            if let Some(after) = after {
-                self.push_pair(symbols, queue, l, after);
-            }
-        }
-
-        for sym in symbols.iter().filter(|s| s.len > 0) {
-            if let Some(id) = self.symbol_token(sym.id) {
-                out.push(id);
-            } else {
-                // llama.cpp's fallback: look up each byte of the symbol's
-                // GPT-2 text as a one-byte token. Only ASCII characters can
-                // be one-byte tokens; anything else is dropped.
-                for &b in &word[sym.start..sym.start + sym.len] {
-                    let c = BYTE_TO_CHAR[b as usize];
-                    if let Some(&Some(id)) = self.ascii_token.get(c as usize) {
-                        out.push(id);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The token a symbol id stands for, if it is a real token.
-    #[inline]
-    fn symbol_token(&self, symbol: u32) -> Option<u32> {
-        ((symbol as usize) < self.texts.len()).then_some(symbol)
-    }
-
-    /// Queues the pair `(left, right)` if the vocabulary has a merge for it.
-    fn push_pair(
-        &self,
-        symbols: &[Symbol],
-        queue: &mut BinaryHeap<Reverse<Pair>>,
-        left: usize,
-        right: usize,
-    ) {
-        let (l, r) = (&symbols[left], &symbols[right]);
-        if l.id == NO_SYMBOL || r.id == NO_SYMBOL {
-            return;
-        }
-        if let Some(&(rank, merged)) = self.merges.get(&pair_key(l.id, r.id)) {
-            queue.push(Reverse(Pair {
-                rank,
-                left,
-                right,
-                len: l.len + r.len,
-                merged,
-            }));
-        }
-    }
-
     /// Rendered bytes of a token, control tokens included (llama.cpp's
     /// `token_to_piece` with `special = true`): normal tokens decode from the
     /// GPT-2 alphabet (byte-level BPE) or with `▁` as a space
@@ -840,42 +631,13 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("model", &self.model())
             .field("vocab_size", &self.texts.len())
-            .field("merges", &self.merges.len())
+            .field("segmenter", &self.segmenter)
             .field("special_tokens", &self.specials.len())
             .field("pre", &self.pre)
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("add_bos", &self.add_bos)
             .finish_non_exhaustive()
-    }
-}
-
-/// Renders a token as llama.cpp's `token_to_piece(special = true)` does for
-/// BPE vocabularies.
-fn render_piece(text: &str, ty: TokenType, out: &mut Vec<u8>) {
-    match ty {
-        TokenType::Normal => {
-            for c in text.chars() {
-                match char_to_byte(c) {
-                    Some(b) => out.push(b),
-                    None => {
-                        // llama.cpp's `llama_decode_text` marker for a
-                        // character outside the GPT-2 alphabet.
-                        let mut buf = [0u8; 4];
-                        out.extend_from_slice(b"[UNK_BYTE_0x");
-                        for b in c.encode_utf8(&mut buf).bytes() {
-                            out.extend_from_slice(format!("{b:02x}").as_bytes());
-                        }
-                        out.extend_from_slice(text.as_bytes());
-                        out.push(b']');
-                    }
-                }
-            }
-        }
-        TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {
-            out.extend_from_slice(text.as_bytes());
-        }
-        TokenType::Undefined | TokenType::Unused | TokenType::Byte => {}
     }
 }
 
@@ -899,12 +661,6 @@ fn split_merge(index: usize, merge: &str) -> Result<(&str, &str), TokenizerError
     }
 }
 
-/// Output of [`Tokenizer::build_merges`].
-struct BuiltMerges {
-    table: FxMap<u64, (u32, u32)>,
-    byte_symbol: [u32; 256],
-}
-
 /// A piece of the input: raw text (byte range) or an already-matched token.
 #[derive(Clone, Copy, Debug)]
 enum Fragment {
@@ -912,37 +668,11 @@ enum Fragment {
     Token(u32),
 }
 
-/// A symbol of the word being merged: a run of its bytes, linked to its
-/// neighbours; `len == 0` once merged into the symbol on its left.
-#[derive(Clone, Copy, Debug)]
-struct Symbol {
-    id: u32,
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-/// A mergeable adjacent pair. Ordered by rank, then by left position, so the
-/// min-heap pops the lowest rank and, among equals, the leftmost (llama.cpp's
-/// `llm_bigram_bpe::comparator`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Pair {
-    rank: u32,
-    left: usize,
-    right: usize,
-    len: usize,
-    merged: u32,
-}
-
-/// Buffers reused across the words of one `encode` call.
+/// Buffers reused across the fragments of one `encode` call, one set per
+/// segmenter: only the one in use ever fills (and allocates) its own.
 #[derive(Default)]
 struct EncodeScratch {
-    pre: pretokenize::Scratch,
-    words: Vec<(usize, usize)>,
-    symbols: Vec<Symbol>,
-    queue: BinaryHeap<Reverse<Pair>>,
-    encoded: String,
+    bpe: bpe::Scratch,
     spm: spm::Scratch,
 }
 

@@ -22,13 +22,15 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::{FxMap, TokenType, TokenizerError, split_merge};
+use super::{
+    EncodeScratch, FxMap, Segmenter, TokenType, TokenizerError, TokenizerModel, Vocabulary,
+    split_merge,
+};
 
 /// The escaped space, `▁`.
 const SPACE: char = '\u{2581}';
 
 /// SentencePiece state of a [`super::Tokenizer`].
-#[derive(Clone)]
 pub(super) struct Spm {
     /// Priority of forming each token by a merge; NaN: never formed.
     merge_score: Vec<f32>,
@@ -37,7 +39,7 @@ pub(super) struct Spm {
     /// Token for a byte without one (llama.cpp aborts there instead).
     unk: Option<u32>,
     /// Prefix each fragment after a special token (or at the start) with `▁`.
-    pub(super) add_space_prefix: bool,
+    add_space_prefix: bool,
 }
 
 impl Spm {
@@ -50,27 +52,28 @@ impl Spm {
     /// SentencePiece model are ordered by the score of what they form, so
     /// this reproduces the original order. Without scores or merges every
     /// token scores 0 (llama.cpp's default): leftmost pairs merge first.
+    ///
+    /// `types` are the token types after llama.cpp's corrections (the
+    /// unknown token is the first of type [`TokenType::Unknown`]).
     pub(super) fn new(
-        scores: Option<Vec<f32>>,
-        merges: &[&str],
+        spec: &Vocabulary<'_>,
         token_to_id: &FxMap<Box<str>, u32>,
         types: &[TokenType],
-        add_space_prefix: bool,
     ) -> Result<Self, TokenizerError> {
         let n_tokens = types.len();
-        let merge_score = match scores {
+        let merge_score = match &spec.scores {
             Some(scores) if scores.len() != n_tokens => {
                 return Err(TokenizerError::ScoreCount {
                     tokens: n_tokens,
                     scores: scores.len(),
                 });
             }
-            Some(scores) => scores,
-            None if merges.is_empty() => vec![0.0; n_tokens],
+            Some(scores) => scores.clone(),
+            None if spec.merges.is_empty() => vec![0.0; n_tokens],
             None => {
                 let mut derived = vec![f32::NAN; n_tokens];
                 let mut joined = String::new();
-                for (rank, &merge) in merges.iter().enumerate() {
+                for (rank, &merge) in spec.merges.iter().enumerate() {
                     let (left, right) = split_merge(rank, merge)?;
                     joined.clear();
                     joined.push_str(left);
@@ -108,29 +111,69 @@ impl Spm {
             merge_score,
             byte_token,
             unk,
-            add_space_prefix,
+            add_space_prefix: spec.add_space_prefix,
         })
     }
 
-    /// Encodes one text fragment, `prefix` adding the leading `▁`.
-    pub(super) fn encode(
+    /// Queues the adjacent symbols `left`, `right` if together they are a
+    /// token that merges can form (llama.cpp's `try_add_bigram`).
+    fn push_bigram(
         &self,
         token_to_id: &FxMap<Box<str>, u32>,
-        text: &str,
-        prefix: bool,
-        scratch: &mut Scratch,
+        escaped: &str,
+        symbols: &[Symbol],
+        queue: &mut BinaryHeap<Bigram>,
+        left: usize,
+        right: usize,
+    ) {
+        let start = symbols[left].start;
+        let len = symbols[left].len + symbols[right].len;
+        let Some(&id) = token_to_id.get(&escaped[start..start + len]) else {
+            return;
+        };
+        let score = self.merge_score[id as usize];
+        if score.is_nan() {
+            return;
+        }
+        queue.push(Bigram {
+            score,
+            left,
+            right,
+            len,
+        });
+    }
+}
+
+impl Segmenter for Spm {
+    fn model(&self) -> TokenizerModel {
+        TokenizerModel::SentencePiece
+    }
+
+    fn add_space_prefix(&self) -> bool {
+        self.add_space_prefix
+    }
+
+    /// Escapes the fragment's spaces, prefixes `▁` when the vocabulary asks
+    /// for it and the fragment starts the text or follows a special token,
+    /// and merges by score.
+    fn encode_fragment(
+        &self,
+        token_to_id: &FxMap<Box<str>, u32>,
+        fragment: &str,
+        after_special: bool,
+        scratch: &mut EncodeScratch,
         out: &mut Vec<u32>,
     ) {
         let Scratch {
             escaped,
             symbols,
             queue,
-        } = scratch;
+        } = &mut scratch.spm;
         escaped.clear();
-        if prefix {
+        if self.add_space_prefix && after_special {
             escaped.push(SPACE);
         }
-        for (i, part) in text.split(' ').enumerate() {
+        for (i, part) in fragment.split(' ').enumerate() {
             if i > 0 {
                 escaped.push(SPACE);
             }
@@ -195,32 +238,36 @@ impl Spm {
         }
     }
 
-    /// Queues the adjacent symbols `left`, `right` if together they are a
-    /// token that merges can form (llama.cpp's `try_add_bigram`).
-    fn push_bigram(
-        &self,
-        token_to_id: &FxMap<Box<str>, u32>,
-        escaped: &str,
-        symbols: &[Symbol],
-        queue: &mut BinaryHeap<Bigram>,
-        left: usize,
-        right: usize,
-    ) {
-        let start = symbols[left].start;
-        let len = symbols[left].len + symbols[right].len;
-        let Some(&id) = token_to_id.get(&escaped[start..start + len]) else {
-            return;
-        };
-        let score = self.merge_score[id as usize];
-        if score.is_nan() {
-            return;
+    /// llama.cpp's `token_to_piece(special = true)`: normal tokens with `▁` as
+    /// a space, byte tokens as their byte, control/unknown/user-defined
+    /// tokens as their text, and anything else (or a malformed byte token) as
+    /// nothing.
+    fn render_piece(&self, text: &str, ty: TokenType, out: &mut Vec<u8>) {
+        match ty {
+            TokenType::Normal => {
+                for (i, part) in text.split(SPACE).enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    out.extend_from_slice(part.as_bytes());
+                }
+            }
+            TokenType::Byte => out.extend(byte_of(text)),
+            TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {
+                out.extend_from_slice(text.as_bytes());
+            }
+            TokenType::Undefined | TokenType::Unused => {}
         }
-        queue.push(Bigram {
-            score,
-            left,
-            right,
-            len,
-        });
+    }
+}
+
+impl std::fmt::Debug for Spm {
+    /// A summary: the scores have one entry per token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spm")
+            .field("add_space_prefix", &self.add_space_prefix)
+            .field("unk", &self.unk)
+            .finish_non_exhaustive()
     }
 }
 
@@ -280,28 +327,6 @@ impl PartialEq for Bigram {
 }
 
 impl Eq for Bigram {}
-
-/// Rendered bytes of a SentencePiece token (llama.cpp's `token_to_piece` with
-/// `special = true`): normal tokens with `▁` as a space, byte tokens as their
-/// byte, control/unknown/user-defined tokens as their text, and anything else
-/// (or a malformed byte token) as nothing.
-pub(super) fn render_piece(text: &str, ty: TokenType, out: &mut Vec<u8>) {
-    match ty {
-        TokenType::Normal => {
-            for (i, part) in text.split(SPACE).enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                out.extend_from_slice(part.as_bytes());
-            }
-        }
-        TokenType::Byte => out.extend(byte_of(text)),
-        TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {
-            out.extend_from_slice(text.as_bytes());
-        }
-        TokenType::Undefined | TokenType::Unused => {}
-    }
-}
 
 /// The byte of a `<0xXX>` token.
 fn byte_of(text: &str) -> Option<u8> {
