@@ -7,6 +7,8 @@
 //!   flash operation.
 //! - [`Board`]: a talk button, a status LED and a display over embedded-hal 1.0 and
 //!   embedded-graphics, with the model store over embedded-storage.
+//! - [`protocol`]: the flashing protocol's frames and messages, and its device side
+//!   ([`protocol::FlashLink`]) that drives an [`Updater`] over any byte stream.
 //! - With `std`: [`MemFlash`], an in-memory NOR flash that cuts power on demand (for
 //!   tests and the desktop emulator), and [`host`], key generation and signing.
 //!
@@ -33,6 +35,7 @@ mod layout;
 mod manifest;
 #[cfg(feature = "std")]
 mod mem_flash;
+pub mod protocol;
 mod state;
 mod storage;
 mod update;

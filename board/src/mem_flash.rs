@@ -9,6 +9,10 @@
 //! [`PowerCut`] at operation N stops the flash there: that operation is applied not at
 //! all or, if torn, in part (the first half of the bytes), and every call after it
 //! fails with [`MemFlashError::PowerOff`] until [`MemFlash::power_on`].
+//!
+//! The bytes live in any `S: AsRef<[u8]> + AsMut<[u8]>`: a `Vec` (the default, tests) or
+//! a writable memory map of a file (the desktop emulator's flash, persisted as it is
+//! written).
 
 use crate::storage::MappedFlash;
 use embedded_storage::nor_flash::{
@@ -54,10 +58,11 @@ impl NorFlashError for MemFlashError {
     }
 }
 
-/// An in-memory NOR flash of `WRITE`-byte write units and `ERASE`-byte sectors.
+/// An in-memory NOR flash of `WRITE`-byte write units and `ERASE`-byte sectors, its
+/// bytes held in `S`.
 #[derive(Clone, Debug)]
-pub struct MemFlash<const WRITE: usize, const ERASE: usize> {
-    bytes: Vec<u8>,
+pub struct MemFlash<const WRITE: usize, const ERASE: usize, S = Vec<u8>> {
+    bytes: S,
     ops: u64,
     cut: Option<PowerCut>,
     powered: bool,
@@ -66,12 +71,27 @@ pub struct MemFlash<const WRITE: usize, const ERASE: usize> {
 impl<const WRITE: usize, const ERASE: usize> MemFlash<WRITE, ERASE> {
     /// An erased flash of `sectors` sectors.
     pub fn new(sectors: usize) -> Self {
+        Self::from_storage(vec![0xff; sectors.saturating_mul(ERASE)])
+    }
+}
+
+impl<const WRITE: usize, const ERASE: usize, S: AsRef<[u8]> + AsMut<[u8]>>
+    MemFlash<WRITE, ERASE, S>
+{
+    /// A flash over `bytes` as they are (what a flash file holds; all 0xFF when erased).
+    /// Its capacity is their length.
+    pub fn from_storage(bytes: S) -> Self {
         MemFlash {
-            bytes: vec![0xff; sectors.saturating_mul(ERASE)],
+            bytes,
             ops: 0,
             cut: None,
             powered: true,
         }
+    }
+
+    /// The storage, as given to [`from_storage`](Self::from_storage).
+    pub fn storage(&self) -> &S {
+        &self.bytes
     }
 
     /// Write and erase operations so far.
@@ -97,12 +117,12 @@ impl<const WRITE: usize, const ERASE: usize> MemFlash<WRITE, ERASE> {
 
     /// The whole contents.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_ref()
     }
 
     /// The whole contents, to change by hand (to corrupt a test's flash).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes
+        self.bytes.as_mut()
     }
 
     fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, MemFlashError> {
@@ -111,7 +131,7 @@ impl<const WRITE: usize, const ERASE: usize> MemFlash<WRITE, ERASE> {
         if !self.powered {
             return Err(MemFlashError::PowerOff);
         }
-        if end > self.bytes.len() {
+        if end > self.bytes.as_ref().len() {
             return Err(MemFlashError::OutOfBounds);
         }
         Ok(start..end)
@@ -127,25 +147,31 @@ impl<const WRITE: usize, const ERASE: usize> MemFlash<WRITE, ERASE> {
     }
 }
 
-impl<const WRITE: usize, const ERASE: usize> ErrorType for MemFlash<WRITE, ERASE> {
+impl<const WRITE: usize, const ERASE: usize, S: AsRef<[u8]> + AsMut<[u8]>> ErrorType
+    for MemFlash<WRITE, ERASE, S>
+{
     type Error = MemFlashError;
 }
 
-impl<const WRITE: usize, const ERASE: usize> ReadNorFlash for MemFlash<WRITE, ERASE> {
+impl<const WRITE: usize, const ERASE: usize, S: AsRef<[u8]> + AsMut<[u8]>> ReadNorFlash
+    for MemFlash<WRITE, ERASE, S>
+{
     const READ_SIZE: usize = 1;
 
     fn read(&mut self, offset: u32, out: &mut [u8]) -> Result<(), MemFlashError> {
         let range = self.range(offset, out.len())?;
-        out.copy_from_slice(self.bytes.get(range).unwrap_or_default());
+        out.copy_from_slice(self.bytes.as_ref().get(range).unwrap_or_default());
         Ok(())
     }
 
     fn capacity(&self) -> usize {
-        self.bytes.len()
+        self.bytes.as_ref().len()
     }
 }
 
-impl<const WRITE: usize, const ERASE: usize> NorFlash for MemFlash<WRITE, ERASE> {
+impl<const WRITE: usize, const ERASE: usize, S: AsRef<[u8]> + AsMut<[u8]>> NorFlash
+    for MemFlash<WRITE, ERASE, S>
+{
     const WRITE_SIZE: usize = WRITE;
     const ERASE_SIZE: usize = ERASE;
 
@@ -159,7 +185,11 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MemFlash<WRITE, ERASE>
         }
         for start in range.step_by(ERASE) {
             let torn = self.next_op();
-            let sector = self.bytes.get_mut(start..start + ERASE).unwrap_or_default();
+            let sector = self
+                .bytes
+                .as_mut()
+                .get_mut(start..start + ERASE)
+                .unwrap_or_default();
             match torn {
                 None => sector.fill(0xff),
                 Some(torn) => {
@@ -178,7 +208,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MemFlash<WRITE, ERASE>
         if !(offset as usize).is_multiple_of(WRITE) || !bytes.len().is_multiple_of(WRITE) {
             return Err(MemFlashError::NotAligned);
         }
-        let old = self.bytes.get(range.clone()).unwrap_or_default();
+        let old = self.bytes.as_ref().get(range.clone()).unwrap_or_default();
         if let Some(at) = old.iter().zip(bytes).position(|(&o, &n)| n & !o != 0) {
             return Err(MemFlashError::NotErased(offset.saturating_add(at as u32)));
         }
@@ -187,7 +217,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MemFlash<WRITE, ERASE>
             Some(true) => bytes.len() / 2,
             Some(false) => 0,
         };
-        let dst = self.bytes.get_mut(range).unwrap_or_default();
+        let dst = self.bytes.as_mut().get_mut(range).unwrap_or_default();
         for (d, &b) in dst.iter_mut().zip(bytes).take(applied) {
             *d &= b;
         }
@@ -199,9 +229,11 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MemFlash<WRITE, ERASE>
     }
 }
 
-impl<const WRITE: usize, const ERASE: usize> MappedFlash for MemFlash<WRITE, ERASE> {
+impl<const WRITE: usize, const ERASE: usize, S: AsRef<[u8]> + AsMut<[u8]>> MappedFlash
+    for MemFlash<WRITE, ERASE, S>
+{
     fn mapped(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_ref()
     }
 }
 

@@ -123,6 +123,11 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
         self.flash
     }
 
+    /// The flash, to read (the emulator hands a mapped flash's pages back to the OS).
+    pub fn flash(&self) -> &F {
+        &self.flash
+    }
+
     /// The current state record.
     pub fn state(&self) -> StateRecord {
         self.state
