@@ -135,12 +135,12 @@ mod tests {
     #[test]
     fn frames_round_trip_through_png() {
         let mut frame = FrameBuffer::new(20, 9);
-        Rectangle::new(Point::new(3, 2), Size::new(5, 4))
+        Rectangle::new(Point::new(2, 0), Size::new(6, 8))
             .into_styled(PrimitiveStyle::with_fill(BinaryColor::On))
             .draw(&mut frame)
             .unwrap();
-        assert_eq!(frame.lit_count(), 20);
-        assert!(frame.is_lit(3, 2) && !frame.is_lit(8, 2));
+        assert_eq!(frame.lit_count(), 48);
+        assert!(frame.is_lit(2, 0) && frame.is_lit(7, 7) && !frame.is_lit(8, 0));
         let back = FrameBuffer::from_png(&frame.to_png().unwrap()).unwrap();
         assert_eq!(back, frame);
         let view = frame.to_terminal();

@@ -164,13 +164,12 @@ impl Glasses {
         Ok(())
     }
 
-    /// Takes updates from `glint-flash` on `listener`, one link at a time, until one
-    /// finishes (`until_updated`) or forever. `on_link` hears how each link ended.
+    /// Takes updates from `glint-flash` on `listener`, one link at a time. `on_link`
+    /// hears how each link ended, and says whether to go on listening.
     pub fn listen(
         &mut self,
         listener: &TcpListener,
-        until_updated: bool,
-        mut on_link: impl FnMut(LinkOutcome),
+        mut on_link: impl FnMut(LinkOutcome) -> ControlFlow<()>,
     ) -> Result<(), EmuError> {
         let mut buf = vec![0u8; LINK_BUFFER_LEN];
         loop {
@@ -192,8 +191,7 @@ impl Glasses {
                 }
                 Err(e) => return Err(e),
             };
-            on_link(outcome);
-            if until_updated && matches!(outcome, LinkOutcome::Updated(_)) {
+            if on_link(outcome).is_break() {
                 return Ok(());
             }
         }

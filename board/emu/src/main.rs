@@ -10,6 +10,7 @@ use glint_emu::{
 use glint_flash::keys;
 use std::io::BufRead;
 use std::net::TcpListener;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -109,13 +110,22 @@ fn main() -> Result<()> {
             let listener =
                 TcpListener::bind(&addr).with_context(|| format!("listening on {addr}"))?;
             eprintln!("glasses: waiting for glint-flash on {addr}");
-            glasses.listen(&listener, once, |outcome| match outcome {
-                LinkOutcome::Updated(slot) => {
-                    eprintln!("glasses: update verified, slot {slot:?} on trial (boots next)")
+            glasses.listen(&listener, |outcome| {
+                match outcome {
+                    LinkOutcome::Updated(slot) => {
+                        eprintln!("glasses: update verified, slot {slot:?} on trial (boots next)")
+                    }
+                    LinkOutcome::Closed => {
+                        eprintln!("glasses: link closed before the update finished")
+                    }
+                    LinkOutcome::PowerCycled => {
+                        eprintln!("glasses: power cut during the update; back on, waiting")
+                    }
                 }
-                LinkOutcome::Closed => eprintln!("glasses: link closed before the update finished"),
-                LinkOutcome::PowerCycled => {
-                    eprintln!("glasses: power cut during the update; back on, waiting")
+                if once && matches!(outcome, LinkOutcome::Updated(_)) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
             })?;
             Ok(())
