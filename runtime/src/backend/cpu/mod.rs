@@ -175,11 +175,17 @@ impl Backend for CpuBackend {
     type Scratch = CpuScratch;
 
     fn describe(&self) -> String {
+        let features = Kernel::detected_features();
         format!(
-            "cpu {}, {} activations, {} threads",
+            "cpu {}, {} activations, {} threads (cpu features: {})",
             self.kernel.name(),
             self.precision.name(),
-            self.threads()
+            self.threads(),
+            if features.is_empty() {
+                "none detected".to_string()
+            } else {
+                features.join(" ")
+            }
         )
     }
 

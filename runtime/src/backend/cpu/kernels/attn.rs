@@ -241,7 +241,7 @@ pub fn attend<T: KvElem>(
             _ => {}
         }
     }
-    let _ = kernel;
+    let _ = (kernel, scale);
     attend_scalar(job, scores, out);
 }
 

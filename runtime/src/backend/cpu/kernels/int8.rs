@@ -24,9 +24,9 @@
 //! `vpdpbusd`: unsigned nibbles times signed activations directly; int8 weights are
 //! offset by 128 to make them unsigned and the offset is removed by starting the integer
 //! accumulator at `-128 * sum(q_x)` per 4 activations, precomputed here). An AVX-512 CPU
-//! without VNNI runs the AVX2 int8 kernels. A NEON `sdot` kernel (`vdotq_s32`, signed x
-//! signed) would read the natural-order rows and needs no offset: see the module docs of
-//! [`super`].
+//! without VNNI runs the AVX2 int8 kernels. On aarch64, [`Kernel::Neon`] (widening
+//! `smull`/`smlal2`) and [`Kernel::NeonDot`] (`sdot`, signed x signed) read the
+//! natural-order rows and need no offset (`neon.rs`).
 
 use core::ops::Range;
 use std::collections::TryReserveError;
@@ -205,8 +205,9 @@ impl QuantActs {
                 unsafe { super::avx512::quantize_row(xr, nat, d, s, corr) };
                 true
             };
+            // No SIMD row quantizer outside x86-64 (`simd` is false there).
             #[cfg(not(target_arch = "x86_64"))]
-            let done = false;
+            let done = simd;
             if !done {
                 quantize_row_scalar(xr, nat, d, s, corr);
             }
@@ -396,6 +397,14 @@ impl Kernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2 | Kernel::Avx512 => unreachable!("not available"),
+            // SAFETY: forwarded; NEON is baseline on aarch64.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => unsafe { super::neon::run_q8act(w, a, rows, out, false) },
+            // SAFETY: forwarded; dotprod asserted above (`available`).
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => unsafe { super::neon::run_q8act(w, a, rows, out, true) },
+            #[cfg(not(target_arch = "aarch64"))]
+            Kernel::Neon | Kernel::NeonDot => unreachable!("not available"),
         }
     }
 }
@@ -496,7 +505,10 @@ unsafe fn run_scalar(w: &Matrix<'_>, a: &QuantActs, rows: Range<usize>, out: Out
 ///
 /// # Safety
 /// `out` must be writable at every `(i, r)`, `i < n`, `r` in `rows`.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(super) unsafe fn drive_q<const R: usize, const N: usize, const S: usize>(
     n: usize,
     rows: Range<usize>,

@@ -28,8 +28,9 @@
 //!
 //! [`Kernel`] names one implementation. [`Kernel::Scalar`] is the portable reference (kept
 //! forever: every SIMD kernel is tested against it). On x86-64 there are
-//! [`Kernel::Avx2`] (AVX2 + FMA + F16C) and [`Kernel::Avx512`] (AVX-512F); both have
-//! hand-written kernels for every dtype. [`Kernel::best`] picks the fastest from the
+//! [`Kernel::Avx2`] (AVX2 + FMA + F16C) and [`Kernel::Avx512`] (AVX-512F); on aarch64
+//! [`Kernel::Neon`] and [`Kernel::NeonDot`]; all have hand-written kernels for every
+//! dtype. [`Kernel::best`] picks the fastest from the
 //! CPU features; a caller may pick any [`Kernel::available`] one by value.
 //!
 //! Inner loops, per dtype (why these forms: see the comments in `avx512.rs`/`avx2.rs`):
@@ -43,22 +44,17 @@
 //! * int8: `d * sum(q x)` per block (one row) or `w = d q` reused (several rows);
 //! * f32/f16: plain FMA (f16 through `vcvtph2ps`).
 //!
-//! # Adding an architecture (NEON)
+//! # aarch64 (NEON)
 //!
-//! An aarch64 NEON kernel (the smart-glasses SoCs) plugs in exactly like the x86 ones:
-//! 1. a `neon.rs` module behind `#[cfg(target_arch = "aarch64")]` exporting
-//!    `unsafe fn run(w, x, n, rows, out: Out)`, which picks tile sizes and calls the
-//!    shared `drive` with its tile functions (4-lane `float32x4_t`; int4 through
-//!    `vqtbl1q_u8`/widening + `vcvtq_f32_u32` and `vfmaq_f32`, same structure as
-//!    `avx2.rs`). NEON is baseline on aarch64, so it needs no run-time detection;
-//! 2. a `Kernel::Neon` variant, with its arms in [`Kernel::name`],
-//!    [`Kernel::available`] and the dispatch in `Kernel::run` ([`Kernel::best`],
-//!    [`Kernel::from_name`] and the tests pick it up from [`Kernel::ALL`]).
-//!
-//! `sdot` (`vdotq_s32`, the `dotprod` extension, detected with
-//! `std::arch::is_aarch64_feature_detected!("dotprod")`) multiplies int8 by int8, so it
-//! needs activations quantized to int8 per block: that is a different, approximate
-//! entry point (`matvec_q8act`-style, next to these), not a kernel of this exact path.
+//! `neon.rs` (behind `#[cfg(target_arch = "aarch64")]`) plugs in exactly like the x86
+//! kernels: `run` picks tile sizes and calls the shared `drive` with its tile functions
+//! (4-lane `float32x4_t`; int4 nibbles widened with `uxtl` and converted with `ucvtf`,
+//! the factored form for one activation row as in `avx2.rs`; f16 through `fcvtl`).
+//! [`Kernel::Neon`] is baseline (no detection); [`Kernel::NeonDot`] is the same exact
+//! path plus `sdot` int8-activation kernels, available when
+//! `std::arch::is_aarch64_feature_detected!("dotprod")`. `sdot` multiplies int8 by int8,
+//! so it serves only the int8-activation entry point (`int8.rs`), not this exact path.
+//! Attention and SwiGLU run the scalar reference on aarch64.
 
 use core::ops::Range;
 
@@ -72,6 +68,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod int8;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -85,11 +83,25 @@ pub enum Kernel {
     Avx2,
     /// x86-64 AVX-512F (plus the AVX2 set).
     Avx512,
+    /// aarch64 NEON (ARMv8.0, every 64-bit ARM core): widening multiplies for int8
+    /// activations.
+    Neon,
+    /// aarch64 NEON with the `dotprod` extension (ARMv8.2+: Cortex-A55, A76 and later):
+    /// `sdot` for int8 activations, the exact path as [`Kernel::Neon`]. A kernel of its
+    /// own rather than a detection inside `Neon`, so that a dotprod CPU tests (and can
+    /// run, `--kernel neon`) the ARMv8.0 kernels too, and the name says which runs.
+    NeonDot,
 }
 
 impl Kernel {
     /// Every kernel, slowest first.
-    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::Avx512,
+        Kernel::Neon,
+        Kernel::NeonDot,
+    ];
 
     /// The name `glint` prints and accepts (`--kernel`).
     pub fn name(self) -> &'static str {
@@ -97,6 +109,8 @@ impl Kernel {
             Kernel::Scalar => "scalar",
             Kernel::Avx2 => "avx2",
             Kernel::Avx512 => "avx512",
+            Kernel::Neon => "neon",
+            Kernel::NeonDot => "neon+dotprod",
         }
     }
 
@@ -121,7 +135,41 @@ impl Kernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2 | Kernel::Avx512 => false,
+            // NEON (Advanced SIMD) is part of the aarch64 baseline.
+            Kernel::Neon => cfg!(target_arch = "aarch64"),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Kernel::NeonDot => false,
         }
+    }
+
+    /// The CPU features the kernel choice depends on, as detected on this CPU (the
+    /// reason for [`Kernel::best`]), for `glint info`.
+    pub fn detected_features() -> Vec<&'static str> {
+        #[cfg(target_arch = "x86_64")]
+        macro_rules! has {
+            ($($f:tt),*) => { [$(($f, std::arch::is_x86_feature_detected!($f))),*] };
+        }
+        #[cfg(target_arch = "aarch64")]
+        macro_rules! has {
+            ($($f:tt),*) => { [$(($f, std::arch::is_aarch64_feature_detected!($f))),*] };
+        }
+        #[cfg(target_arch = "x86_64")]
+        let all = has!(
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni"
+        );
+        #[cfg(target_arch = "aarch64")]
+        let all = has!("neon", "dotprod", "i8mm", "fp16");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let all: [(&'static str, bool); 0] = [];
+        all.into_iter().filter(|f| f.1).map(|f| f.0).collect()
     }
 
     /// The fastest kernel this CPU can run.
@@ -232,6 +280,12 @@ impl Kernel {
             Kernel::Avx512 => unsafe { avx512::run(w, x, n, rows, out) },
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2 | Kernel::Avx512 => unreachable!("not available"),
+            // SAFETY: forwarded from our caller; NEON is baseline on aarch64 and the
+            // exact path uses no extension (dotprod only serves int8 activations).
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon | Kernel::NeonDot => unsafe { neon::run(w, x, n, rows, out) },
+            #[cfg(not(target_arch = "aarch64"))]
+            Kernel::Neon | Kernel::NeonDot => unreachable!("not available"),
         }
     }
 }
@@ -380,6 +434,7 @@ impl Out {
     ///
     /// # Safety
     /// Every `(0, r0 + k)`, `k < rr <= R`, must be a position the creator vouched for.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     unsafe fn write_run<const R: usize>(self, r0: usize, vals: &[f32; R], rr: usize) {
         // SAFETY: by the caller's contract; activation 0's rows are adjacent.
@@ -408,7 +463,10 @@ impl Out {
 /// # Safety
 /// `x` must hold `n * cols` elements and `out` must be writable at every `(i, r)`,
 /// `i < n`, `r` in `rows`.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 unsafe fn drive<const R: usize, const N: usize, const S: usize>(
     x: &[f32],
     cols: usize,

@@ -579,3 +579,19 @@ fn horizontal_sum_trees_match_plain_sums() {
     check::<4>();
     check::<8>();
 }
+
+/// On aarch64, NEON is always there and the dotprod kernel exactly when the CPU has
+/// `sdot`, so the tests above ran both under `qemu-aarch64 -cpu max` and only the base
+/// one under `-cpu cortex-a53` (the list is printed for the CI log).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_kernels_follow_the_cpu_features() {
+    assert!(Kernel::Neon.available());
+    assert_eq!(
+        Kernel::NeonDot.available(),
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    );
+    let names: Vec<_> = Kernel::all_available().map(|k| k.name()).collect();
+    eprintln!("kernels tested: {names:?}");
+    assert!(Kernel::detected_features().contains(&"neon"));
+}
