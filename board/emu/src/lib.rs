@@ -20,6 +20,7 @@
 //! let turn = glasses.handle(&Event::Say("What is the capital of France?".into()))?;
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 mod display;
 mod flash;

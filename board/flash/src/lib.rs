@@ -11,6 +11,7 @@
 //! println!("slot {:?}, {:.1} MB/s", report.slot, report.megabytes_per_second());
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 pub mod keys;
 
