@@ -171,6 +171,23 @@ enum Command {
         #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
         ctx: usize,
     },
+    /// Answer a QA set (`question<TAB>answer|answer` per line) through the chat
+    /// template; prints each reply (with -v), then `correct = k/n` per seed and the
+    /// median decode speed.
+    EvalQa {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// The QA set.
+        file: PathBuf,
+        /// Seeds to run (0, 1, ...): sampling with temperature varies by seed.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Print every question, reply and verdict.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Prefill and decode speed, as llama-bench measures it.
     Bench {
         #[command(flatten)]
@@ -376,6 +393,49 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 }
             }
             writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
+        }
+        Command::EvalQa {
+            model,
+            sample,
+            file,
+            seeds,
+            verbose,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let items = glint_runtime::eval::parse_qa(&text)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let engine = engine(&model)?;
+            let mut speeds = Vec::new();
+            let mut correct = 0;
+            for seed in 0..seeds.max(1) {
+                let mut params = sample.params();
+                params.sampler.seed = seed;
+                let outcomes = glint_runtime::eval::answer_qa(
+                    &engine,
+                    &items,
+                    model.session_options(sample.ctx),
+                    &params,
+                )?;
+                let right = outcomes.iter().filter(|o| o.correct).count();
+                for (item, o) in items.iter().zip(&outcomes) {
+                    speeds.push(o.decode_tok_s);
+                    if verbose {
+                        let mark = if o.correct { "ok  " } else { "MISS" };
+                        let reply = o.reply.replace('\n', " ");
+                        writeln!(stdout, "{mark} {} -> {}", item.question, reply.trim())?;
+                    }
+                }
+                writeln!(stdout, "seed {seed}: correct = {right}/{}", items.len())?;
+                correct += right;
+            }
+            let asked = items.len() * seeds.max(1) as usize;
+            writeln!(
+                stdout,
+                "accuracy = {:.3} ({correct}/{asked}); decode {:.1} tok/s (median)",
+                correct as f64 / asked as f64,
+                median(speeds)
+            )?;
         }
         Command::Perplexity { model, file, ctx } => {
             let text = std::fs::read_to_string(&file)

@@ -358,3 +358,23 @@ fn prompt_longer_than_the_context_is_refused() {
     fails(&o, &["does not fit", "of 8 context positions"]);
     assert!(o.stdout.is_empty(), "{}", stdout(&o));
 }
+
+/// The shipped QA set through the chat template, exact greedy: answer quality is a
+/// measured property, pinned here (20 of 35 right when it was written; every reply and
+/// verdict is printed with `-v`).
+#[test]
+fn eval_qa_answers_the_shipped_set() {
+    let set = Path::new(common::FIXTURES).join("qa-basic.tsv");
+    let mut args = with_model(&["eval-qa", "--precision", "exact", "--temp", "0", "-n", "40"]);
+    args.push(set.into());
+    let out = ok(&glint(&args));
+    let line = last_line(&out);
+    let right: usize = line
+        .strip_prefix("accuracy = ")
+        .and_then(|rest| rest.split_once('(').map(|(_, r)| r))
+        .and_then(|r| r.split_once('/').map(|(k, _)| k))
+        .unwrap_or_else(|| panic!("last line {line:?}"))
+        .parse()
+        .expect("a count");
+    assert!(right >= 20, "{right} of 35 right:\n{out}");
+}
