@@ -37,7 +37,8 @@ struct ModelArgs {
     /// `-ctk q8_0 -ctv q8_0`: 56% of the memory) or `f32`.
     #[arg(long = "kv", default_value = "f16", value_parser = parse_kv)]
     kv: KvType,
-    /// CPU kernel family (`scalar`, `avx2`, `avx512`); default: the fastest this CPU runs.
+    /// CPU kernel family (`scalar`, `avx2`, `avx512`, `neon`, `neon+dotprod`); default: the
+    /// fastest this CPU runs.
     #[arg(long = "kernel", value_parser = parse_kernel)]
     kernel: Option<Kernel>,
 }
