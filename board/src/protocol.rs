@@ -16,7 +16,10 @@
 //! takes); `Begin` (the manifest) → `Progress`; `Chunk` (index u32, bytes) →
 //! `Progress`; `Finish` → `Finished` (the slot now on trial). `Progress` says where to go
 //! on: after a reconnect or a power cut, `Begin` with the same manifest answers with the
-//! device's last verified chunk, and the host resumes there. A damaged frame is answered
+//! device's last verified chunk, and the host resumes there. `Finish` is idempotent: a
+//! host whose `Finished` was lost sends `Finish` again, or reconnects and sends `Begin`
+//! with the same manifest (answered as complete) and `Finish`, and is answered
+//! `Finished` with the trial slot again. A damaged frame is answered
 //! with [`Nak::BadCrc`] (resend it); a chunk out of order with [`Nak::OutOfOrder`] (go
 //! on from the chunk it names); the device drops a half-received frame when its link
 //! times out ([`FlashLink::timeout`]), the host resends when a reply does not come.

@@ -7,7 +7,9 @@
 //! 2. [`Updater::write_chunk`] takes chunks in order, each checked against its SHA-256
 //!    before it is written and after.
 //! 3. [`Updater::finish`] hashes the whole image in flash, parses it as a `.glint`
-//!    model, and only then makes the slot the *trial* slot.
+//!    model, and only then makes the slot the *trial* slot. Finishing again, or
+//!    beginning again with the trial's own manifest and then finishing, answers the
+//!    trial slot again: a host that lost the answer still learns it succeeded.
 //! 4. [`Updater::boot`] boots the trial slot (at most [`MAX_TRIAL_BOOTS`] times), else
 //!    the confirmed one, else the fallback.
 //! 5. [`Updater::confirm`], once the trial model has loaded and answered, makes it the
@@ -138,19 +140,32 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
         &self.table
     }
 
-    /// The transfer in progress, if any.
+    /// The transfer in progress (or finished, its slot on trial), if any.
     pub fn progress(&self) -> Option<TransferProgress> {
         self.transfer.map(|t| t.progress())
     }
 
     /// Starts (or resumes) writing the image that `manifest` describes into the slot
-    /// that is neither confirmed nor booted. Refused while a trial is pending: boot,
-    /// then [`confirm`](Self::confirm) or [`reject`](Self::reject) it first.
+    /// that is neither confirmed nor booted. While a trial is pending, the same signed
+    /// manifest is answered as a transfer already complete (a host that lost the
+    /// device's answer to `finish` and begins again, then finishes again), and any other
+    /// is refused: boot, then [`confirm`](Self::confirm) or [`reject`](Self::reject) the
+    /// trial first.
     pub fn begin(&mut self, manifest: &[u8]) -> Result<TransferProgress, UpdateError> {
         let manifest = Manifest::parse(manifest, &self.key)?;
         let header = *manifest.header();
-        if self.state.find(SlotState::Trial).is_some() {
-            return Err(UpdateError::TrialPending);
+        if let Some(trial) = self.state.find(SlotState::Trial) {
+            let area = self.table.manifest_area(trial);
+            if !storage::holds(&mut self.flash, area.offset, manifest.bytes())? {
+                return Err(UpdateError::TrialPending);
+            }
+            let transfer = Transfer {
+                slot: trial,
+                header,
+                next_chunk: header.chunk_count,
+            };
+            self.transfer = Some(transfer);
+            return Ok(transfer.progress());
         }
         let slot = self.target_slot().ok_or(UpdateError::NoFreeSlot)?;
         let (area, image) = (self.table.manifest_area(slot), self.table.image_area(slot));
@@ -248,9 +263,15 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
 
     /// Ends the transfer: the whole image in flash must hash to the manifest's SHA-256
     /// and parse as a `.glint` model of the manifest's format version; then the slot
-    /// becomes the trial slot, booted next.
+    /// becomes the trial slot, booted next. Finishing again a transfer whose slot is
+    /// already the trial (a host that lost the answer) answers that slot again.
     pub fn finish(&mut self) -> Result<SlotId, UpdateError> {
         let transfer = self.transfer.ok_or(UpdateError::NoTransfer)?;
+        // Only `finish`, or `begin` with the trial's own manifest, leave a transfer on
+        // the trial slot: a transfer in progress is on an invalid slot.
+        if self.state.slot(transfer.slot) == SlotState::Trial {
+            return Ok(transfer.slot);
+        }
         if transfer.next_chunk != transfer.header.chunk_count {
             return Err(UpdateError::Incomplete {
                 next_chunk: transfer.next_chunk,
@@ -263,7 +284,6 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
                 .with(transfer.slot, SlotState::Trial)
                 .with_trial_boots(0),
         )?;
-        self.transfer = None;
         log_info!("update: slot {} verified, on trial", transfer.slot);
         Ok(transfer.slot)
     }
@@ -326,6 +346,7 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
         if let Some(old) = record.find(SlotState::Confirmed) {
             record = record.with(old, SlotState::Fallback);
         }
+        self.transfer = None;
         self.store(record.with(trial, SlotState::Confirmed))?;
         log_info!("update: slot {} confirmed", trial);
         Ok(())
@@ -369,6 +390,8 @@ impl<F: NorFlash + MappedFlash> Updater<F> {
     }
 
     fn abandon(&mut self, trial: SlotId) -> Result<(), UpdateError> {
+        // A finished transfer must not put the abandoned image on trial again.
+        self.transfer = None;
         self.store(
             self.state
                 .with(trial, SlotState::Invalid)

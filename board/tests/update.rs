@@ -297,7 +297,7 @@ fn an_unconfirmed_trial_is_rolled_back_after_three_boots() {
         let booted = u.boot().unwrap();
         assert_eq!((booted.slot, booted.state), (SlotId::B, SlotState::Trial));
         assert_eq!(u.state().trial_boots, boots);
-        assert_eq!(u.begin(&manifest(2)), Err(UpdateError::TrialPending));
+        assert_eq!(u.begin(&manifest(3)), Err(UpdateError::TrialPending));
         flash = u.release();
     }
     assert_eq!(MAX_TRIAL_BOOTS, 3);
@@ -309,6 +309,39 @@ fn an_unconfirmed_trial_is_rolled_back_after_three_boots() {
     );
     assert_eq!(u.state().slots, [SlotState::Confirmed, SlotState::Invalid]);
     assert_eq!(u.confirm(), Err(UpdateError::NoTrial));
+}
+
+#[test]
+fn finishing_again_answers_the_trial_slot_without_writing() {
+    let (v2, image) = (manifest(2), tiny_image(2));
+    let mut u = updater(provisioned()).unwrap();
+    let slot = transfer(&mut u, &v2, &image).unwrap();
+    // The answer to `finish` was lost: the host finishes again on the same link.
+    let ops = u.flash().ops();
+    assert_eq!(u.finish(), Ok(slot));
+    // Or it reconnects after a reboot: `begin` with the same manifest is complete.
+    let mut u = updater(u.release()).unwrap();
+    let progress = u.begin(&v2).unwrap();
+    assert_eq!(
+        (progress.slot, progress.next_chunk, progress.resume_offset),
+        (slot, progress.chunk_count, image.len() as u32)
+    );
+    assert_eq!(u.finish(), Ok(slot));
+    assert_eq!(u.flash().ops(), ops, "nothing written again");
+    assert_eq!(u.state().slot(slot), SlotState::Trial);
+    // Another image is still refused while the trial is pending.
+    assert_eq!(u.begin(&manifest(3)), Err(UpdateError::TrialPending));
+    // A rejected or confirmed trial is not finished again.
+    assert_eq!(u.begin(&v2).unwrap().slot, slot);
+    u.reject().unwrap();
+    assert_eq!(u.finish(), Err(UpdateError::NoTransfer));
+    let mut u = updater(u.release()).unwrap();
+    let slot = transfer(&mut u, &v2, &image).unwrap();
+    assert_eq!(u.boot().unwrap().slot, slot);
+    assert_eq!(u.begin(&v2).unwrap().slot, slot);
+    u.confirm().unwrap();
+    assert_eq!(u.finish(), Err(UpdateError::NoTransfer));
+    assert_eq!(u.state().slot(slot), SlotState::Confirmed);
 }
 
 #[test]
