@@ -42,7 +42,8 @@ pub enum UpdateError {
         /// The flash's erase size.
         erase_size: u32,
     },
-    /// A trial slot awaits its verdict; no new update until it is confirmed or rejected.
+    /// A trial slot awaits its verdict; no update of another image until it is
+    /// confirmed or rejected (its own image is answered as complete).
     #[error("a trial slot is pending: confirm or reject it first")]
     TrialPending,
     /// Every slot is confirmed or booted.
