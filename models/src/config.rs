@@ -230,6 +230,8 @@ pub fn config_from_hf(config_json: &Value) -> Result<ModelConfig, ModelError> {
         eos: token_id(v, "eos_token_id", vocab_size)?,
         pad: token_id(v, "pad_token_id", vocab_size)?,
         eot: None,
+        // Sampling lives in generation_config.json: the importer reads it.
+        sampling: None,
     };
     config.validate()?;
     Ok(config)

@@ -3,10 +3,13 @@
 //! For Hugging Face checkpoints (Llama 2/3.x, TinyLlama, SmolLM2, MobileLLM, Qwen2):
 //! how their `config.json` maps onto a
 //! [`ModelConfig`] ([`config_from_hf`]) and how their tensor names map onto Glint's
-//! canonical names ([`canonical_name`]).
+//! canonical names ([`canonical_name`]); the sampling their authors recommend
+//! ([`sampling_from_generation_config`], [`known_sampling`]).
 
 mod config;
 mod names;
+mod sampling;
 
 pub use config::{ModelError, config_from_hf};
 pub use names::{Mapped, canonical_name};
+pub use sampling::{known_sampling, sampling_from_generation_config};

@@ -6,7 +6,7 @@ use crate::fetch::sha256_file;
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::source::{Encoding, Imported, SourceTensor};
 use glint_format::{
-    Arch, LlamaTensor, ModelConfig, RopeStyle, TokenizerModel, TokenizerSpec,
+    Arch, LlamaTensor, ModelConfig, RopeStyle, SamplingDefaults, TokenizerModel, TokenizerSpec,
     expected_llama_tensors,
 };
 use memmap2::Mmap;
@@ -108,6 +108,7 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
         eos,
         pad: token_id("tokenizer.ggml.padding_token_id"),
         eot,
+        sampling: gguf_sampling(&g),
     };
     config.validate()?;
     let model = match g.get_str("tokenizer.ggml.model") {
@@ -211,4 +212,27 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
         tensors,
         files: vec![map],
     })
+}
+
+/// The file's `general.sampling.*` keys (llama.cpp's names; absent ones take llama.cpp's
+/// defaults), else the table's recommendation for the model's name, else none.
+fn gguf_sampling(g: &GgufFile<'_>) -> Option<SamplingDefaults> {
+    let key = |k: &str| format!("general.sampling.{k}");
+    let keys = ["temp", "top_k", "top_p", "min_p", "penalty_repeat"];
+    if keys.iter().any(|k| g.metadata(&key(k)).is_some()) {
+        let d = SamplingDefaults {
+            temperature: g.get_f32(&key("temp")).unwrap_or(0.8),
+            top_k: g
+                .get_i32(&key("top_k"))
+                .map_or(40, |k| k.max(0).unsigned_abs()),
+            top_p: g.get_f32(&key("top_p")).unwrap_or(0.95),
+            min_p: g.get_f32(&key("min_p")).unwrap_or(0.05),
+            repeat_penalty: g.get_f32(&key("penalty_repeat")).unwrap_or(1.0),
+        };
+        return d.is_valid().then_some(d);
+    }
+    ["general.basename", "general.name"]
+        .iter()
+        .filter_map(|k| g.get_str(k))
+        .find_map(glint_models::known_sampling)
 }

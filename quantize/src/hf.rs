@@ -126,6 +126,15 @@ fn read_json(path: &Path) -> Result<Value, ImportError> {
 /// the vocabulary has one, else EOS.
 pub fn import_hf(dir: &Path) -> Result<Imported, ImportError> {
     let mut config = config_from_hf(&read_json(&dir.join("config.json"))?)?;
+    // Recommended sampling: the checkpoint's generation_config.json, else the table of
+    // known models by the folder's name.
+    let generation = dir.join("generation_config.json");
+    config.sampling = if generation.exists() {
+        glint_models::sampling_from_generation_config(&read_json(&generation)?)
+    } else {
+        None
+    }
+    .or_else(|| glint_models::known_sampling(&dir.file_name()?.to_string_lossy()));
 
     let tokenizer_json = read_json(&dir.join("tokenizer.json"))?;
     let tc_path = dir.join("tokenizer_config.json");

@@ -185,12 +185,23 @@ impl Write for ChunkWriter {
     }
 }
 
+/// Whether `path` holds a valid `.glint` file of this format version: one packed by an
+/// older minor version lacks what newer ones carry (1.1: the recommended sampling), so
+/// a cache packs it again.
+pub fn packed_is_current(path: &Path) -> bool {
+    LoadedGlint::open(path).is_ok_and(|f| f.file().version().1 >= glint_format::VERSION_MINOR)
+}
+
 /// Makes sure the default model (SmolLM2-135M-Instruct, [`Scheme::Q4g32a`]) is in the
-/// cache, fetching and packing it if needed, and returns its path. A no-op when cached.
+/// cache, fetching and packing it if needed, and returns its path. A no-op when cached
+/// (by this format version).
 pub fn default_model(mut log: impl FnMut(&str)) -> Result<PathBuf, QuantizeError> {
     let cache = fetch::cache_dir();
     let packed = fetch::packed_path(&cache, Scheme::Q4g32a);
-    if LoadedGlint::open(&packed).is_ok() {
+    // A file packed by an older minor version lacks what newer ones carry (1.1: the
+    // recommended sampling): packed again.
+    if LoadedGlint::open(&packed).is_ok_and(|f| f.file().version().1 >= glint_format::VERSION_MINOR)
+    {
         return Ok(packed);
     }
     log(&format!(

@@ -171,7 +171,7 @@ fn main() -> Result<()> {
             let s = scheme(&s)?;
             let cache = fetch::cache_dir();
             let out = fetch::packed_path(&cache, s);
-            if LoadedGlint::open(&out).is_err() {
+            if !glint_quantize::packed_is_current(&out) {
                 let gguf = fetch::fetch_gguf(&cache)?;
                 convert(&gguf, &out, s)?;
             }

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use glint_format::SamplingDefaults;
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{CpuOptions, KvType, Precision};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, SessionOptions, rate};
@@ -78,21 +79,21 @@ struct SampleArgs {
     /// Tokens to generate at most.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
-    /// Temperature (0 = greedy).
-    #[arg(long = "temp", default_value_t = 0.8)]
-    temp: f32,
-    /// Top-k (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    top_k: usize,
-    /// Top-p (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    top_p: f32,
-    /// Min-p (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
-    min_p: f32,
-    /// Repetition penalty (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-    repeat_penalty: f32,
+    /// Temperature (0 = greedy). Default: the model's recommendation, else 0.8.
+    #[arg(long = "temp")]
+    temp: Option<f32>,
+    /// Top-k (0 = off). Default: the model's recommendation, else 40.
+    #[arg(long = "top-k")]
+    top_k: Option<usize>,
+    /// Top-p (1 = off). Default: the model's recommendation, else 0.95.
+    #[arg(long = "top-p")]
+    top_p: Option<f32>,
+    /// Min-p (0 = off). Default: the model's recommendation, else 0.05.
+    #[arg(long = "min-p")]
+    min_p: Option<f32>,
+    /// Repetition penalty (1 = off). Default: the model's recommendation, else 1.
+    #[arg(long = "repeat-penalty")]
+    repeat_penalty: Option<f32>,
     /// Seed.
     #[arg(short = 's', long = "seed", default_value_t = 0)]
     seed: u64,
@@ -105,15 +106,24 @@ struct SampleArgs {
 }
 
 impl SampleArgs {
-    fn params(&self) -> GenerateParams {
+    /// The flags over the model's recommended sampling (`model`), over llama.cpp's
+    /// defaults for what neither sets.
+    fn params(&self, model: Option<SamplingDefaults>) -> GenerateParams {
+        let d = model.unwrap_or(SamplingDefaults {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+        });
         GenerateParams {
             max_tokens: self.n_predict,
             sampler: SamplerConfig {
-                temperature: self.temp,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
+                temperature: self.temp.unwrap_or(d.temperature),
+                top_k: self.top_k.unwrap_or(d.top_k as usize),
+                top_p: self.top_p.unwrap_or(d.top_p),
+                min_p: self.min_p.unwrap_or(d.min_p),
+                repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
                 repeat_last_n: 64,
                 seed: self.seed,
             },
@@ -298,16 +308,20 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             let out = &mut stdout;
             let mut first_token_since_start = None;
             let mut write_error = None;
-            let stats = session.generate(&text, &sample.params(), |ev| {
-                first_token_since_start.get_or_insert_with(|| process_start.elapsed());
-                match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(e) => {
-                        write_error = Some(e);
-                        ControlFlow::Break(())
+            let stats = session.generate(
+                &text,
+                &sample.params(engine.model().config().sampling),
+                |ev| {
+                    first_token_since_start.get_or_insert_with(|| process_start.elapsed());
+                    match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(e) => {
+                            write_error = Some(e);
+                            ControlFlow::Break(())
+                        }
                     }
-                }
-            })?;
+                },
+            )?;
             if let Some(e) = write_error {
                 return Err(e.into());
             }
@@ -365,7 +379,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 let mut write_error = None;
                 let r = session.chat(
                     line.trim_end_matches(['\n', '\r']),
-                    &sample.params(),
+                    &sample.params(engine.model().config().sampling),
                     |ev| match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
                         Ok(()) => ControlFlow::Continue(()),
                         Err(e) => {
@@ -410,7 +424,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             let mut speeds = Vec::new();
             let mut correct = 0;
             for seed in 0..seeds.max(1) {
-                let mut params = sample.params();
+                let mut params = sample.params(engine.model().config().sampling);
                 params.sampler.seed = seed;
                 let outcomes = glint_runtime::eval::answer_qa(
                     &engine,

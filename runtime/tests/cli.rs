@@ -378,3 +378,25 @@ fn eval_qa_answers_the_shipped_set() {
         .expect("a count");
     assert!(right >= 20, "{right} of 35 right:\n{out}");
 }
+
+/// The README's demo, as written there (`run --chat -p "What is the capital of France?"`,
+/// every other setting the default: the model's recommended sampling, seed 0), answers
+/// right.
+#[test]
+fn the_readme_demo_answers_paris() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("read the README");
+    let demo =
+        r#"cargo run --release -p glint-runtime -- run --chat -p "What is the capital of France?""#;
+    assert!(
+        readme.contains(demo),
+        "the README's demo changed: update this test"
+    );
+    let out = ok(&glint(&with_model(&[
+        "run",
+        "--chat",
+        "-p",
+        "What is the capital of France?",
+    ])));
+    assert!(out.contains("Paris"), "{out}");
+}

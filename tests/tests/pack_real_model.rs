@@ -112,3 +112,13 @@ fn q4g128_and_q8_pack_within_their_error_bounds() {
         assert!(rel < rel_bound, "{}: relative error {rel}", scheme.name());
     }
 }
+
+/// SmolLM2's GGUF carries no `general.sampling.*` keys: the import takes the model card's
+/// recommendation from the table (`glint_models::known_sampling`) into the packed file.
+#[test]
+fn the_packed_default_model_carries_its_recommended_sampling() {
+    let f = glint_format::LoadedGlint::open(common::model_path()).unwrap();
+    let d = f.file().config().sampling.expect("recommended sampling");
+    assert_eq!((d.temperature, d.top_p), (0.2, 0.9));
+    assert_eq!(Some(d), glint_models::known_sampling("smollm2"));
+}

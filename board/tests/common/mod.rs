@@ -53,6 +53,7 @@ fn tiny_config() -> ModelConfig {
         eos: Some(257),
         pad: None,
         eot: Some(257),
+        sampling: None,
     }
 }
 

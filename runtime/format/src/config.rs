@@ -5,9 +5,45 @@ use crate::bytes::Reader;
 #[cfg(feature = "std")]
 use no_std_compat::vec::Vec;
 
-/// Bytes of the config section in format 1.0. Later minor versions may append fields;
-/// readers ignore bytes past the ones they know.
+/// Bytes of the config section in format 1.0, the least a reader accepts. Later minor
+/// versions append fields; readers ignore bytes past the ones they know.
 pub const CONFIG_LEN: usize = 96;
+
+/// Bytes of the config section written by format 1.1: 1.0's, then the sampling defaults
+/// (`present`, temperature, top-k, top-p, min-p, repeat penalty: 6 words).
+pub const CONFIG_LEN_1_1: usize = CONFIG_LEN + 24;
+
+/// The sampling settings a model's authors recommend (HF `generation_config.json`, GGUF
+/// `general.sampling.*`, or Glint's table of known models): the defaults a runtime
+/// offers when the user gives none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingDefaults {
+    /// Temperature (0: greedy).
+    pub temperature: f32,
+    /// Top-k (0: off).
+    pub top_k: u32,
+    /// Top-p (1: off).
+    pub top_p: f32,
+    /// Min-p (0: off).
+    pub min_p: f32,
+    /// Repetition penalty (1: off).
+    pub repeat_penalty: f32,
+}
+
+impl SamplingDefaults {
+    /// Whether every value is finite and in its range.
+    pub fn is_valid(&self) -> bool {
+        let unit = |x: f32| (0.0..=1.0).contains(&x);
+        self.temperature.is_finite()
+            && (0.0..=100.0).contains(&self.temperature)
+            && unit(self.top_p)
+            && self.top_p > 0.0
+            && unit(self.min_p)
+            && self.repeat_penalty.is_finite()
+            && self.repeat_penalty > 0.0
+            && self.repeat_penalty <= 100.0
+    }
+}
 
 /// Upper bounds that reject absurd headers before anything is sized from them.
 pub mod limits {
@@ -93,6 +129,8 @@ pub struct ModelConfig {
     pub pad: Option<u32>,
     /// End-of-turn token for chat (e.g. `<|im_end|>`, `<|eot_id|>`).
     pub eot: Option<u32>,
+    /// Recommended sampling (format 1.1; `None` in 1.0 files and when unknown).
+    pub sampling: Option<SamplingDefaults>,
 }
 
 const FLAG_TIED: u32 = 1;
@@ -166,9 +204,35 @@ impl ModelConfig {
             eos: token(eos, vocab_size, "eos token out of vocabulary")?,
             pad: token(pad, vocab_size, "pad token out of vocabulary")?,
             eot: token(eot, vocab_size, "eot token out of vocabulary")?,
+            sampling: None,
+        };
+        let c = Self {
+            sampling: Self::read_sampling(section)?,
+            ..c
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// The sampling defaults of a 1.1 config section, if it has them.
+    fn read_sampling(section: &[u8]) -> Result<Option<SamplingDefaults>, FormatError> {
+        let Some(words) = section.get(CONFIG_LEN..CONFIG_LEN_1_1) else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(words, "config");
+        let present = r.u32()?;
+        let d = SamplingDefaults {
+            temperature: r.f32()?,
+            top_k: r.u32()?,
+            top_p: r.f32()?,
+            min_p: r.f32()?,
+            repeat_penalty: r.f32()?,
+        };
+        match present {
+            0 => Ok(None),
+            1 => Ok(Some(d)),
+            _ => Err(FormatError::BadConfig("unknown sampling flag")),
+        }
     }
 
     /// Checks every value is in range and consistent, so later arithmetic cannot overflow.
@@ -228,6 +292,9 @@ impl ModelConfig {
                 return Err(FormatError::BadConfig("bad rope scaling"));
             }
         }
+        if self.sampling.is_some_and(|d| !d.is_valid()) {
+            return Err(FormatError::BadConfig("sampling defaults out of range"));
+        }
         Ok(())
     }
 
@@ -241,7 +308,14 @@ impl ModelConfig {
         });
         let flags = if self.tied_embeddings { FLAG_TIED } else { 0 }
             | if self.qkv_bias { FLAG_QKV_BIAS } else { 0 };
-        let words: [u32; 24] = [
+        let d = self.sampling.unwrap_or(SamplingDefaults {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 0.0,
+            min_p: 0.0,
+            repeat_penalty: 0.0,
+        });
+        let words: [u32; 30] = [
             self.arch as u32,
             self.dim,
             self.n_layers,
@@ -266,6 +340,12 @@ impl ModelConfig {
             opt_token(self.eot) as u32,
             0,
             0,
+            self.sampling.is_some() as u32,
+            d.temperature.to_bits(),
+            d.top_k,
+            d.top_p.to_bits(),
+            d.min_p.to_bits(),
+            d.repeat_penalty.to_bits(),
         ];
         words
             .iter()

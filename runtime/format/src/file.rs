@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 8] = *b"GLINTMDL";
 /// Major version: readers reject any other.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version written; readers accept any minor of their major.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: u32 = 144;
 /// The tensor data section starts on a page boundary so that the mapping of the
@@ -446,6 +446,13 @@ impl<'a> GlintFile<'a> {
             "tokens: bos {:?} eos {:?} eot {:?} pad {:?}\n",
             c.bos, c.eos, c.eot, c.pad
         );
+        s += &match c.sampling {
+            Some(d) => format!(
+                "recommended sampling: temp {}, top-k {}, top-p {}, min-p {}, repeat penalty {}\n",
+                d.temperature, d.top_k, d.top_p, d.min_p, d.repeat_penalty
+            ),
+            None => "recommended sampling: none in the file\n".into(),
+        };
         s += &format!(
             "tokenizer: {:?} pre {:?}, {} tokens, {} merges, add_bos {}\n",
             t.model,

@@ -19,7 +19,9 @@ mod tokenizer;
 #[cfg(feature = "std")]
 mod writer;
 
-pub use config::{Arch, CONFIG_LEN, ModelConfig, RopeScaling, RopeStyle, limits};
+pub use config::{
+    Arch, CONFIG_LEN, CONFIG_LEN_1_1, ModelConfig, RopeScaling, RopeStyle, SamplingDefaults, limits,
+};
 pub use dtype::{BLOCK, DType, Matrix, PlaneLayout, TENSOR_ALIGN};
 pub use file::{
     BlockTensor, DATA_ALIGN, GlintFile, HEADER_LEN, LlamaTensor, MAGIC, MAX_DIMS, MAX_ELEMENTS,

@@ -1,6 +1,6 @@
 //! Writing `.glint` files (hosted only): the quantizer's single way to produce one.
 
-use crate::config::{CONFIG_LEN, ModelConfig};
+use crate::config::{CONFIG_LEN_1_1, ModelConfig};
 use crate::file::{
     DATA_ALIGN, HEADER_LEN, MAGIC, MAX_DIMS, SECTIONS, Section, VERSION_MAJOR, VERSION_MINOR,
 };
@@ -82,7 +82,7 @@ pub fn write_glint<W: Write>(out: W, meta: &FileMeta, tensors: &[TensorOut]) -> 
             )));
         }
     }
-    let mut config = Vec::with_capacity(CONFIG_LEN);
+    let mut config = Vec::with_capacity(CONFIG_LEN_1_1);
     meta.config.write(&mut config);
     let mut tokenizer = Vec::new();
     meta.tokenizer.write(&mut tokenizer);

@@ -29,6 +29,7 @@ fn tiny_config() -> ModelConfig {
         eos: Some(257),
         pad: None,
         eot: Some(257),
+        sampling: None,
     }
 }
 
@@ -173,7 +174,10 @@ fn wrong_magic_and_version() {
     bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
     assert_eq!(
         GlintFile::parse(&bytes).unwrap_err(),
-        FormatError::UnsupportedVersion { major: 2, minor: 0 }
+        FormatError::UnsupportedVersion {
+            major: 2,
+            minor: VERSION_MINOR
+        }
     );
     // A newer minor version of the same major is readable.
     let mut bytes = tiny_file();
@@ -540,4 +544,58 @@ fn write_fuzz_seed_when_asked() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("tiny.glint"), tiny_file()).unwrap();
     }
+}
+
+/// Format 1.1's recommended sampling: written and read back; a 1.0 file (a config
+/// section of 96 bytes) reads as none; out-of-range values and an unknown presence flag
+/// are `BadConfig`, never ignored.
+#[test]
+fn sampling_defaults_round_trip_and_1_0_files_have_none() {
+    let sampling = SamplingDefaults {
+        temperature: 0.2,
+        top_k: 0,
+        top_p: 0.9,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+    };
+    let c = ModelConfig {
+        sampling: Some(sampling),
+        ..tiny_config()
+    };
+    let mut bytes = Vec::new();
+    write_glint(&mut bytes, &tiny_meta(c), &tiny_tensors(&c)).unwrap();
+    let f = GlintFile::parse(&bytes).unwrap();
+    assert_eq!(f.version(), (VERSION_MAJOR, 1));
+    assert_eq!(f.config().sampling, Some(sampling));
+    assert!(
+        f.summary()
+            .contains("recommended sampling: temp 0.2, top-k 0, top-p 0.9")
+    );
+    let (config_at, config_len) = f.section(Section::Config);
+    assert_eq!(config_len, CONFIG_LEN_1_1 as u64);
+
+    // The same file with a 1.0-sized config section: the sampling words are past the
+    // section's end, so they are not read.
+    // The config is directory entry 0: its length is the u64 at byte 32.
+    let mut old = bytes.clone();
+    old[32..40].copy_from_slice(&(CONFIG_LEN as u64).to_le_bytes());
+    assert_eq!(GlintFile::parse(&old).unwrap().config().sampling, None);
+
+    // An unknown presence flag and a negative temperature are refused.
+    let word = |b: &mut Vec<u8>, index: usize, v: u32| {
+        let at = config_at as usize + CONFIG_LEN + 4 * index;
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    };
+    let mut bad = bytes.clone();
+    word(&mut bad, 0, 2);
+    assert_eq!(
+        GlintFile::parse(&bad).err(),
+        Some(FormatError::BadConfig("unknown sampling flag"))
+    );
+    let mut bad = bytes;
+    word(&mut bad, 1, (-1.0f32).to_bits());
+    assert_eq!(
+        GlintFile::parse(&bad).err(),
+        Some(FormatError::BadConfig("sampling defaults out of range"))
+    );
 }
