@@ -6,8 +6,11 @@
 //!
 //! [`attend`] runs on the kernel it is given: AVX-512 (head dims a
 //! multiple of 16, up to 256) has a hand-written loop (zmm dot products, a vectorised
-//! `exp` built on `vscalefps`, f16 read through `vcvtph2ps`); everything else runs the
-//! scalar reference [`attend_scalar`], which every SIMD path is tested against.
+//! `exp` built on `vscalefps`, f16 read through `vcvtph2ps`); on aarch64 the NEON
+//! kernels (head dims a multiple of 16) have one of their own (4-lane pieces, the same
+//! `exp` with `2^n` built in the exponent bits, f16 through `fcvtl`, written with
+//! `fcvtn`); everything else runs the scalar reference [`attend_scalar`], which every
+//! SIMD path is tested against.
 //!
 //! Also here, sharing the vectorised `exp`: the SwiGLU activation [`silu_mul`].
 
@@ -128,20 +131,40 @@ pub fn store<T: KvElem>(kernel: Kernel, dst: &mut [T], src: &[f32]) {
         unsafe { avx512::store_f16(dst.as_mut_ptr().cast(), src) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if T::F16 && neon_on(kernel) {
+        // SAFETY: NEON checked by `neon_on`; lengths asserted equal; `T` is `f16` (2
+        // bytes, `F16`).
+        unsafe { neon::store_f16(dst.as_mut_ptr().cast(), src) };
+        return;
+    }
     let _ = kernel;
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = T::from_f32(s);
     }
 }
 
+/// Whether `kernel` is a NEON one this CPU runs (both share the attention, SwiGLU and
+/// f16 kernels: none of them multiplies int8 by int8).
+#[cfg(target_arch = "aarch64")]
+fn neon_on(kernel: Kernel) -> bool {
+    (kernel == Kernel::Neon || kernel == Kernel::NeonDot) && kernel.available()
+}
+
 /// `g[i] = silu(g[i]) * u[i]` with `silu(x) = x / (1 + exp(-x))` (SwiGLU), on `kernel`
-/// (AVX-512 where it applies, else scalar).
+/// (AVX-512 or NEON where it applies, else scalar).
 pub fn silu_mul(kernel: Kernel, g: &mut [f32], u: &[f32]) {
     assert_eq!(g.len(), u.len());
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && kernel.available() {
         // SAFETY: AVX-512F checked; lengths equal.
         unsafe { avx512::silu_mul(g, u) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon_on(kernel) {
+        // SAFETY: NEON checked; lengths equal.
+        unsafe { neon::silu_mul(g, u) };
         return;
     }
     let _ = kernel;
@@ -170,7 +193,7 @@ pub struct AttendJob<'a, T> {
     pub scale: f32,
 }
 
-/// Runs `job` on `kernel` (AVX-512 where it applies, else the scalar reference) into
+/// Runs `job` on `kernel` (AVX-512 or NEON where it applies, else the scalar reference) into
 /// `out` (`q.len()` elements); `scores` is scratch of at least `heads * len`.
 pub fn attend<T: KvElem>(
     kernel: Kernel,
@@ -240,6 +263,28 @@ pub fn attend<T: KvElem>(
             16 => go!(16, 1),
             _ => {}
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon_on(kernel) && hd.is_multiple_of(16) {
+        // Heads in runs of up to 4: up to 4 accumulators per head (the 16-element piece
+        // of the values), so 16 of the 32 registers, plus the 4 of the row's piece.
+        let mut g = 0;
+        while g < heads {
+            let n = (heads - g).min(4);
+            let (sc, og) = (scores.as_mut_ptr(), out[g * hd..].as_mut_ptr());
+            // SAFETY: NEON checked; shapes asserted above (`holds`, `hd` a multiple of
+            // 16); heads `g..g + n` are in `q` and `out`, `n * len` scores in `scores`.
+            unsafe {
+                match n {
+                    1 => neon::attend::<T, 1>(job, g, sc, og),
+                    2 => neon::attend::<T, 2>(job, g, sc, og),
+                    3 => neon::attend::<T, 3>(job, g, sc, og),
+                    _ => neon::attend::<T, 4>(job, g, sc, og),
+                }
+            }
+            g += n;
+        }
+        return;
     }
     let _ = (kernel, scale);
     attend_scalar(job, scores, out);
@@ -487,6 +532,265 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::super::neon::load_w16;
+    use super::{AttendJob, BLOCK, KvElem};
+    use core::arch::aarch64::*;
+    use core::arch::asm;
+
+    /// 8 f32 to f16 with `fcvtn`/`fcvtn2` (round to nearest even under the default
+    /// FPCR, as `half::f16::from_f32`; overflow to infinity, subnormals kept), the rest
+    /// one by one.
+    ///
+    /// # Safety
+    /// `dst` holds `src.len()` f16 values.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn store_f16(dst: *mut u16, src: &[f32]) {
+        let mut i = 0;
+        while i + 8 <= src.len() {
+            // SAFETY: `i + 8 <= len` for both; `fcvtn` is ARMv8.0 AdvSIMD (baseline on
+            // aarch64) and touches registers only.
+            unsafe {
+                let (a, b) = (
+                    vld1q_f32(src.as_ptr().add(i)),
+                    vld1q_f32(src.as_ptr().add(i + 4)),
+                );
+                let h: uint16x8_t;
+                asm!(
+                    "fcvtn {h:v}.4h, {a:v}.4s",
+                    "fcvtn2 {h:v}.8h, {b:v}.4s",
+                    // `h` is written before `b` is read: not `lateout`.
+                    h = out(vreg) h,
+                    a = in(vreg) a,
+                    b = in(vreg) b,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+                vst1q_u16(dst.add(i), h);
+            }
+            i += 8;
+        }
+        for (j, &v) in src.iter().enumerate().skip(i) {
+            // SAFETY: `j < len`.
+            unsafe { *dst.add(j) = half::f16::from_f32(v).to_bits() };
+        }
+    }
+
+    /// `exp(x)`, the AVX-512 one's Cephes `expf` (relative error ~2e-7; below -104 it
+    /// gives 0, above ~88.7 infinity). Without `vscalefps`, `2^n` (`n` in -150..=185
+    /// after the clamp) is two normal powers `2^(n >> 1)` and `2^(n - (n >> 1))` built in
+    /// the exponent bits, so results in the subnormal range round once, as `vscalefps`
+    /// rounds them.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn exp(x: float32x4_t) -> float32x4_t {
+        let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-104.0)), vdupq_n_f32(128.0));
+        let n = vrndnq_f32(vmulq_n_f32(x, core::f32::consts::LOG2_E));
+        let r = vfmsq_n_f32(x, n, 0.693_145_75);
+        let r = vfmsq_n_f32(r, n, 1.428_606_8e-6);
+        let mut p = vdupq_n_f32(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = vfmaq_f32(vdupq_n_f32(c), p, r);
+        }
+        p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), p, vmulq_f32(r, r));
+        let ni = vcvtq_s32_f32(n);
+        let n1 = vshrq_n_s32::<1>(ni);
+        let pow2 =
+            |k: int32x4_t| vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(k, vdupq_n_s32(127))));
+        vmulq_f32(vmulq_f32(p, pow2(n1)), pow2(vsubq_s32(ni, n1)))
+    }
+
+    /// `silu(x) * y` on 4 lanes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn silu4(x: float32x4_t, y: float32x4_t) -> float32x4_t {
+        let e = exp(vnegq_f32(x));
+        vmulq_f32(vdivq_f32(x, vaddq_f32(vdupq_n_f32(1.0), e)), y)
+    }
+
+    /// See [`super::silu_mul`]: 8 elements a step (two independent chains of 34
+    /// instructions, mostly dependent, in the disassembly's 69-instruction loop: room
+    /// for in-order cores such as the Cortex-A55 to overlap them), the last `len % 8`
+    /// through a zero-padded copy.
+    ///
+    /// # Safety
+    /// NEON (baseline); `g.len() == u.len()`.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+        let mut gc = g.chunks_exact_mut(8);
+        let mut uc = u.chunks_exact(8);
+        for (g, u) in (&mut gc).zip(&mut uc) {
+            // SAFETY: 8 elements in each chunk.
+            unsafe {
+                let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
+                let a = silu4(vld1q_f32(gp), vld1q_f32(up));
+                let b = silu4(vld1q_f32(gp.add(4)), vld1q_f32(up.add(4)));
+                vst1q_f32(gp, a);
+                vst1q_f32(gp.add(4), b);
+            }
+        }
+        let (g, u) = (gc.into_remainder(), uc.remainder());
+        if !g.is_empty() {
+            let (mut gb, mut ub) = ([0f32; 8], [0f32; 8]);
+            gb[..g.len()].copy_from_slice(g);
+            ub[..u.len()].copy_from_slice(u);
+            for (gb, ub) in gb.chunks_exact_mut(4).zip(ub.chunks_exact(4)) {
+                // SAFETY: 4 elements in each chunk.
+                unsafe {
+                    vst1q_f32(
+                        gb.as_mut_ptr(),
+                        silu4(vld1q_f32(gb.as_ptr()), vld1q_f32(ub.as_ptr())),
+                    )
+                };
+            }
+            g.copy_from_slice(&gb[..g.len()]);
+        }
+    }
+
+    /// Elements `16 c .. 16 c + 16` of the row at `p` as f32; for int8, `s` points at
+    /// the row's first block scale.
+    ///
+    /// # Safety
+    /// 16 readable elements there (and for int8 their block scale).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load16<T: KvElem>(p: *const T, s: *const f32, c: usize) -> [float32x4_t; 4] {
+        // SAFETY: by the caller; `ld1` has no alignment needs.
+        unsafe {
+            let p = p.add(16 * c);
+            if T::I8 {
+                let v = vld1q_s8(p.cast());
+                let sc = *s.add(16 * c / BLOCK);
+                let (a, b) = (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v));
+                [
+                    vmovl_s16(vget_low_s16(a)),
+                    vmovl_high_s16(a),
+                    vmovl_s16(vget_low_s16(b)),
+                    vmovl_high_s16(b),
+                ]
+                .map(|w| vmulq_n_f32(vcvtq_f32_s32(w), sc))
+            } else if T::F16 {
+                load_w16::<true>(p.cast())
+            } else {
+                load_w16::<false>(p.cast())
+            }
+        }
+    }
+
+    /// See [`super::attend`], for the `S` query heads `g0..g0 + S` of `job` (head dim a
+    /// multiple of 16), in pieces of 16 elements (4 vectors): each key row is loaded and
+    /// widened once for all `S` heads; each score is the reference's sum to the bit (its
+    /// 8 partial sums of `j % 8` are the lanes of 2 accumulators, multiply then add, not
+    /// fused, summed in its order): with fused 4-accumulator sums an output of the int8
+    /// test (hd 128, 513 positions) missed its bound by 1% (2.08e-6 against 2.06e-6). The scores go
+    /// through the vectorised `exp`, and the values are
+    /// summed piece by piece over all positions (each value piece loaded once for all
+    /// `S` heads, `4 S` independent FMA chains in registers).
+    ///
+    /// # Safety
+    /// NEON; the shapes `super::attend` asserts; `scores` holds `S * len` and `out` (head
+    /// `g0`'s first element) `S * hd` elements; `g0 + S <= heads`.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn attend<T: KvElem, const S: usize>(
+        job: &AttendJob<'_, T>,
+        g0: usize,
+        scores: *mut f32,
+        out: *mut f32,
+    ) {
+        let AttendJob {
+            q,
+            heads,
+            keys,
+            values,
+            len,
+            scale,
+        } = *job;
+        let hd = q.len() / heads;
+        let stride = keys.stride;
+        // Scales advance by `stride / 32` a position (int8 only; never read otherwise).
+        let sstride = stride / BLOCK;
+        let (kp, ks) = (keys.data.as_ptr(), keys.scales.as_ptr());
+        let (vp, vs) = (values.data.as_ptr(), values.scales.as_ptr());
+        // SAFETY (whole body): position `p < len` at `p * stride`, `hd` elements each
+        // and its scales at `p * stride / 32` (`holds`); head `g < S` at
+        // `(g0 + g) * hd` of `q`, `g * hd` of `out` and `g * len` of `scores`.
+        unsafe {
+            let q = q.as_ptr().add(g0 * hd);
+            for p in 0..len {
+                let (kr, kss) = (kp.add(p * stride), ks.wrapping_add(p * sstride));
+                let mut acc = [[vdupq_n_f32(0.0); 2]; S];
+                for c in 0..hd / 16 {
+                    let k = load16(kr, kss, c);
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let qg = q.add(g * hd + 16 * c);
+                        for (j, k) in k.iter().enumerate() {
+                            let a = &mut acc[j % 2];
+                            *a = vaddq_f32(*a, vmulq_f32(vld1q_f32(qg.add(4 * j)), *k));
+                        }
+                    }
+                }
+                for (g, a) in acc.iter().enumerate() {
+                    let mut t = [0f32; 8];
+                    vst1q_f32(t.as_mut_ptr(), a[0]);
+                    vst1q_f32(t.as_mut_ptr().add(4), a[1]);
+                    *scores.add(g * len + p) = t.iter().sum::<f32>() * scale;
+                }
+            }
+            // Softmax of each head's scores, in place (unnormalised; `inv` per head);
+            // the last `len % 4` one by one.
+            let mut inv = [0f32; S];
+            for (g, inv) in inv.iter_mut().enumerate() {
+                let sc = core::slice::from_raw_parts_mut(scores.add(g * len), len);
+                let mut chunks = sc.chunks_exact_mut(4);
+                let mut maxv = vdupq_n_f32(f32::NEG_INFINITY);
+                for c in &mut chunks {
+                    maxv = vmaxq_f32(maxv, vld1q_f32(c.as_ptr()));
+                }
+                let max = chunks
+                    .into_remainder()
+                    .iter()
+                    .fold(vmaxvq_f32(maxv), |m, &v| m.max(v));
+                let mut chunks = sc.chunks_exact_mut(4);
+                let mut sumv = vdupq_n_f32(0.0);
+                for c in &mut chunks {
+                    let e = exp(vsubq_f32(vld1q_f32(c.as_ptr()), vdupq_n_f32(max)));
+                    vst1q_f32(c.as_mut_ptr(), e);
+                    sumv = vaddq_f32(sumv, e);
+                }
+                let mut sum = vaddvq_f32(sumv);
+                for v in chunks.into_remainder() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                *inv = 1.0 / sum;
+            }
+            for c in 0..hd / 16 {
+                let mut acc = [[vdupq_n_f32(0.0); 4]; S];
+                for p in 0..len {
+                    let v = load16(vp.add(p * stride), vs.wrapping_add(p * sstride), c);
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let w = *scores.add(g * len + p);
+                        for (a, v) in acc.iter_mut().zip(&v) {
+                            *a = vfmaq_n_f32(*a, *v, w);
+                        }
+                    }
+                }
+                for (g, acc) in acc.iter().enumerate() {
+                    for (j, a) in acc.iter().enumerate() {
+                        vst1q_f32(out.add(g * hd + 16 * c + 4 * j), vmulq_n_f32(*a, inv[g]));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,26 +970,65 @@ mod tests {
         let mut want = g0.clone();
         silu_mul(Kernel::Scalar, &mut want, &u);
         for kernel in Kernel::all_available() {
-            for len in [1usize, 15, 16, 17, 1000] {
+            for len in (1usize..=17).chain([31, 32, 33, 999, 1000]) {
                 let mut got = g0[..len].to_vec();
                 silu_mul(kernel, &mut got, &u[..len]);
                 for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{g} vs {w}");
+                    assert!(
+                        (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "{} len {len}: {g} vs {w}",
+                        kernel.name()
+                    );
                 }
             }
+            // Saturation, in the vector body (first 8) and in the tail.
+            let x = [
+                200.0f32, -200.0, 0.0, 90.0, -90.0, 104.0, -104.0, 1e30, -1e30,
+            ];
+            let mut big = x.to_vec();
+            silu_mul(kernel, &mut big, &[1.0; 9]);
+            let mut tail = x[..3].to_vec();
+            silu_mul(kernel, &mut tail, &[1.0; 3]);
+            assert_eq!(big[..3], [200.0, -0.0, 0.0], "{}", kernel.name());
+            assert_eq!(tail, [200.0, -0.0, 0.0], "{}", kernel.name());
+            assert_eq!(big[3], 90.0, "{}", kernel.name());
+            assert_eq!(big[5], 104.0, "{}", kernel.name());
+            assert_eq!(big[7], 1e30, "{}", kernel.name());
+            assert!(
+                big[4] <= 0.0 && big[4] > -1e-36,
+                "{}: {}",
+                kernel.name(),
+                big[4]
+            );
+            assert!(
+                big[6] <= 0.0 && big[6] > -1e-40,
+                "{}: {}",
+                kernel.name(),
+                big[6]
+            );
+            assert_eq!(big[8], -0.0, "{}", kernel.name());
         }
-        let mut big = vec![200.0f32, -200.0, 0.0];
-        silu_mul(Kernel::best(), &mut big, &[1.0, 1.0, 1.0]);
-        assert_eq!(big, [200.0, -0.0, 0.0]);
     }
 
     #[test]
     fn store_rounds_like_half() {
-        let src: Vec<f32> = sample(1000, 3).iter().map(|v| v * 70000.0).collect();
-        let mut got = vec![f16::ZERO; 1000];
-        store(Kernel::best(), &mut got, &src);
-        for (g, &s) in got.iter().zip(&src) {
-            assert_eq!(g.to_bits(), f16::from_f32(s).to_bits());
+        let mut src: Vec<f32> = sample(1003, 3).iter().map(|v| v * 70000.0).collect();
+        // f16 subnormals (below 6.1e-5) and exact ties between two f16 values.
+        src[..40].iter_mut().for_each(|v| *v *= 1e-9);
+        src[40..44].copy_from_slice(&[
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            -2049.0,
+            65520.0,
+        ]);
+        for kernel in Kernel::all_available() {
+            for len in [1usize, 7, 8, 9, 1000, 1003] {
+                let mut got = vec![f16::ZERO; len];
+                store(kernel, &mut got, &src[..len]);
+                for (g, &s) in got.iter().zip(&src) {
+                    assert_eq!(g.to_bits(), f16::from_f32(s).to_bits(), "{}", kernel.name());
+                }
+            }
         }
     }
 }

@@ -26,7 +26,8 @@
 //! accumulator at `-128 * sum(q_x)` per 4 activations, precomputed here). An AVX-512 CPU
 //! without VNNI runs the AVX2 int8 kernels. On aarch64, [`Kernel::Neon`] (widening
 //! `smull`/`smlal2`) and [`Kernel::NeonDot`] (`sdot`, signed x signed) read the
-//! natural-order rows and need no offset (`neon.rs`).
+//! natural-order rows and need no offset (`neon.rs`); both quantize rows with the NEON
+//! row quantizer (`neon::quantize_row`, bit-identical to the scalar one).
 
 use core::ops::Range;
 use std::collections::TryReserveError;
@@ -205,8 +206,15 @@ impl QuantActs {
                 unsafe { super::avx512::quantize_row(xr, nat, d, s, corr) };
                 true
             };
-            // No SIMD row quantizer outside x86-64 (`simd` is false there).
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            let done = simd && {
+                // SAFETY: `simd` means a NEON kernel (baseline on aarch64); the slices
+                // hold `cols` values, `cols / 32` blocks and `cols / 4` corrections.
+                unsafe { super::neon::quantize_row(xr, nat, d, s, corr) };
+                true
+            };
+            // No SIMD row quantizer elsewhere (`simd` is false there).
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             let done = simd;
             if !done {
                 quantize_row_scalar(xr, nat, d, s, corr);
@@ -257,9 +265,10 @@ fn zeros<T: Clone + Default>(rows: usize, cols: usize) -> Result<Vec<T>, TryRese
     Ok(v)
 }
 
-/// Whether [`QuantActs::quantize`] uses the AVX-512 row quantizer (bit-identical to
-/// [`quantize_row_scalar`]): when `kernel` is AVX-512 and the CPU has F, BW, VL and
-/// VNNI.
+/// Whether [`QuantActs::quantize`] uses a SIMD row quantizer (each bit-identical to
+/// [`quantize_row_scalar`]): the AVX-512 one when `kernel` is AVX-512 and the CPU has F,
+/// BW, VL and VNNI; the NEON one when `kernel` is [`Kernel::Neon`] or
+/// [`Kernel::NeonDot`] and available.
 fn use_simd_quantize(kernel: Kernel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -269,7 +278,11 @@ fn use_simd_quantize(kernel: Kernel) -> bool {
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512vnni")
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        (kernel == Kernel::Neon || kernel == Kernel::NeonDot) && kernel.available()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = kernel;
         false

@@ -18,8 +18,8 @@
 //!   registers, per tile of weight rows and activation rows; nothing is ever dequantized
 //!   into memory beyond a block, and no call allocates.
 //! * [`attn`]: the attention inner loop (one query head over an f32 or f16 KV cache),
-//!   the f16 conversion on append and the SwiGLU activation, AVX-512 with a scalar
-//!   reference.
+//!   the f16 conversion on append and the SwiGLU activation, AVX-512 and NEON with a
+//!   scalar reference.
 //! * The `*_rows` variants compute only a range of output rows so a caller can split a
 //!   matrix across threads; every row is computed the same way whatever range it is
 //!   part of, so splitting never changes a single bit of the result.
@@ -54,7 +54,8 @@
 //! path plus `sdot` int8-activation kernels, available when
 //! `std::arch::is_aarch64_feature_detected!("dotprod")`. `sdot` multiplies int8 by int8,
 //! so it serves only the int8-activation entry point (`int8.rs`), not this exact path.
-//! Attention and SwiGLU run the scalar reference on aarch64.
+//! Attention, SwiGLU, the f16 cache store and the activation quantizer have NEON
+//! versions too (`attn.rs`, `neon::quantize_row`), shared by both NEON kernels.
 
 use core::ops::Range;
 

@@ -515,6 +515,55 @@ fn int8_activations_refuse_float_weights() {
     Kernel::best().matmul_q8act_rows(&w, &a, 0..2, &mut [0.0; 2]);
 }
 
+/// Every kernel's row quantizer (scalar, AVX-512 or NEON, as `QuantActs::quantize`
+/// picks it) gives the scalar bits in every plane: zero blocks, outliers, exact ties at
+/// .5 and tiny blocks, one row (decode) and three (the tiled layout).
+#[test]
+fn quantize_is_bit_identical_on_every_kernel() {
+    for cols in [32usize, 64, 96, 160, 576, 1536] {
+        for n in [1usize, 3] {
+            let mut x: Vec<f32> = sample(n * cols, cols as u32 + n as u32)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            x[..BLOCK].fill(0.0);
+            x[cols - 1] = 40.0;
+            x[n * cols - 2] = -1e4;
+            if cols >= 96 {
+                // Exact ties after scaling: amax 127 gives `1 / d` = 1.
+                x[32..40].copy_from_slice(&[127.0, 2.5, -3.5, 0.5, -0.5, 1.5, -126.5, 3.0]);
+                x[64..96].iter_mut().for_each(|v| *v *= 1e-20);
+            }
+            let planes = |a: &QuantActs| {
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                (
+                    a.nat.clone(),
+                    a.corr.clone(),
+                    a.til.clone(),
+                    [
+                        bits(&a.d),
+                        bits(&a.s),
+                        bits(&a.d4),
+                        bits(&a.td),
+                        bits(&a.ts),
+                    ],
+                )
+            };
+            let mut want = QuantActs::new(n, cols).unwrap();
+            want.quantize(Kernel::Scalar, &x, n, cols);
+            for kernel in Kernel::all_available() {
+                let mut got = QuantActs::new(n, cols).unwrap();
+                got.quantize(kernel, &x, n, cols);
+                assert!(
+                    planes(&got) == planes(&want),
+                    "{} cols {cols} n {n}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn simd_quantize_is_bit_identical_to_scalar() {
