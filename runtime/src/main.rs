@@ -109,23 +109,17 @@ impl SampleArgs {
     /// The flags over the model's recommended sampling (`model`), over llama.cpp's
     /// defaults for what neither sets.
     fn params(&self, model: Option<SamplingDefaults>) -> GenerateParams {
-        let d = model.unwrap_or(SamplingDefaults {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            repeat_penalty: 1.0,
-        });
+        let d = SamplerConfig::for_model(model);
         GenerateParams {
             max_tokens: self.n_predict,
             sampler: SamplerConfig {
                 temperature: self.temp.unwrap_or(d.temperature),
-                top_k: self.top_k.unwrap_or(d.top_k as usize),
+                top_k: self.top_k.unwrap_or(d.top_k),
                 top_p: self.top_p.unwrap_or(d.top_p),
                 min_p: self.min_p.unwrap_or(d.min_p),
                 repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
-                repeat_last_n: 64,
                 seed: self.seed,
+                ..d
             },
             stop: self.stop.clone(),
             ..GenerateParams::default()
@@ -523,10 +517,7 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
     // prefill, so `max_tokens` is one more and the decode rate covers `n_gen` steps).
     let params = |max_tokens| GenerateParams {
         max_tokens,
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        },
+        sampler: SamplerConfig::greedy(),
         ignore_eos: true,
         ..GenerateParams::default()
     };

@@ -1,6 +1,8 @@
 //! Token sampling: repetition penalty, then top-k, top-p, min-p and temperature, then a
 //! seeded draw (llama.cpp's default order), or greedy when the temperature is 0.
 
+use glint_format::SamplingDefaults;
+
 /// Sampling settings. The defaults follow MediaPipe/llama.cpp: temperature 0.8,
 /// top-k 40, top-p 0.95, min-p 0.05, no repetition penalty.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +43,21 @@ impl SamplerConfig {
         Self {
             temperature: 0.0,
             ..Self::default()
+        }
+    }
+
+    /// A model's recommended settings (`ModelConfig::sampling`), else the defaults
+    /// (llama.cpp's).
+    pub fn for_model(recommended: Option<SamplingDefaults>) -> Self {
+        let base = Self::default();
+        let Some(d) = recommended else { return base };
+        Self {
+            temperature: d.temperature,
+            top_k: d.top_k as usize,
+            top_p: d.top_p,
+            min_p: d.min_p,
+            repeat_penalty: d.repeat_penalty,
+            ..base
         }
     }
 }

@@ -46,10 +46,7 @@ fn answer(image: &[u8]) -> Vec<u32> {
         .unwrap();
     let params = GenerateParams {
         max_tokens: TOKENS,
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        },
+        sampler: SamplerConfig::greedy(),
         ignore_eos: true,
         ..GenerateParams::default()
     };
