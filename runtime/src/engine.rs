@@ -257,11 +257,7 @@ impl<B: Backend> Engine<B> {
     /// A new session. Its cache is allocated up front (`Err` if the memory is not
     /// there); only the positions used become resident.
     pub fn session(&self, opts: SessionOptions) -> Result<Session<B>, BackendError> {
-        let max = self.0.model.config().context_len as usize;
-        let cap = match opts.context {
-            0 => max,
-            n => n.min(max),
-        };
+        let cap = self.0.model.session_context(opts.context);
         Ok(Session {
             engine: self.clone(),
             cache: self.0.model.cache(cap, opts.kv)?,

@@ -264,6 +264,16 @@ impl<B: Backend> Model<B> {
         self.file.file()
     }
 
+    /// The context a session asking for `requested` positions gets: the model's trained
+    /// context for 0 or anything beyond it.
+    pub fn session_context(&self, requested: usize) -> usize {
+        let trained = self.config.context_len as usize;
+        match requested {
+            0 => trained,
+            n => n.min(trained),
+        }
+    }
+
     /// A KV cache of `kv` elements for `capacity` positions.
     pub fn cache(&self, capacity: usize, kv: KvType) -> Result<B::Cache, BackendError> {
         self.backend.cache(&self.shape, capacity, kv)

@@ -258,11 +258,7 @@ impl Glasses {
             },
         )?;
         let model = engine.model();
-        let trained = model.config().context_len as usize;
-        let context = match runtime.context {
-            0 => trained,
-            n => n.min(trained),
-        };
+        let context = model.session_context(runtime.context);
         let need = MemoryNeed {
             model_bytes: booted.image.len.into(),
             kv_bytes: runtime.kv.cache_bytes(model.shape(), context),
@@ -336,10 +332,7 @@ impl Glasses {
         let running = self.running.as_mut().ok_or(EmuError::NotBooted)?;
         let params = GenerateParams {
             max_tokens: self.opts.runtime.max_tokens,
-            sampler: SamplerConfig {
-                temperature: 0.0,
-                ..SamplerConfig::default()
-            },
+            sampler: SamplerConfig::greedy(),
             ..GenerateParams::default()
         };
         self.board.set_led(true)?;
