@@ -554,7 +554,11 @@ fn greedy(engine: &Engine, prompt: &[u32]) -> (Vec<u32>, GenerateStats) {
 
 /// [`greedy`] with a KV cache of `kv`.
 fn greedy_with(engine: &Engine, prompt: &[u32], kv: KvType) -> (Vec<u32>, GenerateStats) {
-    let opts = SessionOptions { context: 32, kv };
+    let opts = SessionOptions {
+        context: 32,
+        kv,
+        ..SessionOptions::default()
+    };
     let mut session = engine.session(opts).expect("a session");
     let params = GenerateParams {
         max_tokens: 6,
@@ -742,6 +746,7 @@ fn int8_kv_cache_needs_heads_a_multiple_of_32_wide() {
     let opts = SessionOptions {
         context: 32,
         kv: KvType::Int8,
+        ..SessionOptions::default()
     };
     let err = engine
         .session(opts)

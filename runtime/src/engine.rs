@@ -10,6 +10,7 @@
 
 use crate::backend::{Backend, BackendError, CpuBackend, CpuOptions, KvStore, KvType};
 use crate::chat::{ChatTemplate, Message, Role, TemplateError};
+use crate::memory::{DEFAULT_CONTEXT, MIN_FITTED_CONTEXT, MemoryPlan, Mib, RUNTIME_BYTES};
 use crate::model::{ForwardError, LoadError, Model, ModelSource};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError, Vocabulary};
@@ -39,10 +40,40 @@ pub enum EngineError {
 /// How a [`Session`] is set up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Context positions; 0 (or more than the model's): the model's trained context.
+    /// Context positions, at most the model's trained context. 0: [`DEFAULT_CONTEXT`]
+    /// (or the trained context if smaller), shrunk to fit `mem_budget` when one is set.
     pub context: usize,
     /// Element type of the KV cache.
     pub kv: KvType,
+    /// Bytes the model and this session may hold resident ([`MemoryPlan::total`]);
+    /// `None`: no limit.
+    pub mem_budget: Option<u64>,
+}
+
+/// Why a session could not be made. Nothing is allocated before the plan is checked.
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum SessionError {
+    /// More context than the model was trained for.
+    #[error(
+        "a context of {requested} positions is more than the model's trained context of {trained}"
+    )]
+    ContextTooLong {
+        /// Positions asked for.
+        requested: usize,
+        /// The model's trained context.
+        trained: usize,
+    },
+    /// The session does not fit in the memory budget.
+    #[error("the session does not fit in the memory budget of {}: {plan}", Mib(*budget))]
+    OverBudget {
+        /// What it would need (for a shrinkable context: at the smallest one tried).
+        plan: MemoryPlan,
+        /// The budget.
+        budget: u64,
+    },
+    /// The backend could not allocate the cache or the activations.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 /// Why a generation call failed. Every error is found before anything runs, so the
@@ -254,10 +285,63 @@ impl<B: Backend> Engine<B> {
         v
     }
 
-    /// A new session. Its cache is allocated up front (`Err` if the memory is not
-    /// there); only the positions used become resident.
-    pub fn session(&self, opts: SessionOptions) -> Result<Session<B>, BackendError> {
-        let cap = self.0.model.session_context(opts.context);
+    /// What a session with `opts` would hold resident, and the context it gets
+    /// ([`SessionOptions::context`]), computed without allocating. `Err` when the
+    /// context is longer than the model's or the plan exceeds the memory budget.
+    pub fn memory_plan(&self, opts: &SessionOptions) -> Result<MemoryPlan, SessionError> {
+        let model = &self.0.model;
+        let trained = model.config().context_len as usize;
+        if opts.context > trained {
+            return Err(SessionError::ContextTooLong {
+                requested: opts.context,
+                trained,
+            });
+        }
+        let plan = |context: usize| MemoryPlan {
+            weights: model.resident_bytes(),
+            kv: opts.kv.cache_bytes(model.shape(), context),
+            scratch: model.scratch_bytes(PREFILL_BATCH, context, false),
+            runtime: RUNTIME_BYTES,
+            context,
+            kv_type: opts.kv,
+        };
+        let fits = |p: &MemoryPlan| opts.mem_budget.is_none_or(|b| p.total() <= b);
+        let over = |plan: MemoryPlan| SessionError::OverBudget {
+            plan,
+            budget: opts.mem_budget.unwrap_or(u64::MAX),
+        };
+        if opts.context > 0 {
+            let p = plan(opts.context);
+            return if fits(&p) { Ok(p) } else { Err(over(p)) };
+        }
+        // No context asked for: the default, or the largest that fits the budget
+        // (the plan grows with the context; binary search down to the minimum).
+        let (mut lo, mut hi) = (
+            MIN_FITTED_CONTEXT.min(trained),
+            DEFAULT_CONTEXT.min(trained),
+        );
+        if fits(&plan(hi)) {
+            return Ok(plan(hi));
+        }
+        if !fits(&plan(lo)) {
+            return Err(over(plan(lo)));
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(&plan(mid)) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(plan(lo))
+    }
+
+    /// A new session, after checking its [`Engine::memory_plan`]. Its cache is
+    /// allocated up front (`Err` if the memory is not there); only the positions used
+    /// become resident.
+    pub fn session(&self, opts: SessionOptions) -> Result<Session<B>, SessionError> {
+        let cap = self.memory_plan(&opts)?.context;
         Ok(Session {
             engine: self.clone(),
             cache: self.0.model.cache(cap, opts.kv)?,

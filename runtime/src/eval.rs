@@ -189,9 +189,9 @@ pub fn answer_qa<B: Backend>(
 /// Why a QA run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QaError {
-    /// The backend could not allocate the session.
+    /// The session could not be made.
     #[error(transparent)]
-    Backend(#[from] crate::backend::BackendError),
+    Session(#[from] crate::engine::SessionError),
     /// A question could not be asked.
     #[error(transparent)]
     Generate(#[from] crate::engine::GenerateError),

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod chat;
 pub mod engine;
 pub mod eval;
+pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod tokenizer;
@@ -28,8 +29,10 @@ pub mod tokenizer;
 pub use backend::{Backend, CpuBackend, CpuOptions, KvType, Precision};
 pub use chat::{Message, Role};
 pub use engine::{
-    CancelToken, Engine, GenerateParams, GenerateStats, Session, SessionOptions, StopReason,
+    CancelToken, Engine, GenerateParams, GenerateStats, Session, SessionError, SessionOptions,
+    StopReason,
 };
+pub use memory::MemoryPlan;
 pub use model::{Model, ModelSource};
 
 /// Peak resident set size of this process (Linux `VmHWM`), if the OS reports it.

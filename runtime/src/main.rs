@@ -42,6 +42,14 @@ struct ModelArgs {
     /// fastest this CPU runs.
     #[arg(long = "kernel", value_parser = parse_kernel)]
     kernel: Option<Kernel>,
+    /// Memory the model and its session may hold (e.g. `512MiB`, `1GiB`): checked
+    /// before anything is allocated; without `-c` the context shrinks to fit.
+    #[arg(long = "mem-budget", value_parser = parse_mem_budget)]
+    mem_budget: Option<u64>,
+}
+
+fn parse_mem_budget(s: &str) -> Result<u64, String> {
+    glint_runtime::memory::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -70,6 +78,7 @@ impl ModelArgs {
         SessionOptions {
             context,
             kv: self.kv,
+            mem_budget: self.mem_budget,
         }
     }
 }
@@ -97,7 +106,7 @@ struct SampleArgs {
     /// Seed.
     #[arg(short = 's', long = "seed", default_value_t = 0)]
     seed: u64,
-    /// Context size (0 = the model's).
+    /// Context size, at most the model's (0 = 2048, or less to fit --mem-budget).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
     ctx: usize,
     /// Stop when this text appears (repeatable).
@@ -214,6 +223,12 @@ enum Command {
     Info {
         #[command(flatten)]
         model: ModelArgs,
+        /// Print the memory a session would hold, by part (with -c and --mem-budget).
+        #[arg(long)]
+        mem: bool,
+        /// Context for --mem (0 = 2048, or less to fit --mem-budget).
+        #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+        ctx: usize,
     },
 }
 
@@ -293,7 +308,9 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             ids,
         } => {
             let engine = engine(&model)?;
-            let mut session = engine.session(model.session_options(sample.ctx))?;
+            let opts = model.session_options(sample.ctx);
+            let plan = engine.memory_plan(&opts)?;
+            let mut session = engine.session(opts)?;
             let text = if chat {
                 engine.render_chat(&[Message::new(Role::User, prompt)], true)?
             } else {
@@ -341,6 +358,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 "[time from process start to first token: {:.0} ms]",
                 ttft.as_secs_f64() * 1e3
             );
+            eprintln!("[session memory: {plan}]");
         }
         Command::Chat {
             model,
@@ -471,13 +489,17 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             };
             bench(&mut stdout, &model, test, json)?
         }
-        Command::Info { model } => {
+        Command::Info { model, mem, ctx } => {
             let engine = engine(&model)?;
             write!(
                 stdout,
                 "{}",
                 glint_runtime::describe(engine.model(), model.kv)
             )?;
+            if mem {
+                let plan = engine.memory_plan(&model.session_options(ctx))?;
+                writeln!(stdout, "session memory: {plan}")?;
+            }
         }
     }
     Ok(())
@@ -507,7 +529,9 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
     let engine = engine(m)?;
     let model = engine.model();
     let c = *model.config();
-    let mut session = engine.session(m.session_options(n_prompt.max(1) + n_gen + 1))?;
+    // One position more than the tokens run: the last generated token's.
+    let context = n_prompt.max(1).saturating_add(n_gen).saturating_add(1);
+    let mut session = engine.session(m.session_options(context))?;
     // Pseudo-random prompt tokens, as llama-bench uses.
     let prompt: Vec<u32> = (0..n_prompt as u64)
         .map(|i| ((i * 2_654_435_761) % c.vocab_size as u64) as u32)

@@ -264,16 +264,6 @@ impl<B: Backend> Model<B> {
         self.file.file()
     }
 
-    /// The context a session asking for `requested` positions gets: the model's trained
-    /// context for 0 or anything beyond it.
-    pub fn session_context(&self, requested: usize) -> usize {
-        let trained = self.config.context_len as usize;
-        match requested {
-            0 => trained,
-            n => n.min(trained),
-        }
-    }
-
     /// A KV cache of `kv` elements for `capacity` positions.
     pub fn cache(&self, capacity: usize, kv: KvType) -> Result<B::Cache, BackendError> {
         self.backend.cache(&self.shape, capacity, kv)
@@ -294,6 +284,30 @@ impl<B: Backend> Model<B> {
             all_logits,
         };
         self.backend.scratch(&self.shape, size)
+    }
+
+    /// Bytes [`Model::scratch`] allocates for the same arguments, without allocating.
+    pub fn scratch_bytes(&self, batch: usize, capacity: usize, all_logits: bool) -> u64 {
+        let size = ScratchSize {
+            batch,
+            capacity,
+            all_logits,
+        };
+        self.backend.scratch_bytes(&self.shape, size)
+    }
+
+    /// Bytes of the model kept resident while it runs: the whole file (mapped or in
+    /// memory; every matrix is read per token) and the f32 vectors made from it.
+    pub fn resident_bytes(&self) -> u64 {
+        let c = &self.config;
+        let per_layer = 2 * c.dim as u64
+            + if c.qkv_bias {
+                (c.n_heads as u64 + 2 * c.n_kv_heads as u64) * c.head_dim as u64
+            } else {
+                0
+            };
+        let vectors = (c.n_layers as u64 * per_layer + c.dim as u64 + c.head_dim as u64 / 2) * 4;
+        self.file.file().file_len() + vectors
     }
 
     /// Bytes of weights read to decode one token (every matrix once, one embedding row).

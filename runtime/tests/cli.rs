@@ -400,3 +400,105 @@ fn the_readme_demo_answers_paris() {
     ])));
     assert!(out.contains("Paris"), "{out}");
 }
+
+/// The `[session memory: ... (N positions of f16) ... = T MiB]` line of `glint run`:
+/// the context and the planned total in MiB.
+fn planned(err: &str) -> (usize, f64) {
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("[session memory: "))
+        .unwrap_or_else(|| panic!("no plan in:\n{err}"));
+    let context = line
+        .split_once(" MiB (")
+        .and_then(|(_, r)| r.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no context in {line:?}"));
+    let total = line
+        .rsplit_once("= ")
+        .and_then(|(_, r)| r.strip_suffix(" MiB]"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no total in {line:?}"));
+    (context, total)
+}
+
+/// The peak RSS in MiB from the stats line.
+fn peak_rss_mib(err: &str) -> f64 {
+    err.split_once("peak RSS ")
+        .and_then(|(_, r)| r.split_once(" MiB"))
+        .and_then(|(x, _)| x.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in:\n{err}"))
+}
+
+/// A memory budget is checked before anything is allocated: too small is refused with
+/// every part named; without `-c` the default context (2048) is used when it fits and
+/// shrunk when it does not; the run's peak RSS stays within the planned total (the plan
+/// is an upper bound: only the KV positions used become resident).
+#[test]
+fn the_memory_budget_refuses_or_sizes_the_context() {
+    let prompt = ["run", "--chat", "-p", "Name a colour.", "-n", "8"];
+    let refused = glint(&with_model(
+        &[&prompt[..], &["--mem-budget", "64MiB"]].concat(),
+    ));
+    fails(
+        &refused,
+        &[
+            "memory budget of 64.0 MiB",
+            "weights",
+            "KV cache",
+            "activations",
+            "runtime",
+        ],
+    );
+
+    let roomy = glint(&with_model(
+        &[&prompt[..], &["--mem-budget", "512MiB"]].concat(),
+    ));
+    ok(&roomy);
+    let err = stderr(&roomy);
+    let (context, total) = planned(&err);
+    assert_eq!(context, 2048, "{err}");
+    assert!(peak_rss_mib(&err) <= total, "{err}");
+
+    let tight = glint(&with_model(
+        &[&prompt[..], &["--mem-budget", "150MiB"]].concat(),
+    ));
+    ok(&tight);
+    let err = stderr(&tight);
+    let (context, total) = planned(&err);
+    assert!((256..2048).contains(&context), "{err}");
+    assert!(total <= 150.0, "{err}");
+    assert!(peak_rss_mib(&err) <= total, "{err}");
+
+    let out = ok(&glint(&with_model(&["info", "--mem", "-c", "512"])));
+    assert!(out.contains("session memory: weights"), "{out}");
+    assert!(out.contains("(512 positions of f16)"), "{out}");
+    fails(
+        &glint(&with_model(&["run", "--mem-budget", "lots", "-p", "x"])),
+        &["512MiB"],
+    );
+}
+
+/// A context beyond the model's is an error everywhere, not a silent clamp, and a
+/// benchmark too long for any context is refused before allocating.
+#[test]
+fn contexts_beyond_the_model_are_refused() {
+    let too_long = "more than the model's trained context of 8192";
+    fails(
+        &glint(&with_model(&["run", "-c", "100000", "-p", "x"])),
+        &[too_long],
+    );
+    fails(
+        &glint(&with_model(&["info", "--mem", "-c", "8193"])),
+        &[too_long],
+    );
+    fails(
+        &glint(&with_model(&[
+            "bench",
+            "-p",
+            "18446744073709551615",
+            "-n",
+            "1",
+        ])),
+        &[too_long],
+    );
+}

@@ -65,6 +65,9 @@ impl<B: Backend> Backend for Counting<B> {
     fn scratch(&self, s: &ModelShape, size: ScratchSize) -> Result<B::Scratch, BackendError> {
         self.inner.scratch(s, size)
     }
+    fn scratch_bytes(&self, s: &ModelShape, size: ScratchSize) -> u64 {
+        self.inner.scratch_bytes(s, size)
+    }
     fn embed(&self, s: &mut B::Scratch, table: &B::Weight, tokens: &[u32]) {
         self.count("embed");
         self.inner.embed(s, table, tokens)
@@ -130,6 +133,7 @@ fn run<B: Backend>(engine: &Engine<B>, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
     let opts = SessionOptions {
         context: 128,
         kv: KvType::F16,
+        ..SessionOptions::default()
     };
     let mut session = engine.session(opts).unwrap();
     let params = GenerateParams {

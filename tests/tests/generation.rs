@@ -265,3 +265,58 @@ fn a_chat_turn_that_does_not_fit_leaves_the_session_as_it_was() {
     s.chat("Bye", &greedy(4), |_| ControlFlow::Continue(()))
         .unwrap();
 }
+
+/// The memory plan: the default context without a budget; with one and no context, the
+/// largest context that fits (one more position would not); a context or budget that
+/// cannot be met is a typed error, found before anything is allocated.
+#[test]
+fn the_memory_plan_sizes_the_context_to_the_budget() {
+    use glint_runtime::SessionError;
+    use glint_runtime::memory::{DEFAULT_CONTEXT, MIN_FITTED_CONTEXT};
+    use glint_runtime::backend::ScratchInfo;
+    let e = engine();
+    for (batch, capacity, all_logits) in [(64, 2048, false), (1, 1, false), (7, 300, true)] {
+        let m = e.model();
+        let planned = m.scratch_bytes(batch, capacity, all_logits);
+        let made = m.scratch(batch, capacity, all_logits).unwrap();
+        assert_eq!(planned, made.bytes(), "batch {batch}, capacity {capacity}");
+    }
+    let plan = e.memory_plan(&ctx(0)).unwrap();
+    assert_eq!(plan.context, DEFAULT_CONTEXT);
+    assert!(plan.weights >= e.model().file().file_len());
+    let budget = plan.total() - 1_000_000;
+    let with = |context| SessionOptions {
+        context,
+        mem_budget: Some(budget),
+        ..SessionOptions::default()
+    };
+    let fitted = e.memory_plan(&with(0)).unwrap();
+    assert!(fitted.total() <= budget);
+    assert!((MIN_FITTED_CONTEXT..DEFAULT_CONTEXT).contains(&fitted.context));
+    let one_more = e.memory_plan(&with(fitted.context + 1));
+    assert!(
+        matches!(one_more, Err(SessionError::OverBudget { .. })),
+        "{one_more:?}"
+    );
+    let s = e.session(with(0)).unwrap();
+    assert_eq!(s.capacity(), fitted.context);
+
+    let tiny = SessionOptions {
+        mem_budget: Some(plan.weights),
+        ..SessionOptions::default()
+    };
+    match e.session(tiny) {
+        Err(SessionError::OverBudget { plan, budget }) => {
+            assert_eq!(plan.context, MIN_FITTED_CONTEXT);
+            assert!(plan.total() > budget);
+        }
+        Err(other) => panic!("expected over budget, got {other:?}"),
+        Ok(_) => panic!("expected over budget, got a session"),
+    }
+    let trained = e.model().config().context_len as usize;
+    assert!(matches!(
+        e.session(ctx(trained + 1)),
+        Err(SessionError::ContextTooLong { .. })
+    ));
+    assert_eq!(e.session(ctx(trained)).unwrap().capacity(), trained);
+}

@@ -2,19 +2,18 @@
 //! buffer; it takes updates over a link, boots the model store, and answers with the
 //! Glint runtime inside the device's memory budget.
 
+use crate::EmuError;
 use crate::display::FrameBuffer;
 use crate::flash::{EmuFlash, FlashLayout, open_flash};
 use crate::pins::{StatusLed, TalkButton};
 use crate::script::{ButtonAction, Event};
 use crate::server::{LINK_BUFFER_LEN, serve};
-use crate::{EmuError, MemoryNeed};
 use glint_board::ed25519_dalek::VerifyingKey;
 use glint_board::{Board, BootedSlot, PowerCut, SlotId, SlotState, Updater};
-use glint_runtime::backend::ScratchInfo;
-use glint_runtime::engine::PREFILL_BATCH;
 use glint_runtime::sampler::SamplerConfig;
 use glint_runtime::{
-    CpuOptions, Engine, GenerateParams, GenerateStats, KvType, ModelSource, Session, SessionOptions,
+    CpuOptions, Engine, GenerateParams, GenerateStats, KvType, MemoryPlan, ModelSource, Session,
+    SessionOptions,
 };
 use memmap2::UncheckedAdvice;
 use std::fs::File;
@@ -26,7 +25,8 @@ use std::time::{Duration, Instant};
 /// How the runtime runs on the glasses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuntimeOptions {
-    /// Context positions of the session (0: the model's).
+    /// Context positions of the session (0: the runtime's default, shrunk to fit the
+    /// memory budget).
     pub context: usize,
     /// KV cache element type.
     pub kv: KvType,
@@ -56,8 +56,8 @@ pub struct GlassesOptions {
     pub layout: FlashLayout,
     /// The public key manifests must be signed with.
     pub key: VerifyingKey,
-    /// Bytes the assistant may use: the model image (mapped), the KV cache and the
-    /// activations.
+    /// Bytes the assistant may use: the model image (mapped), the KV cache, the
+    /// activations and the runtime ([`MemoryPlan`]).
     pub memory_budget: u64,
     /// The runtime's settings.
     pub runtime: RuntimeOptions,
@@ -73,7 +73,7 @@ pub struct BootReport {
     /// The slot and its manifest.
     pub booted: BootedSlot,
     /// What the model needs, within the budget.
-    pub need: MemoryNeed,
+    pub need: MemoryPlan,
     /// From power-on of the model store to a session ready for the first question:
     /// state record, slot checks (a trial's whole image hashed), model mapped, cache
     /// and activations allocated.
@@ -239,7 +239,7 @@ impl Glasses {
         }
     }
 
-    fn load(&self, booted: &BootedSlot) -> Result<(Session, MemoryNeed), EmuError> {
+    fn load(&self, booted: &BootedSlot) -> Result<(Session, MemoryPlan), EmuError> {
         let file = File::open(&self.opts.flash).map_err(|source| EmuError::Io {
             what: "opening the flash file",
             path: self.opts.flash.clone(),
@@ -257,25 +257,13 @@ impl Glasses {
                 ..CpuOptions::default()
             },
         )?;
-        let model = engine.model();
-        let context = model.session_context(runtime.context);
-        let need = MemoryNeed {
-            model_bytes: booted.image.len.into(),
-            kv_bytes: runtime.kv.cache_bytes(model.shape(), context),
-            scratch_bytes: model.scratch(PREFILL_BATCH, context, false)?.bytes(),
-            context,
-        };
-        if need.total() > self.opts.memory_budget {
-            return Err(EmuError::OverBudget {
-                need,
-                budget: self.opts.memory_budget,
-            });
-        }
-        let session = engine.session(SessionOptions {
-            context,
+        let opts = SessionOptions {
+            context: runtime.context,
             kv: runtime.kv,
-        })?;
-        Ok((session, need))
+            mem_budget: Some(self.opts.memory_budget),
+        };
+        let plan = engine.memory_plan(&opts)?;
+        Ok((engine.session(opts)?, plan))
     }
 
     /// Plays one event: a button action or an utterance. Returns the turn it completed,

@@ -38,30 +38,6 @@ pub use server::{IDLE_LIMIT, LINK_BUFFER_LEN, serve};
 
 use std::path::PathBuf;
 
-/// Memory the assistant needs on the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryNeed {
-    /// The model image, mapped from flash.
-    pub model_bytes: u64,
-    /// The KV cache for the session's context.
-    pub kv_bytes: u64,
-    /// Activation buffers.
-    pub scratch_bytes: u64,
-    /// The session's context positions the cache is sized for.
-    pub context: usize,
-}
-
-impl MemoryNeed {
-    /// All of it.
-    pub fn total(&self) -> u64 {
-        self.model_bytes + self.kv_bytes + self.scratch_bytes
-    }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
-
 /// What can go wrong on the virtual glasses.
 #[derive(Debug, thiserror::Error)]
 pub enum EmuError {
@@ -91,23 +67,13 @@ pub enum EmuError {
     /// A peripheral failed.
     #[error("board: {0}")]
     Board(#[from] glint_board::BoardError),
-    /// The model does not fit the device's memory.
-    #[error(
-        "model does not fit: {:.1} MiB image + {:.1} MiB KV cache ({} positions) + {:.1} MiB activations = {:.1} MiB, the budget is {:.1} MiB",
-        mib(need.model_bytes), mib(need.kv_bytes), need.context, mib(need.scratch_bytes), mib(need.total()), mib(*budget)
-    )]
-    OverBudget {
-        /// What it needs.
-        need: MemoryNeed,
-        /// What the device has for it.
-        budget: u64,
-    },
+    /// The model and its session do not fit the device's memory (the numbers are in
+    /// the error), or the session could not be allocated.
+    #[error(transparent)]
+    Session(#[from] glint_runtime::engine::SessionError),
     /// The runtime could not load the model.
     #[error("loading the model: {0}")]
     Engine(#[from] glint_runtime::engine::EngineError),
-    /// The runtime could not allocate the session.
-    #[error("runtime: {0}")]
-    Backend(#[from] glint_runtime::backend::BackendError),
     /// Generation failed.
     #[error("generation: {0}")]
     Generate(#[from] glint_runtime::engine::GenerateError),

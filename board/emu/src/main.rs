@@ -178,18 +178,12 @@ impl Console {
             need,
             boot_to_ready,
         } = glasses.boot()?;
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         eprintln!(
-            "boot: slot {:?} ({:?}), {} v{}; {:.1} MiB image + {:.1} MiB KV cache ({} positions) + {:.1} MiB activations = {:.1} MiB; ready in {} ms",
+            "boot: slot {:?} ({:?}), {} v{}; {need}; ready in {} ms",
             booted.slot,
             booted.state,
             booted.manifest.model_id(),
             booted.manifest.model_version,
-            mib(need.model_bytes),
-            mib(need.kv_bytes),
-            need.context,
-            mib(need.scratch_bytes),
-            mib(need.total()),
             boot_to_ready.as_millis()
         );
         let frames = out.frames.unwrap_or_else(|| dir.join("frames"));

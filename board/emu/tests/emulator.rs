@@ -15,6 +15,7 @@ use glint_emu::{
     parse_script,
 };
 use glint_flash::{FlashError, FlashOptions, FlashReport, TcpTransport, Transport, flash};
+use glint_runtime::engine::SessionError;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::ops::ControlFlow;
@@ -191,7 +192,7 @@ fn flashed_over_loopback_it_answers_a_scripted_question_and_draws_the_answer() {
     g.power_cycle().unwrap();
     let boot = g.boot().unwrap();
     assert_eq!(boot.booted.slot, report.slot);
-    assert_eq!(boot.need.model_bytes, signed().image.len() as u64);
+    assert!(boot.need.weights >= signed().image.len() as u64);
     let script = parse_script("{\"say\": \"What is the capital of France?\"}\n").unwrap();
     let turn = g
         .handle(&script[0])
@@ -215,11 +216,11 @@ fn flashed_over_loopback_it_answers_a_scripted_question_and_draws_the_answer() {
     drop(g);
     let mut small = glasses(dir.path(), 100 << 20, None);
     match small.boot() {
-        Err(EmuError::OverBudget { need, budget }) => {
+        Err(EmuError::Session(SessionError::OverBudget { plan, budget })) => {
             assert_eq!(budget, 100 << 20);
-            assert_eq!(need.model_bytes, signed().image.len() as u64);
-            assert!(need.kv_bytes > 0 && need.scratch_bytes > 0);
-            assert!(need.total() > budget);
+            assert!(plan.weights >= signed().image.len() as u64);
+            assert!(plan.kv > 0 && plan.scratch > 0);
+            assert!(plan.total() > budget);
         }
         other => panic!("expected a refusal for memory, got {other:?}"),
     }

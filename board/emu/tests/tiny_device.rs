@@ -14,7 +14,7 @@ use glint_board::protocol::{FlashLink, Kind, LinkError};
 use glint_board::{PowerCut, SlotState, UpdateError, Updater};
 use glint_flash::{FlashOptions, FlashReport, Transport, flash};
 use glint_runtime::sampler::SamplerConfig;
-use glint_runtime::{CpuOptions, Engine, GenerateParams, KvType, ModelSource, SessionOptions};
+use glint_runtime::{CpuOptions, Engine, GenerateParams, ModelSource, SessionOptions};
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::io::{self, Read, Write};
@@ -41,7 +41,7 @@ fn answer(image: &[u8]) -> Vec<u32> {
     let mut session = engine
         .session(SessionOptions {
             context: 16,
-            kv: KvType::default(),
+            ..SessionOptions::default()
         })
         .unwrap();
     let params = GenerateParams {

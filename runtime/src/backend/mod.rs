@@ -323,6 +323,9 @@ pub trait Backend: Send + Sync + Sized {
     /// Activation buffers of `size` for `shape`'s model.
     fn scratch(&self, shape: &ModelShape, size: ScratchSize)
     -> Result<Self::Scratch, BackendError>;
+    /// Bytes [`Backend::scratch`] allocates for `size` (`u64::MAX` if it could not be
+    /// allocated at all): planned before allocating, for the memory budget.
+    fn scratch_bytes(&self, shape: &ModelShape, size: ScratchSize) -> u64;
 
     /// `X[i] = table[tokens[i]]`.
     fn embed(&self, s: &mut Self::Scratch, table: &Self::Weight, tokens: &[u32]);

@@ -168,6 +168,44 @@ fn zeroed<T: kv::ZeroBits>(n: usize, what: &'static str) -> Result<Vec<T>, Backe
     Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
+/// Element counts of a [`CpuScratch`]: computed once for allocating it and for
+/// planning its memory before allocating.
+struct ScratchLens {
+    /// The size with the batch clamped to the capacity.
+    size: ScratchSize,
+    /// Per [`Act`], in index order.
+    acts: [usize; Act::ALL.len()],
+    scores: usize,
+    rope: usize,
+    /// Widest row the int8 path quantizes.
+    qa_cols: usize,
+}
+
+impl CpuBackend {
+    /// The buffers' lengths for `size`, `None` when a length overflows.
+    fn scratch_lens(&self, shape: &ModelShape, size: ScratchSize) -> Option<ScratchLens> {
+        // More tokens per call than the cache holds could never run.
+        let batch = size.batch.clamp(1, size.capacity.max(1));
+        let size = ScratchSize { batch, ..size };
+        let mut acts = [0; Act::ALL.len()];
+        for a in Act::ALL {
+            let rows = if a == Act::Logits && !size.all_logits {
+                1
+            } else {
+                batch
+            };
+            acts[a as usize] = rows.checked_mul(shape.width(a))?;
+        }
+        Some(ScratchLens {
+            size,
+            acts,
+            scores: (self.threads() * shape.attn.group).checked_mul(size.capacity)?,
+            rope: batch.checked_mul(shape.attn.head_dim)?,
+            qa_cols: shape.dim.max(shape.attn.q_dim).max(shape.ffn_dim),
+        })
+    }
+}
+
 impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type Vector = Vec<f32>;
@@ -216,44 +254,37 @@ impl Backend for CpuBackend {
     }
 
     fn scratch(&self, shape: &ModelShape, size: ScratchSize) -> Result<CpuScratch, BackendError> {
-        // More tokens per call than the cache holds could never run.
-        let batch = size.batch.clamp(1, size.capacity.max(1));
-        let size = ScratchSize { batch, ..size };
+        let too_big = BackendError::OutOfMemory {
+            what: "activations",
+            bytes: u64::MAX,
+        };
+        let lens = self.scratch_lens(shape, size).ok_or(too_big)?;
         let mut acts: [Vec<f32>; Act::ALL.len()] = Default::default();
-        for a in Act::ALL {
-            let rows = if a == Act::Logits && !size.all_logits {
-                1
-            } else {
-                batch
-            };
-            let n = rows
-                .checked_mul(shape.width(a))
-                .ok_or(BackendError::OutOfMemory {
-                    what: "activations",
-                    bytes: u64::MAX,
-                })?;
-            acts[a as usize] = zeroed(n, "activations")?;
+        for (buf, &n) in acts.iter_mut().zip(&lens.acts) {
+            *buf = zeroed(n, "activations")?;
         }
-        let scores = (self.threads() * shape.attn.group)
-            .checked_mul(size.capacity)
-            .ok_or(BackendError::OutOfMemory {
-                what: "attention scores",
-                bytes: u64::MAX,
-            })?;
-        let widest = shape.dim.max(shape.attn.q_dim).max(shape.ffn_dim);
         Ok(CpuScratch {
             shape: *shape,
-            size,
+            size: lens.size,
             acts,
-            scores: zeroed(scores, "attention scores")?,
-            rope: zeroed(batch * shape.attn.head_dim, "rope angles")?,
-            qa: QuantActs::new(batch, widest).map_err(|_| BackendError::OutOfMemory {
-                what: "quantized activations",
-                bytes: (batch as u64)
-                    .saturating_mul(widest as u64)
-                    .saturating_mul(4),
+            scores: zeroed(lens.scores, "attention scores")?,
+            rope: zeroed(lens.rope, "rope angles")?,
+            qa: QuantActs::new(lens.size.batch, lens.qa_cols).map_err(|_| {
+                BackendError::OutOfMemory {
+                    what: "quantized activations",
+                    bytes: QuantActs::bytes_for(lens.size.batch, lens.qa_cols),
+                }
             })?,
         })
+    }
+
+    fn scratch_bytes(&self, shape: &ModelShape, size: ScratchSize) -> u64 {
+        let Some(lens) = self.scratch_lens(shape, size) else {
+            return u64::MAX;
+        };
+        let f32s = lens.acts.iter().sum::<usize>() as u64 + lens.scores as u64 + lens.rope as u64;
+        f32s.saturating_mul(4)
+            .saturating_add(QuantActs::bytes_for(lens.size.batch, lens.qa_cols))
     }
 
     fn embed(&self, s: &mut CpuScratch, table: &CpuWeight, tokens: &[u32]) {

@@ -139,6 +139,18 @@ impl QuantActs {
         self.cols
     }
 
+    /// Bytes [`QuantActs::new`] allocates for these sizes (saturating), for planning
+    /// memory before allocating.
+    pub fn bytes_for(max_n: usize, max_cols: usize) -> u64 {
+        let (nat, nib, blk) = Self::strides(max_cols);
+        let n = max_n.max(1) as u64;
+        let tiled = max_n.max(1).next_multiple_of(TILE) as u64;
+        let (nat, nib, blk, cols) = (nat as u64, nib as u64, blk as u64, max_cols as u64);
+        let bytes = n * (nat + nib) + tiled * cols;
+        let words = n * (nat / 4 + 2 * blk + nib / 8) + 2 * tiled * (cols / BLOCK as u64);
+        bytes.saturating_add(words.saturating_mul(4))
+    }
+
     /// Bytes allocated.
     pub fn bytes(&self) -> u64 {
         (self.nat.len()
