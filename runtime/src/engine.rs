@@ -553,7 +553,11 @@ impl<B: Backend> Session<B> {
                 if cancel.is_cancelled() {
                     break StopReason::Cancelled;
                 }
-                let id = sampler.sample(model.logits(&mut self.scratch), &self.tokens);
+                // Greedy: the backend's argmax (on a GPU only 4 bytes come back).
+                let id = match params.sampler.is_argmax() {
+                    true => model.argmax(&mut self.scratch),
+                    false => sampler.sample(model.logits(&mut self.scratch), &self.tokens),
+                };
                 first_token_at.get_or_insert_with(|| start.elapsed());
                 generated += 1;
                 self.pending = Some(id);

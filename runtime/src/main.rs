@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use glint_format::SamplingDefaults;
 use glint_runtime::backend::cpu::kernels::Kernel;
-use glint_runtime::backend::{CpuOptions, KvType, Precision};
+use glint_runtime::backend::{Backend, CpuBackend, CpuOptions, KvType, Precision};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, SessionOptions, rate};
 use glint_runtime::sampler::SamplerConfig;
 use glint_runtime::{Message, Role, peak_rss_bytes};
@@ -14,6 +14,9 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
+
+#[cfg(feature = "gpu")]
+use glint_runtime::backend::gpu::{AutoChoice, AutoOptions, GpuBackend, GpuOptions};
 
 #[derive(Parser)]
 #[command(name = "glint", version, about = "Run a .glint model on the CPU")]
@@ -46,6 +49,73 @@ struct ModelArgs {
     /// before anything is allocated; without `-c` the context shrinks to fit.
     #[arg(long = "mem-budget", value_parser = parse_mem_budget)]
     mem_budget: Option<u64>,
+    /// Where the model runs: `cpu`; `gpu` (the GPU adapter `--gpu-adapter` names, else the
+    /// first hardware one, else a software one such as lavapipe); `auto` (a hardware GPU
+    /// that passed its self-test, else the CPU). Needs a build with the `gpu` feature.
+    #[arg(long = "backend", default_value = "cpu", value_parser = parse_backend)]
+    backend: BackendKind,
+    /// The GPU adapter: the first whose name contains this (see `glint info --gpu`).
+    #[arg(long = "gpu-adapter")]
+    gpu_adapter: Option<String>,
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendKind {
+    Cpu,
+    Gpu,
+    Auto,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    match s {
+        "cpu" => Ok(BackendKind::Cpu),
+        "gpu" => Ok(BackendKind::Gpu),
+        "auto" => Ok(BackendKind::Auto),
+        _ => Err(format!("{s:?}: expected cpu, gpu or auto")),
+    }
+}
+
+/// The backend `--backend` resolved to.
+enum Chosen {
+    Cpu(CpuOptions),
+    #[cfg(feature = "gpu")]
+    Gpu(GpuBackend),
+}
+
+/// The file where GPU self-test verdicts are kept, next to the model cache.
+#[cfg(feature = "gpu")]
+fn verdicts_path() -> PathBuf {
+    glint_quantize::fetch::cache_dir().join("gpu-selftest.json")
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_options(m: &ModelArgs) -> GpuOptions {
+    GpuOptions {
+        adapter: m.gpu_adapter.clone(),
+        ..GpuOptions::default()
+    }
+}
+
+/// Runs `$body` with `$e` bound to the engine of `$m`'s model on the backend `$m` asks
+/// for and `$p` to the model's path (the body is compiled once per backend type).
+macro_rules! with_engine {
+    ($m:expr, |$e:ident, $p:ident| $body:expr) => {{
+        let m: &ModelArgs = $m;
+        let $p = model_path(&m.model)?;
+        let loading = || format!("loading {}", $p.display());
+        match m.chosen()? {
+            Chosen::Cpu(opts) => {
+                let $e = Engine::load(&$p, opts).with_context(loading)?;
+                $body
+            }
+            #[cfg(feature = "gpu")]
+            Chosen::Gpu(b) => {
+                let $e = Engine::with_backend(&$p, b).with_context(loading)?;
+                $body
+            }
+        }
+    }};
 }
 
 fn parse_mem_budget(s: &str) -> Result<u64, String> {
@@ -71,6 +141,38 @@ impl ModelArgs {
             threads: self.threads.unwrap_or(0),
             precision: self.precision,
             kernel: self.kernel,
+        }
+    }
+
+    fn chosen(&self) -> Result<Chosen> {
+        match self.backend {
+            BackendKind::Cpu => Ok(Chosen::Cpu(self.cpu_options())),
+            #[cfg(feature = "gpu")]
+            BackendKind::Gpu => Ok(Chosen::Gpu(GpuBackend::new(&gpu_options(self))?)),
+            #[cfg(feature = "gpu")]
+            BackendKind::Auto => {
+                let opts = AutoOptions {
+                    gpu: gpu_options(self),
+                    verdicts: Some(verdicts_path()),
+                    allow_software: false,
+                };
+                match glint_runtime::backend::gpu::auto(&opts) {
+                    AutoChoice::Gpu(b, _) => Ok(Chosen::Gpu(b)),
+                    AutoChoice::Cpu(reason) => {
+                        eprintln!("[backend auto: cpu, because {reason}]");
+                        Ok(Chosen::Cpu(self.cpu_options()))
+                    }
+                }
+            }
+            #[cfg(not(feature = "gpu"))]
+            BackendKind::Gpu => anyhow::bail!("this glint was built without the `gpu` feature"),
+            #[cfg(not(feature = "gpu"))]
+            BackendKind::Auto => {
+                eprintln!(
+                    "[backend auto: cpu, because this glint was built without the `gpu` feature]"
+                );
+                Ok(Chosen::Cpu(self.cpu_options()))
+            }
         }
     }
 
@@ -229,6 +331,10 @@ enum Command {
         /// Context for --mem (0 = 2048, or less to fit --mem-budget).
         #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
         ctx: usize,
+        /// Also list the GPU adapters, their limits and features and their self-test
+        /// verdicts (run at first use of an adapter and driver, then cached).
+        #[arg(long)]
+        gpu: bool,
     },
 }
 
@@ -243,6 +349,57 @@ fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
 fn engine(m: &ModelArgs) -> Result<Engine> {
     let path = model_path(&m.model)?;
     Engine::load(&path, m.cpu_options()).with_context(|| format!("loading {}", path.display()))
+}
+
+/// `glint info --gpu`: every adapter with its limits, features and self-test verdict.
+#[cfg(feature = "gpu")]
+fn gpu_report(out: &mut impl Write) -> Result<()> {
+    let found = glint_runtime::backend::gpu::adapters();
+    if found.is_empty() {
+        writeln!(out, "gpu: no Vulkan or Metal adapter")?;
+    }
+    for a in found {
+        writeln!(
+            out,
+            "gpu: {} ({}, {}{}), driver {} {}",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.software {
+                ", software: used only with --backend gpu"
+            } else {
+                ""
+            },
+            a.driver,
+            a.driver_info
+        )?;
+        writeln!(
+            out,
+            "  limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations",
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_workgroup_storage_size >> 10,
+            a.max_compute_invocations_per_workgroup
+        )?;
+        writeln!(out, "  features: {}", a.features)?;
+        let opts = GpuOptions {
+            adapter: Some(a.name.clone()),
+            ..GpuOptions::default()
+        };
+        let verdict =
+            match glint_runtime::backend::gpu::cached_self_test(&opts, Some(&verdicts_path())) {
+                Ok(t) => t.verdict(),
+                Err(e) => format!("FAILED: {e}"),
+            };
+        writeln!(out, "  self-test: {verdict}")?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_report(out: &mut impl Write) -> Result<()> {
+    writeln!(out, "gpu: this glint was built without the `gpu` feature")?;
+    Ok(())
 }
 
 fn print_stats(s: &GenerateStats) {
@@ -307,108 +464,110 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             chat,
             ids,
         } => {
-            let engine = engine(&model)?;
-            let opts = model.session_options(sample.ctx);
-            let plan = engine.memory_plan(&opts)?;
-            let mut session = engine.session(opts)?;
-            let text = if chat {
-                engine.render_chat(&[Message::new(Role::User, prompt)], true)?
-            } else {
-                prompt
-            };
-            let out = &mut stdout;
-            let mut first_token_since_start = None;
-            let mut write_error = None;
-            let stats = session.generate(
-                &text,
-                &sample.params(engine.model().config().sampling),
-                |ev| {
-                    first_token_since_start.get_or_insert_with(|| process_start.elapsed());
-                    match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        Err(e) => {
-                            write_error = Some(e);
-                            ControlFlow::Break(())
+            with_engine!(&model, |engine, _path| {
+                let opts = model.session_options(sample.ctx);
+                let plan = engine.memory_plan(&opts)?;
+                let mut session = engine.session(opts)?;
+                let text = if chat {
+                    engine.render_chat(&[Message::new(Role::User, prompt)], true)?
+                } else {
+                    prompt
+                };
+                let out = &mut stdout;
+                let mut first_token_since_start = None;
+                let mut write_error = None;
+                let stats = session.generate(
+                    &text,
+                    &sample.params(engine.model().config().sampling),
+                    |ev| {
+                        first_token_since_start.get_or_insert_with(|| process_start.elapsed());
+                        match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(e) => {
+                                write_error = Some(e);
+                                ControlFlow::Break(())
+                            }
                         }
-                    }
-                },
-            )?;
-            if let Some(e) = write_error {
-                return Err(e.into());
-            }
-            // The generated ids are what the context holds after the prompt, plus the
-            // last token when it was not run (end of text, stop string). Not the ids
-            // of the streamed events: the end-of-text token is not streamed, and text
-            // held back for a stop string or a split character comes in one more event
-            // that repeats the last id.
-            let mut generated = session
-                .tokens()
-                .get(stats.prompt_tokens..)
-                .unwrap_or_default()
-                .to_vec();
-            generated.extend(session.pending());
-            debug_assert_eq!(generated.len(), stats.generated_tokens);
-            writeln!(out)?;
-            if ids {
-                writeln!(out, "{}", serde_json::to_string(&generated)?)?;
-            }
-            let ttft = first_token_since_start.unwrap_or_default();
-            print_stats(&stats);
-            eprintln!(
-                "[time from process start to first token: {:.0} ms]",
-                ttft.as_secs_f64() * 1e3
-            );
-            eprintln!("[session memory: {plan}]");
+                    },
+                )?;
+                if let Some(e) = write_error {
+                    return Err(e.into());
+                }
+                // The generated ids are what the context holds after the prompt, plus the
+                // last token when it was not run (end of text, stop string). Not the ids
+                // of the streamed events: the end-of-text token is not streamed, and text
+                // held back for a stop string or a split character comes in one more event
+                // that repeats the last id.
+                let mut generated = session
+                    .tokens()
+                    .get(stats.prompt_tokens..)
+                    .unwrap_or_default()
+                    .to_vec();
+                generated.extend(session.pending());
+                debug_assert_eq!(generated.len(), stats.generated_tokens);
+                writeln!(out)?;
+                if ids {
+                    writeln!(out, "{}", serde_json::to_string(&generated)?)?;
+                }
+                let ttft = first_token_since_start.unwrap_or_default();
+                print_stats(&stats);
+                eprintln!(
+                    "[time from process start to first token: {:.0} ms]",
+                    ttft.as_secs_f64() * 1e3
+                );
+                eprintln!("[session memory: {plan}]");
+            })
         }
         Command::Chat {
             model,
             sample,
             system,
         } => {
-            let engine = engine(&model)?;
-            let mut session = engine.session(model.session_options(sample.ctx))?;
-            if let Some(sys) = system {
-                session.set_system(&sys);
-            }
-            let stdin = std::io::stdin();
-            let out = &mut stdout;
-            loop {
-                write!(out, "> ")?;
-                out.flush()?;
-                let mut line = String::new();
-                if stdin.lock().read_line(&mut line)? == 0 {
-                    break;
+            with_engine!(&model, |engine, _path| {
+                let mut session = engine.session(model.session_options(sample.ctx))?;
+                if let Some(sys) = system {
+                    session.set_system(&sys);
                 }
-                match line.trim() {
-                    "/quit" | "/exit" => break,
-                    "/reset" => {
-                        session.reset();
-                        continue;
+                let stdin = std::io::stdin();
+                let out = &mut stdout;
+                loop {
+                    write!(out, "> ")?;
+                    out.flush()?;
+                    let mut line = String::new();
+                    if stdin.lock().read_line(&mut line)? == 0 {
+                        break;
                     }
-                    "" => continue,
-                    _ => {}
-                }
-                let mut write_error = None;
-                let r = session.chat(
-                    line.trim_end_matches(['\n', '\r']),
-                    &sample.params(engine.model().config().sampling),
-                    |ev| match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        Err(e) => {
-                            write_error = Some(e);
-                            ControlFlow::Break(())
+                    match line.trim() {
+                        "/quit" | "/exit" => break,
+                        "/reset" => {
+                            session.reset();
+                            continue;
                         }
-                    },
-                );
-                if let Some(e) = write_error {
-                    return Err(e.into());
+                        "" => continue,
+                        _ => {}
+                    }
+                    let mut write_error = None;
+                    let r = session.chat(
+                        line.trim_end_matches(['\n', '\r']),
+                        &sample.params(engine.model().config().sampling),
+                        |ev| match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(e) => {
+                                write_error = Some(e);
+                                ControlFlow::Break(())
+                            }
+                        },
+                    );
+                    if let Some(e) = write_error {
+                        return Err(e.into());
+                    }
+                    match r {
+                        Ok((_, stats)) => print_stats(&stats),
+                        Err(e) => eprintln!("error: {e}"),
+                    }
+                    writeln!(out)?;
                 }
-                match r {
-                    Ok((_, stats)) => print_stats(&stats),
-                    Err(e) => eprintln!("error: {e}"),
-                }
-                writeln!(out)?;
-            }
+            })
         }
         Command::Tokenize { model, ids, text } => {
             let engine = engine(&model)?;
@@ -432,46 +591,47 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let items = glint_runtime::eval::parse_qa(&text)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let engine = engine(&model)?;
-            let mut speeds = Vec::new();
-            let mut correct = 0;
-            for seed in 0..seeds.max(1) {
-                let mut params = sample.params(engine.model().config().sampling);
-                params.sampler.seed = seed;
-                let outcomes = glint_runtime::eval::answer_qa(
-                    &engine,
-                    &items,
-                    model.session_options(sample.ctx),
-                    &params,
-                )?;
-                let right = outcomes.iter().filter(|o| o.correct).count();
-                for (item, o) in items.iter().zip(&outcomes) {
-                    speeds.push(o.decode_tok_s);
-                    if verbose {
-                        let mark = if o.correct { "ok  " } else { "MISS" };
-                        let reply = o.reply.replace('\n', " ");
-                        writeln!(stdout, "{mark} {} -> {}", item.question, reply.trim())?;
+            with_engine!(&model, |engine, _path| {
+                let mut speeds = Vec::new();
+                let mut correct = 0;
+                for seed in 0..seeds.max(1) {
+                    let mut params = sample.params(engine.model().config().sampling);
+                    params.sampler.seed = seed;
+                    let outcomes = glint_runtime::eval::answer_qa(
+                        &engine,
+                        &items,
+                        model.session_options(sample.ctx),
+                        &params,
+                    )?;
+                    let right = outcomes.iter().filter(|o| o.correct).count();
+                    for (item, o) in items.iter().zip(&outcomes) {
+                        speeds.push(o.decode_tok_s);
+                        if verbose {
+                            let mark = if o.correct { "ok  " } else { "MISS" };
+                            let reply = o.reply.replace('\n', " ");
+                            writeln!(stdout, "{mark} {} -> {}", item.question, reply.trim())?;
+                        }
                     }
+                    writeln!(stdout, "seed {seed}: correct = {right}/{}", items.len())?;
+                    correct += right;
                 }
-                writeln!(stdout, "seed {seed}: correct = {right}/{}", items.len())?;
-                correct += right;
-            }
-            let asked = items.len() * seeds.max(1) as usize;
-            writeln!(
-                stdout,
-                "accuracy = {:.3} ({correct}/{asked}); decode {:.1} tok/s (median)",
-                correct as f64 / asked as f64,
-                median(speeds)
-            )?;
+                let asked = items.len() * seeds.max(1) as usize;
+                writeln!(
+                    stdout,
+                    "accuracy = {:.3} ({correct}/{asked}); decode {:.1} tok/s (median)",
+                    correct as f64 / asked as f64,
+                    median(speeds)
+                )?;
+            })
         }
         Command::Perplexity { model, file, ctx } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let engine = engine(&model)?;
-            let ppl =
+            let ppl = with_engine!(&model, |engine, _path| {
                 glint_runtime::eval::perplexity(&engine, &text, ctx, model.kv, |chunk, ppl| {
                     eprint!("[{chunk}] {ppl:.4} ")
-                })?;
+                })?
+            });
             eprintln!();
             writeln!(stdout, "PPL = {ppl:.4}")?;
         }
@@ -487,18 +647,34 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 n_gen,
                 reps,
             };
-            bench(&mut stdout, &model, test, json)?
+            with_engine!(&model, |engine, path| bench(
+                &mut stdout,
+                &engine,
+                &path,
+                &model,
+                test,
+                json
+            )?)
         }
-        Command::Info { model, mem, ctx } => {
-            let engine = engine(&model)?;
-            write!(
-                stdout,
-                "{}",
-                glint_runtime::describe(engine.model(), model.kv)
-            )?;
-            if mem {
-                let plan = engine.memory_plan(&model.session_options(ctx))?;
-                writeln!(stdout, "session memory: {plan}")?;
+        Command::Info {
+            model,
+            mem,
+            ctx,
+            gpu,
+        } => {
+            with_engine!(&model, |engine, _path| {
+                write!(
+                    stdout,
+                    "{}",
+                    glint_runtime::describe(engine.model(), model.kv)
+                )?;
+                if mem {
+                    let plan = engine.memory_plan(&model.session_options(ctx))?;
+                    writeln!(stdout, "session memory: {plan}")?;
+                }
+            });
+            if gpu {
+                gpu_report(&mut stdout)?;
             }
         }
     }
@@ -519,14 +695,72 @@ struct BenchTest {
     reps: usize,
 }
 
-fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Result<()> {
+/// What `glint bench` reports of a backend.
+trait BenchBackend: Backend {
+    /// `cpu` or `gpu`.
+    fn kind(&self) -> &'static str;
+    /// The table's threads and kernel columns.
+    fn columns(&self) -> (String, String);
+    /// Backend-specific JSON fields.
+    fn fields(&self) -> serde_json::Value;
+    /// Dispatches and submits so far, where counted.
+    fn work(&self) -> Option<(u64, u64)>;
+}
+
+impl BenchBackend for CpuBackend {
+    fn kind(&self) -> &'static str {
+        "cpu"
+    }
+    fn columns(&self) -> (String, String) {
+        (self.threads().to_string(), self.kernel().name().to_string())
+    }
+    fn fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kernel": self.kernel().name(),
+            "precision": self.precision().name(),
+            "threads": self.threads(),
+        })
+    }
+    fn work(&self) -> Option<(u64, u64)> {
+        None
+    }
+}
+
+#[cfg(feature = "gpu")]
+impl BenchBackend for GpuBackend {
+    fn kind(&self) -> &'static str {
+        "gpu"
+    }
+    fn columns(&self) -> (String, String) {
+        ("-".to_string(), format!("gpu {}", self.adapter_info().name))
+    }
+    fn fields(&self) -> serde_json::Value {
+        let i = self.adapter_info();
+        serde_json::json!({
+            "adapter": i.name,
+            "driver": format!("{} {}", i.driver, i.driver_info),
+            "precision": "exact",
+        })
+    }
+    fn work(&self) -> Option<(u64, u64)> {
+        let w = self.work_counts();
+        Some((w.dispatches, w.submits))
+    }
+}
+
+fn bench<B: BenchBackend>(
+    out: &mut impl Write,
+    engine: &Engine<B>,
+    path: &std::path::Path,
+    m: &ModelArgs,
+    test: BenchTest,
+    json: bool,
+) -> Result<()> {
     let BenchTest {
         n_prompt,
         n_gen,
         reps,
     } = test;
-    let path = model_path(&m.model)?;
-    let engine = engine(m)?;
     let model = engine.model();
     let c = *model.config();
     // One position more than the tokens run: the last generated token's.
@@ -547,6 +781,7 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
     };
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    let mut work_per_token = None;
     for _ in 0..reps.max(1) + 1 {
         if n_prompt > 0 {
             session.reset();
@@ -556,9 +791,15 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
         }
         session.reset();
         let start = [c.bos.unwrap_or(0)];
+        let before = model.backend().work();
         let s =
             session.generate_tokens(&start, &params(n_gen + 1), |_| ControlFlow::Continue(()))?;
         tg.push(s.decode_tok_s);
+        // Dispatches and submits per generated token (the start token's prefill included).
+        if let (Some(a), Some(b)) = (before, model.backend().work()) {
+            let tokens = s.generated_tokens.max(1) as f64;
+            work_per_token = Some(((b.0 - a.0) as f64 / tokens, (b.1 - a.1) as f64 / tokens));
+        }
     }
     // The first repetition warms the page cache and the CPU: dropped, as llama-bench's warm-up.
     let pp = if pp.is_empty() {
@@ -571,13 +812,11 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
     let bytes = model.weight_bytes_per_token();
     let backend = model.backend();
     if json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "model": path.display().to_string(),
             "file_bytes": model.file().file_len(),
-            "kernel": backend.kernel().name(),
-            "precision": backend.precision().name(),
+            "backend": backend.kind(),
             "kv": m.kv.name(),
-            "threads": backend.threads(),
             "n_prompt": n_prompt,
             "n_gen": n_gen,
             "repetitions": reps,
@@ -587,6 +826,13 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
             "decode_weight_gb_s": tg * bytes as f64 / 1e9,
             "peak_rss_bytes": rss,
         });
+        if let (Some(o), serde_json::Value::Object(f)) = (j.as_object_mut(), backend.fields()) {
+            o.extend(f);
+            if let Some((d, s)) = work_per_token {
+                o.insert("dispatches_per_token".into(), d.into());
+                o.insert("submits_per_token".into(), s.into());
+            }
+        }
         writeln!(out, "{j}")?;
     } else {
         writeln!(out, "| model | threads | kernel | test | t/s |")?;
@@ -595,7 +841,7 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let (threads, kernel) = (backend.threads(), backend.kernel().name());
+        let (threads, kernel) = backend.columns();
         writeln!(
             out,
             "| {name} | {threads} | {kernel} | pp{n_prompt} | {pp:.1} |"
@@ -610,6 +856,12 @@ fn bench(out: &mut impl Write, m: &ModelArgs, test: BenchTest, json: bool) -> Re
             rss as f64 / (1 << 20) as f64,
             bytes as f64 / 1e6
         )?;
+        if let Some((d, s)) = work_per_token {
+            writeln!(
+                out,
+                "per generated token: {d:.1} dispatches, {s:.2} submits"
+            )?;
+        }
     }
     Ok(())
 }

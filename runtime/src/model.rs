@@ -374,6 +374,12 @@ impl<B: Backend> Model<B> {
         self.backend.logits(s)
     }
 
+    /// The index of the largest logit of the last token of the last [`Model::forward`]
+    /// into `s` (a scratch that keeps the last token's logits only).
+    pub fn argmax(&self, s: &mut B::Scratch) -> u32 {
+        self.backend.argmax(s)
+    }
+
     /// The one prefill loop: runs `tokens` through the model in batches of `s`'s size;
     /// after each, calls `after(range, logits)` with the batch's range of `tokens` and
     /// its logits, and stops early if it breaks. Refuses (running nothing) tokens that

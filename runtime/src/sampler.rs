@@ -46,6 +46,12 @@ impl SamplerConfig {
         }
     }
 
+    /// True when sampling is the argmax of the logits as they are (no temperature, no
+    /// repetition penalty), so a backend may compute it where the logits are.
+    pub fn is_argmax(&self) -> bool {
+        self.temperature <= 0.0 && self.repeat_penalty == 1.0
+    }
+
     /// A model's recommended settings (`ModelConfig::sampling`), else the defaults
     /// (llama.cpp's).
     pub fn for_model(recommended: Option<SamplingDefaults>) -> Self {

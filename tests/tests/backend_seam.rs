@@ -92,7 +92,7 @@ impl<B: Backend> Backend for Counting<B> {
         self.count("rope");
         self.inner.rope(s, n)
     }
-    fn append_kv(&self, c: &mut B::Cache, layer: usize, s: &B::Scratch, n: usize) {
+    fn append_kv(&self, c: &mut B::Cache, layer: usize, s: &mut B::Scratch, n: usize) {
         self.count("append_kv");
         self.inner.append_kv(c, layer, s, n)
     }

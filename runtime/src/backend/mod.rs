@@ -9,11 +9,15 @@
 //!
 //! * [`cpu::CpuBackend`]: SIMD kernels (or the scalar reference, chosen by value) on a
 //!   thread pool, weights used in place from the mapped file.
+//! * `gpu::GpuBackend` (feature `gpu`): WGSL kernels over `wgpu`; operations are
+//!   recorded and submitted once per forward pass, when the logits are read.
 //!
 //! A new backend (the GPU, a test double) implements [`Backend`]; nothing in `model.rs`
 //! changes.
 
 pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 
 use core::ops::Range;
 use glint_format::{BLOCK, LoadedGlint, Matrix, ModelConfig, RopeStyle};
@@ -348,8 +352,9 @@ pub trait Backend: Send + Sync + Sized {
     fn add_bias(&self, s: &mut Self::Scratch, a: Act, n: usize, bias: &Self::Vector);
     /// Rotates every head of `Q` and `K` (`n` rows) by their positions' angles.
     fn rope(&self, s: &mut Self::Scratch, n: usize);
-    /// Stores `K` and `V` (`n` rows) as layer `layer`'s new positions.
-    fn append_kv(&self, cache: &mut Self::Cache, layer: usize, s: &Self::Scratch, n: usize);
+    /// Stores `K` and `V` (`n` rows) as layer `layer`'s new positions. (The scratch is
+    /// mutable because a backend that records commands, the GPU's, keeps them there.)
+    fn append_kv(&self, cache: &mut Self::Cache, layer: usize, s: &mut Self::Scratch, n: usize);
     /// `Att` = causal grouped-query attention of `Q` (`n` rows, the new positions) over
     /// layer `layer`'s cached positions up to each.
     fn attention(&self, cache: &Self::Cache, layer: usize, s: &mut Self::Scratch, n: usize);
@@ -359,4 +364,10 @@ pub trait Backend: Send + Sync + Sized {
     fn add(&self, s: &mut Self::Scratch, into: Act, from: Act, n: usize);
     /// The logits written by the last forward pass: `[rows][vocab]`.
     fn logits<'s>(&self, s: &'s mut Self::Scratch) -> &'s [f32];
+    /// The index of the largest logit (the first of equals) of the last forward pass,
+    /// on a scratch that keeps the last token's logits only: greedy decoding. A GPU
+    /// computes it where the logits are, so 4 bytes come back instead of the vocabulary.
+    fn argmax(&self, s: &mut Self::Scratch) -> u32 {
+        crate::sampler::argmax(self.logits(s).iter().copied())
+    }
 }

@@ -112,11 +112,11 @@ pub struct CpuScratch {
 }
 
 impl CpuScratch {
-    fn act(&self, a: Act, n: usize) -> &[f32] {
+    pub(crate) fn act(&self, a: Act, n: usize) -> &[f32] {
         &self.acts[a as usize][..n * self.shape.width(a)]
     }
 
-    fn act_mut(&mut self, a: Act, n: usize) -> &mut [f32] {
+    pub(crate) fn act_mut(&mut self, a: Act, n: usize) -> &mut [f32] {
         let w = self.shape.width(a);
         &mut self.acts[a as usize][..n * w]
     }
@@ -358,7 +358,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn append_kv(&self, cache: &mut KvCache, layer: usize, s: &CpuScratch, n: usize) {
+    fn append_kv(&self, cache: &mut KvCache, layer: usize, s: &mut CpuScratch, n: usize) {
         cache.append(self.kernel, layer, s.act(Act::K, n), s.act(Act::V, n));
     }
 

@@ -1,0 +1,355 @@
+//! Every GPU kernel against its CPU twin (the CPU backend with the scalar reference
+//! kernels) on synthetic models whose sizes are not multiples of the workgroup size, in
+//! every weight dtype; then whole forward passes. These tests need a Vulkan adapter
+//! (CI installs Mesa's lavapipe) and fail, never skip, without one.
+
+use super::selftest::{synthetic_config, synthetic_model};
+use super::*;
+use crate::backend::cpu::kernels::Kernel;
+use crate::backend::cpu::{CpuBackend, CpuOptions, CpuScratch};
+use crate::model::Model;
+use glint_format::quant::{quantize, test_values};
+use glint_format::*;
+
+fn gpu(opts: &GpuOptions) -> GpuBackend {
+    GpuBackend::new(opts).unwrap_or_else(|e| {
+        panic!(
+            "the `gpu` feature's tests need a Vulkan adapter (CI installs Mesa's lavapipe: \
+             apt-get install mesa-vulkan-drivers libvulkan1): {e}"
+        )
+    })
+}
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(CpuOptions {
+        threads: 1,
+        kernel: Some(Kernel::Scalar),
+        ..CpuOptions::default()
+    })
+    .unwrap()
+}
+
+/// Sizes not multiples of 64 (dim 96, ffn 160, vocab 300), interleaved RoPE, tied head.
+fn odd() -> ModelConfig {
+    synthetic_config(96, 3, 1, 160, 300, false)
+}
+
+/// Group-128 friendly sizes (dim 256, ffn 384, vocab 77), NeoX RoPE, biases, own head.
+fn wide() -> ModelConfig {
+    synthetic_config(256, 4, 2, 384, 77, true)
+}
+
+/// A loaded synthetic model file of config `c` with every matrix in `dtype`.
+fn synthetic(c: ModelConfig, dtype: DType) -> Arc<LoadedGlint> {
+    let bytes = synthetic_model(c, dtype);
+    Arc::new(LoadedGlint::from_shared(bytes.into(), "synthetic").unwrap())
+}
+
+/// Every matrix of `file`, by name.
+fn matrices(file: &LoadedGlint) -> Vec<(String, Matrix<'_>)> {
+    file.file()
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() == 2)
+        .map(|t| (t.name.to_string(), t.matrix().unwrap()))
+        .collect()
+}
+
+/// The pair of backends and their scratches for one shape.
+struct Twin {
+    gpu: GpuBackend,
+    cpu: CpuBackend,
+    shape: ModelShape,
+    gs: GpuScratch,
+    cs: CpuScratch,
+}
+
+impl Twin {
+    fn new(c: &ModelConfig, opts: &GpuOptions, batch: usize) -> Self {
+        let (gpu, cpu) = (gpu(opts), cpu());
+        let shape = ModelShape::new(c);
+        let size = ScratchSize {
+            batch,
+            capacity: c.context_len as usize,
+            all_logits: true,
+        };
+        let gs = gpu.scratch(&shape, size).unwrap();
+        let cs = cpu.scratch(&shape, size).unwrap();
+        Self {
+            gpu,
+            cpu,
+            shape,
+            gs,
+            cs,
+        }
+    }
+
+    /// Sets `n` rows of `a` to the same pseudo-random values on both.
+    fn fill(&mut self, a: Act, n: usize, seed: u32) {
+        let v = test_values(n * self.shape.width(a), seed);
+        self.cs.act_mut(a, n).copy_from_slice(&v);
+        self.gpu.write_act(&mut self.gs, a, &v);
+    }
+
+    /// Checks `n` rows of `a` agree within `tol` of the largest magnitude.
+    fn check(&mut self, a: Act, n: usize, tol: f32, what: &str) {
+        let g = self.gpu.read_act(&mut self.gs, a, n);
+        let c = self.cs.act(a, n);
+        assert_close(&g, c, tol, what);
+    }
+}
+
+fn assert_close(g: &[f32], c: &[f32], tol: f32, what: &str) {
+    assert_eq!(g.len(), c.len(), "{what}: lengths");
+    let scale = c.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let (i, err) = g
+        .iter()
+        .zip(c)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold((0, 0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+    assert!(
+        err <= tol * scale,
+        "{what}: max error {err} at {i} (gpu {}, cpu {}), bound {}",
+        g[i],
+        c[i],
+        tol * scale
+    );
+}
+
+const ALL_DTYPES: [DType; 7] = [
+    DType::F32,
+    DType::F16,
+    DType::Q4G32A,
+    DType::Q4G32,
+    DType::Q4G64,
+    DType::Q4G128,
+    DType::Q8G32,
+];
+
+#[test]
+fn project_matches_cpu_in_every_dtype_whole_and_split() {
+    for dtype in ALL_DTYPES {
+        let c = if dtype.group().unwrap_or(32) > 32 {
+            wide()
+        } else {
+            odd()
+        };
+        let file = synthetic(c, dtype);
+        // Whole matrices, then chunks of at most 4 KiB (several rows per buffer, the
+        // last chunk short).
+        for max_chunk_bytes in [0, 4096] {
+            let opts = GpuOptions {
+                max_chunk_bytes,
+                ..GpuOptions::default()
+            };
+            let mut t = Twin::new(&c, &opts, 9);
+            for (name, m) in matrices(&file) {
+                let gw = t.gpu.weight(WeightSource::new(m, &file)).unwrap();
+                let cw = t.cpu.weight(WeightSource::new(m, &file)).unwrap();
+                if max_chunk_bytes > 0 {
+                    assert!(gw.chunks() > 1, "{name} split");
+                }
+                let input = [Act::Xn, Act::Att, Act::Gate]
+                    .into_iter()
+                    .find(|&a| t.shape.width(a) == m.cols)
+                    .unwrap_or(Act::Xn);
+                let out = [Act::Q, Act::K, Act::Up, Act::Logits, Act::X]
+                    .into_iter()
+                    .find(|&a| t.shape.width(a) == m.rows)
+                    .unwrap();
+                for n in [1, 4, 9] {
+                    t.fill(input, n, n as u32 + 3);
+                    t.gpu.project(&mut t.gs, input, n, &[(&gw, out)]);
+                    t.cpu.project(&mut t.cs, input, n, &[(&cw, out)]);
+                    let what = format!("{dtype:?} {name} n={n} chunk={max_chunk_bytes}");
+                    t.check(out, n, 1e-5, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_matches_cpu_whole_and_split() {
+    for (dtype, max_chunk_bytes) in [(DType::Q4G32A, 0), (DType::Q4G32A, 2048), (DType::F16, 0)] {
+        let c = odd();
+        let file = synthetic(c, dtype);
+        let opts = GpuOptions {
+            max_chunk_bytes,
+            ..GpuOptions::default()
+        };
+        let mut t = Twin::new(&c, &opts, 8);
+        let m = file.file().tensor(&LlamaTensor::TokenEmbd.name()).unwrap();
+        let m = m.matrix().unwrap();
+        let gw = t.gpu.weight(WeightSource::new(m, &file)).unwrap();
+        let cw = t.cpu.weight(WeightSource::new(m, &file)).unwrap();
+        let tokens = [0, 299, 17, 150, 151, 3, 298, 64];
+        t.gpu.embed(&mut t.gs, &gw, &tokens);
+        t.cpu.embed(&mut t.cs, &cw, &tokens);
+        t.check(
+            Act::X,
+            8,
+            1e-6,
+            &format!("embed {dtype:?} chunk={max_chunk_bytes}"),
+        );
+    }
+}
+
+#[test]
+fn norm_rope_swiglu_bias_and_add_match_cpu() {
+    for c in [odd(), wide()] {
+        let mut t = Twin::new(&c, &GpuOptions::default(), 7);
+        let w = test_values(c.dim as usize, 5);
+        let (gv, cv) = (t.gpu.vector(&w).unwrap(), t.cpu.vector(&w).unwrap());
+        t.fill(Act::X, 7, 11);
+        t.gpu.rms_norm(&mut t.gs, Act::X, 2..7, &gv, Act::Xn);
+        t.cpu.rms_norm(&mut t.cs, Act::X, 2..7, &cv, Act::Xn);
+        t.check(Act::Xn, 5, 1e-6, "rms_norm");
+
+        let freq: Vec<f32> = (0..c.head_dim / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / c.head_dim as f32))
+            .collect();
+        let (gf, cf) = (t.gpu.vector(&freq).unwrap(), t.cpu.vector(&freq).unwrap());
+        t.fill(Act::Q, 7, 12);
+        t.fill(Act::K, 7, 13);
+        t.gpu.rope_angles(&mut t.gs, &gf, 41, 7);
+        t.cpu.rope_angles(&mut t.cs, &cf, 41, 7);
+        t.gpu.rope(&mut t.gs, 7);
+        t.cpu.rope(&mut t.cs, 7);
+        t.check(Act::Q, 7, 1e-6, "rope q");
+        t.check(Act::K, 7, 1e-6, "rope k");
+
+        let b = test_values(t.shape.attn.q_dim, 9);
+        let (gb, cb) = (t.gpu.vector(&b).unwrap(), t.cpu.vector(&b).unwrap());
+        t.gpu.add_bias(&mut t.gs, Act::Q, 7, &gb);
+        t.cpu.add_bias(&mut t.cs, Act::Q, 7, &cb);
+        t.check(Act::Q, 7, 0.0, "add_bias");
+
+        t.fill(Act::Gate, 6, 14);
+        t.fill(Act::Up, 6, 15);
+        t.gpu.swiglu(&mut t.gs, 6);
+        t.cpu.swiglu(&mut t.cs, 6);
+        t.check(Act::Gate, 6, 1e-6, "swiglu");
+
+        t.fill(Act::X, 5, 16);
+        t.fill(Act::Xn, 5, 17);
+        t.gpu.add(&mut t.gs, Act::X, Act::Xn, 5);
+        t.cpu.add(&mut t.cs, Act::X, Act::Xn, 5);
+        t.check(Act::X, 5, 0.0, "add");
+    }
+}
+
+#[test]
+fn kv_cache_and_attention_match_cpu() {
+    for kv in [KvType::F32, KvType::F16] {
+        for c in [odd(), wide()] {
+            let mut t = Twin::new(&c, &GpuOptions::default(), 9);
+            let cap = c.context_len as usize;
+            let mut gc = t.gpu.cache(&t.shape, cap, kv).unwrap();
+            let mut cc = t.cpu.cache(&t.shape, cap, kv).unwrap();
+            // Batches of 9, 1, 5 and 1 positions into layer 1 (layer 0 stays empty).
+            for (step, n) in [9, 1, 5, 1].into_iter().enumerate() {
+                let seed = 100 * step as u32;
+                t.fill(Act::K, n, seed + 1);
+                t.fill(Act::V, n, seed + 2);
+                t.fill(Act::Q, n, seed + 3);
+                t.gpu.append_kv(&mut gc, 1, &mut t.gs, n);
+                t.cpu.append_kv(&mut cc, 1, &mut t.cs, n);
+                t.gpu.attention(&gc, 1, &mut t.gs, n);
+                t.cpu.attention(&cc, 1, &mut t.cs, n);
+                t.check(Act::Att, n, 2e-6, &format!("attention {kv:?} step {step}"));
+                gc.commit(n);
+                cc.commit(n);
+            }
+        }
+    }
+}
+
+#[test]
+fn argmax_matches_cpu_with_ties() {
+    let c = odd();
+    let mut t = Twin::new(&c, &GpuOptions::default(), 3);
+    for seed in 1..6u32 {
+        let mut v = test_values(3 * 300, seed);
+        // A tie between two maxima of the last row: the first wins.
+        v[600 + 17 * seed as usize] = 2.0;
+        v[600 + 250] = 2.0;
+        t.gpu.write_act(&mut t.gs, Act::Logits, &v);
+        t.gs.logit_rows = 3;
+        let want = crate::sampler::argmax(v[600..].iter().copied());
+        assert_eq!(t.gpu.argmax(&mut t.gs), want, "seed {seed}");
+    }
+}
+
+/// Whole forward passes: prefill in batches, then decoding, logits of every position.
+#[test]
+fn forward_matches_cpu_on_synthetic_models() {
+    for (c, dtype) in [
+        (odd(), DType::Q4G32A),
+        (wide(), DType::Q4G64),
+        (odd(), DType::Q8G32),
+    ] {
+        for kv in [KvType::F16, KvType::F32] {
+            let bytes: Arc<[u8]> = synthetic_model(c, dtype).into();
+            let gm = Model::load(bytes.clone(), gpu(&GpuOptions::default())).unwrap();
+            let cm = Model::load(bytes, cpu()).unwrap();
+            let (mut gc, mut cc) = (gm.cache(40, kv).unwrap(), cm.cache(40, kv).unwrap());
+            let (mut gs, mut cs) = (
+                gm.scratch(8, 40, true).unwrap(),
+                cm.scratch(8, 40, true).unwrap(),
+            );
+            let tokens: Vec<u32> = (0..30u32).map(|i| (i * 37 + 5) % c.vocab_size).collect();
+            for chunk in tokens.chunks(8).chain(tokens.chunks(1).take(3)) {
+                gm.forward(chunk, &mut gc, &mut gs).unwrap();
+                cm.forward(chunk, &mut cc, &mut cs).unwrap();
+                let n = chunk.len() * c.vocab_size as usize;
+                let g = gm.logits(&mut gs)[..n].to_vec();
+                assert_close(
+                    &g,
+                    &cm.logits(&mut cs)[..n],
+                    1e-4,
+                    &format!("{dtype:?} {kv:?}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn self_test_passes_and_a_corrupted_kernel_makes_auto_fall_back_to_the_cpu() {
+    let t = self_test(&GpuOptions::default()).unwrap();
+    assert!(t.passed(), "{}", t.verdict());
+    let dir = tempfile::tempdir().unwrap();
+    let verdicts = dir.path().join("gpu-verdicts.json");
+    let opts = AutoOptions {
+        verdicts: Some(verdicts.clone()),
+        allow_software: true,
+        ..AutoOptions::default()
+    };
+    match auto(&opts) {
+        AutoChoice::Gpu(b, t) => assert!(t.passed() && b.device_error().is_none()),
+        AutoChoice::Cpu(reason) => panic!("a working adapter was not chosen: {reason}"),
+    }
+    let stored = std::fs::read_to_string(&verdicts).unwrap();
+    assert!(stored.contains(&t.key), "{stored}");
+    // Every projection's output scaled by 1.5: the self-test catches it, `auto` says why.
+    let corrupted = AutoOptions {
+        gpu: GpuOptions {
+            inject_fault: true,
+            ..GpuOptions::default()
+        },
+        ..opts
+    };
+    match auto(&corrupted) {
+        AutoChoice::Cpu(reason) => assert!(reason.contains("self-test FAILED"), "{reason}"),
+        AutoChoice::Gpu(..) => panic!("a corrupted kernel passed the self-test"),
+    }
+    // Software adapters (lavapipe) run only when asked for.
+    if adapters().iter().all(|a| a.software) {
+        match auto(&AutoOptions::default()) {
+            AutoChoice::Cpu(reason) => assert!(reason.contains("no hardware GPU"), "{reason}"),
+            AutoChoice::Gpu(..) => panic!("auto chose a software adapter"),
+        }
+    }
+}
