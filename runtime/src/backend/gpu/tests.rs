@@ -8,7 +8,7 @@ use super::*;
 use crate::backend::cpu::kernels::Kernel;
 use crate::backend::cpu::{CpuBackend, CpuOptions, CpuScratch};
 use crate::model::Model;
-use glint_format::quant::{quantize, test_values};
+use glint_format::quant::test_values;
 use glint_format::*;
 
 fn gpu(opts: &GpuOptions) -> GpuBackend {
@@ -50,7 +50,7 @@ fn matrices(file: &LoadedGlint) -> Vec<(String, Matrix<'_>)> {
     file.file()
         .tensors()
         .iter()
-        .filter(|t| t.shape.len() == 2)
+        .filter(|t| t.shape().len() == 2)
         .map(|t| (t.name.to_string(), t.matrix().unwrap()))
         .collect()
 }
