@@ -346,8 +346,14 @@ fn plane_bytes(m: &Matrix<'_>, rows: usize) -> [usize; 3] {
 fn chunk_layout(m: &Matrix<'_>, rows: usize) -> (usize, usize, usize) {
     let [v, s, mn] = plane_bytes(m, rows);
     let s_at = v.next_multiple_of(TENSOR_ALIGN as usize);
-    let m_at = (s_at + s).next_multiple_of(TENSOR_ALIGN as usize);
-    (s_at, m_at, if mn > 0 { m_at + mn } else { s_at + s })
+    match mn {
+        // No mins plane: it is the empty range at the end.
+        0 => (s_at, s_at + s, s_at + s),
+        _ => {
+            let m_at = (s_at + s).next_multiple_of(TENSOR_ALIGN as usize);
+            (s_at, m_at, m_at + mn)
+        }
+    }
 }
 
 /// A small f32 vector on the GPU, with a host copy (RoPE frequencies are used on the

@@ -136,9 +136,9 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
             odd()
         };
         let file = synthetic(c, dtype);
-        // Whole matrices, then chunks of at most 4 KiB (several rows per buffer, the
-        // last chunk short).
-        for max_chunk_bytes in [0, 4096] {
+        // Whole matrices, then chunks of at most 1 KiB (a few rows per buffer, the last
+        // chunk short; every matrix here is larger).
+        for max_chunk_bytes in [0, 1024] {
             let opts = GpuOptions {
                 max_chunk_bytes,
                 ..GpuOptions::default()
@@ -305,12 +305,12 @@ fn forward_matches_cpu_on_synthetic_models() {
                 cm.forward(chunk, &mut cc, &mut cs).unwrap();
                 let n = chunk.len() * c.vocab_size as usize;
                 let g = gm.logits(&mut gs)[..n].to_vec();
-                assert_close(
-                    &g,
-                    &cm.logits(&mut cs)[..n],
-                    1e-4,
-                    &format!("{dtype:?} {kv:?}"),
-                );
+                // f32 sums in another order differ by ~1e-6; an f16 cache rounds a key
+                // that differs in its last bit to the other neighbour now and then, which
+                // the later layers amplify (measured up to 2e-3 on lavapipe, q8 weights).
+                let tol = if kv == KvType::F16 { 5e-3 } else { 1e-4 };
+                let what = format!("{dtype:?} {kv:?}");
+                assert_close(&g, &cm.logits(&mut cs)[..n], tol, &what);
             }
         }
     }
