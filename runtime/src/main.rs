@@ -145,6 +145,10 @@ impl ModelArgs {
     }
 
     fn chosen(&self) -> Result<Chosen> {
+        #[cfg(not(feature = "gpu"))]
+        if self.gpu_adapter.is_some() {
+            anyhow::bail!("--gpu-adapter: this glint was built without the `gpu` feature");
+        }
         match self.backend {
             BackendKind::Cpu => Ok(Chosen::Cpu(self.cpu_options())),
             #[cfg(feature = "gpu")]
