@@ -30,9 +30,10 @@ struct ModelArgs {
     /// Threads in all (default: every core).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-    /// Matrix products: `exact` (f32 activations) or `int8` (int8 activations, like
-    /// llama.cpp's default; faster).
-    #[arg(long = "precision", default_value = "exact", value_parser = parse_precision)]
+    /// Matrix products: `exact` (f32 activations), `int8` (int8 activations, like
+    /// llama.cpp's default; faster) or `mixed` (int8 but the first two blocks: int8's
+    /// speed, closer to exact's answers).
+    #[arg(long = "precision", default_value = "mixed", value_parser = parse_precision)]
     precision: Precision,
     /// KV cache elements: `f16`, `int8` (per-32 block scales, like llama.cpp's
     /// `-ctk q8_0 -ctv q8_0`: 56% of the memory) or `f32`.
@@ -53,7 +54,7 @@ fn parse_mem_budget(s: &str) -> Result<u64, String> {
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
-    Precision::from_name(s).ok_or_else(|| format!("{s:?}: expected exact or int8"))
+    Precision::from_name(s).ok_or_else(|| format!("{s:?}: expected exact, int8 or mixed"))
 }
 
 fn parse_kv(s: &str) -> Result<KvType, String> {

@@ -191,7 +191,7 @@ impl<B: Backend> Model<B> {
             let m = x
                 .matrix()
                 .map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))?;
-            Ok(backend.weight(WeightSource::new(m, &file))?)
+            Ok(backend.weight(WeightSource::new(t, m, &file))?)
         };
         let vector = |t: LlamaTensor| -> Result<B::Vector, LoadError> {
             let (name, x) = tensor(t)?;

@@ -8,7 +8,7 @@ mod common;
 use common::{fixture, ids, model_path};
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{
-    Act, Backend, BackendError, CpuBackend, CpuOptions, KvType, ModelShape, ScratchSize,
+    Act, Backend, BackendError, CpuBackend, CpuOptions, KvType, ModelShape, Precision, ScratchSize,
     WeightSource,
 };
 use glint_runtime::engine::SessionOptions;
@@ -113,11 +113,12 @@ impl<B: Backend> Backend for Counting<B> {
     }
 }
 
+/// Exact activations: the bound below is the kernels' f32 summation order alone.
 fn cpu(kernel: Option<Kernel>) -> CpuOptions {
     CpuOptions {
         threads: 2,
         kernel,
-        ..CpuOptions::default()
+        precision: Precision::Exact,
     }
 }
 

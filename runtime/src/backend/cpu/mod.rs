@@ -87,6 +87,8 @@ impl CpuBackend {
 pub struct CpuWeight {
     /// Borrows from `_file`'s bytes (see [`CpuWeight::matrix`]).
     matrix: Matrix<'static>,
+    /// Products with it quantize their activations ([`Precision::int8_activations`]).
+    int8: bool,
     _file: Arc<LoadedGlint>,
 }
 
@@ -107,7 +109,7 @@ pub struct CpuScratch {
     scores: Vec<f32>,
     /// `[batch][head_dim]`: per position, the RoPE cosines then sines.
     rope: Vec<f32>,
-    /// Quantized activations for [`Precision::Int8`].
+    /// Quantized activations for [`Precision::Int8`] and [`Precision::Mixed`].
     qa: QuantActs,
 }
 
@@ -236,6 +238,7 @@ impl Backend for CpuBackend {
         let matrix = unsafe { std::mem::transmute::<Matrix<'_>, Matrix<'static>>(m) };
         Ok(CpuWeight {
             matrix,
+            int8: self.precision.int8_activations(w.tensor()) && kernels::int8_supported(m.dtype),
             _file: Arc::clone(w.file()),
         })
     }
@@ -445,8 +448,8 @@ const MAX_PROJECTIONS: usize = 3;
 /// `out_j = W_j x` for `n` rows of `x` and up to 3 matrices reading the same input
 /// (Q/K/V, gate/up), in one pool dispatch: each thread computes its share of the output
 /// rows of every matrix (shares rounded to 16 rows, so no two threads write one cache
-/// line). With [`Precision::Int8`] (and int8 kernels for every matrix) `x` is quantized
-/// once and all matrices read that.
+/// line). When every matrix takes int8 activations (`CpuWeight::int8`), `x` is
+/// quantized once and all matrices read that.
 fn project(b: &CpuBackend, s: &mut CpuScratch, input: Act, n: usize, outs: &[(&CpuWeight, Act)]) {
     assert!(
         (1..=MAX_PROJECTIONS).contains(&outs.len()),
@@ -471,11 +474,8 @@ fn project(b: &CpuBackend, s: &mut CpuScratch, input: Act, n: usize, outs: &[(&C
     let ws: [Option<Matrix<'_>>; MAX_PROJECTIONS] =
         core::array::from_fn(|j| outs.get(j).map(|(w, _)| w.matrix()));
     let x = &s.acts[input as usize][..n * cols];
-    let quant = b.precision == Precision::Int8
-        && ws
-            .iter()
-            .flatten()
-            .all(|w| kernels::int8_supported(w.dtype));
+    // One quantization of the input serves every output, so all or none use it.
+    let quant = outs.iter().all(|(w, _)| w.int8);
     if quant {
         s.qa.quantize(b.kernel, x, n, cols);
     }
