@@ -309,7 +309,7 @@ fn random_tensor(ty: GgmlType, n: u64, rng: &mut Rng, buf: &mut Vec<u8>) {
                     let r = rng.next();
                     buf.extend((0..8).map(|k| {
                         let b = u32::from((r >> (8 * k)) as u8);
-                        ((b * 255 >> 8) as i32 - 127) as i8 as u8
+                        (((b * 255) >> 8) as i32 - 127) as i8 as u8
                     }));
                 }
             }
