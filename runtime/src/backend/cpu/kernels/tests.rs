@@ -285,6 +285,8 @@ fn throughput() {
         (DType::Q4G32, 896, 4864, 1),
         (DType::Q8G32, 1536, 576, 1),
         (DType::Q8G32, 49152, 576, 1),
+        // Llama-3.2-1B's tied head: 128256 x 2048 int8, 279 MB.
+        (DType::Q8G32, 128256, 2048, 1),
         (DType::F16, 1536, 576, 1),
         (DType::F32, 1536, 576, 1),
     ];
