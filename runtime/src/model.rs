@@ -440,21 +440,7 @@ fn rope_inv_freq(c: &ModelConfig) -> Vec<f32> {
     (0..hd / 2)
         .map(|i| {
             let f = 1.0 / c.rope_theta.powf(2.0 * i as f32 / hd as f32);
-            let Some(s) = c.rope_scaling else { return f };
-            // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and
-            // the band between interpolated smoothly.
-            let wavelen = 2.0 * std::f32::consts::PI / f;
-            let old = s.original_context as f32;
-            let (low, high) = (old / s.low_freq_factor, old / s.high_freq_factor);
-            if wavelen < high {
-                f
-            } else if wavelen > low {
-                f / s.factor
-            } else {
-                let smooth =
-                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                (1.0 - smooth) * f / s.factor + smooth * f
-            }
+            c.rope_scaling.map_or(f, |s| s.scale(f))
         })
         .collect()
 }

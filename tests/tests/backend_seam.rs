@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, ids, model_path};
+use common::{fixture, ids, logits_after, model_path};
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{
     Act, Backend, BackendError, CpuBackend, CpuOptions, KvType, ModelShape, Precision, ScratchSize,
@@ -122,15 +122,9 @@ fn cpu(kernel: Option<Kernel>) -> CpuOptions {
     }
 }
 
-/// Logits after `prompt` (f32 cache: only the kernels' summation order can differ;
-/// measured 4e-5 between the scalar and AVX-512 kernels, while through an f16 cache one
-/// rounding flip moves them by ~0.01) and the greedy ids that follow it (8 at most).
+/// Logits after `prompt` ([`logits_after`]) and the greedy ids that follow it (8 at most).
 fn run<B: Backend>(engine: &Engine<B>, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
-    let m = engine.model();
-    let mut cache = m.cache(prompt.len(), KvType::F32).unwrap();
-    let mut scratch = m.scratch(prompt.len(), prompt.len(), false).unwrap();
-    m.forward(prompt, &mut cache, &mut scratch).unwrap();
-    let logits = m.logits(&mut scratch).to_vec();
+    let logits = logits_after(engine, prompt);
     let opts = SessionOptions {
         context: 128,
         kv: KvType::F16,
