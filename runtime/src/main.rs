@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use glint_format::SamplingDefaults;
+use glint_runtime::backend::cpu::available_cores;
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{CpuOptions, KvType, Precision};
 use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, SessionOptions, rate};
@@ -27,7 +28,7 @@ struct ModelArgs {
     /// Model file; default: SmolLM2-135M-Instruct, fetched and packed on first use.
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
-    /// Threads in all (default: every core).
+    /// Threads in all (default, and at most: the cores this process may run on).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
     /// Matrix products: `exact` (f32 activations), `int8` (int8 activations, like
@@ -53,6 +54,25 @@ fn parse_mem_budget(s: &str) -> Result<u64, String> {
     glint_runtime::memory::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// `-t`: more threads than the cores this process may run on would only take turns on
+/// them, so the count is capped there, with a note (`-t 0` or none: all of them).
+fn threads(asked: Option<usize>) -> usize {
+    let cores = available_cores();
+    match asked {
+        Some(t) if t > cores => {
+            // A failed note is not worth failing the run for.
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: -t {t}: this process may run on {cores} core{}; using {cores} thread{}",
+                if cores == 1 { "" } else { "s" },
+                if cores == 1 { "" } else { "s" },
+            );
+            cores
+        }
+        t => t.unwrap_or(0),
+    }
+}
+
 fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::from_name(s).ok_or_else(|| format!("{s:?}: expected exact, int8 or mixed"))
 }
@@ -69,7 +89,7 @@ fn parse_kernel(s: &str) -> Result<Kernel, String> {
 impl ModelArgs {
     fn cpu_options(&self) -> CpuOptions {
         CpuOptions {
-            threads: self.threads.unwrap_or(0),
+            threads: threads(self.threads),
             precision: self.precision,
             kernel: self.kernel,
         }

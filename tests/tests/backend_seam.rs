@@ -268,3 +268,70 @@ fn a_forward_pass_refuses_what_would_not_fit_with_typed_errors() {
         })
     );
 }
+
+/// The pool hands each thread whatever chunks it claims, but every output row and
+/// attention head is computed the same way on any thread: the logits of a prefill and
+/// the greedy ids after it are the same bits on 1, 2 and 3 threads, for both precisions.
+#[test]
+fn any_thread_count_gives_the_same_bits() {
+    use glint_runtime::backend::Precision;
+    let prompt = ids(&fixture("llamacpp-smollm2.json")["greedy"]["prompt_token_ids"]);
+    for precision in [Precision::Exact, Precision::Int8] {
+        let opts = |threads| CpuOptions {
+            threads,
+            precision,
+            kernel: None,
+        };
+        let (want_logits, want_ids) = run(&Engine::load(model_path(), opts(1)).unwrap(), &prompt);
+        assert!(!want_ids.is_empty());
+        for threads in [2, 3] {
+            let (logits, got_ids) =
+                run(&Engine::load(model_path(), opts(threads)).unwrap(), &prompt);
+            assert_eq!(got_ids, want_ids, "{precision:?}, {threads} threads");
+            assert!(
+                logits
+                    .iter()
+                    .zip(&want_logits)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{precision:?}, {threads} threads: logits differ from one thread's"
+            );
+        }
+    }
+}
+
+/// Thread counts: 0 means every core this process may run on; more than
+/// `MAX_THREADS_PER_CORE` per core is a typed error, whatever the value.
+#[test]
+fn thread_counts_default_to_the_cores_and_absurd_ones_are_refused() {
+    use glint_runtime::backend::cpu::{MAX_THREADS_PER_CORE, available_cores};
+    let cores = available_cores();
+    let backend = CpuBackend::new(CpuOptions::default()).unwrap();
+    assert_eq!(backend.threads(), cores);
+    let max = cores * MAX_THREADS_PER_CORE;
+    assert_eq!(
+        CpuBackend::new(CpuOptions {
+            threads: max,
+            ..CpuOptions::default()
+        })
+        .unwrap()
+        .threads(),
+        max
+    );
+    for threads in [max + 1, 100_000, usize::MAX] {
+        let err = CpuBackend::new(CpuOptions {
+            threads,
+            ..CpuOptions::default()
+        })
+        .err()
+        .expect("refused");
+        assert_eq!(
+            err,
+            BackendError::TooManyThreads {
+                requested: threads,
+                cores,
+                max
+            }
+        );
+        assert!(err.to_string().contains("threads requested"), "{err}");
+    }
+}

@@ -287,6 +287,19 @@ pub enum BackendError {
     /// The backend cannot run this model or setting.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// More threads were asked for than the CPU backend accepts
+    /// ([`cpu::MAX_THREADS_PER_CORE`] per core this process may run on).
+    #[error(
+        "{requested} threads requested, at most {max} accepted ({cores} cores available to this process)"
+    )]
+    TooManyThreads {
+        /// Threads asked for.
+        requested: usize,
+        /// Cores this process may run on ([`cpu::available_cores`]).
+        cores: usize,
+        /// The most accepted.
+        max: usize,
+    },
     /// An allocation failed.
     #[error("out of memory: {what} needs {bytes} bytes")]
     OutOfMemory {
