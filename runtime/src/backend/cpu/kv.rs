@@ -274,10 +274,10 @@ fn attend_all<T: KvElem>(
     // A single token: one chunk per unit. A batch: work grows with the position, so
     // chunks of consecutive units are handed out from the last token back (the largest
     // first), which leaves the small ones to even out the threads' loads at the end.
-    let chunks = if n == 1 {
-        units.min(MAX_CHUNKS)
-    } else {
-        units.min(pool.threads() * ATTENTION_CHUNKS_PER_THREAD)
+    let chunks = match (n, pool.threads()) {
+        (1, _) => units.min(MAX_CHUNKS),
+        (_, 1) => 1,
+        (_, t) => units.min(t * ATTENTION_CHUNKS_PER_THREAD),
     };
     pool.run(chunks, &|c, slot| {
         // SAFETY: thread `slot` alone uses the score rows of its own index, which lie in
