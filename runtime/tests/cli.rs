@@ -203,6 +203,33 @@ fn bench_json_is_one_object_with_the_figures() {
     assert!(j["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{j}");
 }
 
+/// `-t` beyond the cores this process may run on (any value a `usize` holds) is capped
+/// there with a note, and the run goes on; a value no `usize` holds is clap's error.
+#[test]
+fn huge_thread_counts_are_capped_to_the_cores_with_a_note() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for t in ["1000", "100000", "18446744073709551615"] {
+        let mut args: Vec<OsString> = ["bench", "-p", "1", "-n", "1", "-r", "1", "--json", "-t", t]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        if let Some(m) = std::env::var_os("GLINT_MODEL") {
+            args.extend(["-m".into(), m]);
+        }
+        let o = glint(&args);
+        let j: serde_json::Value = serde_json::from_str(ok(&o).trim()).expect("a JSON object");
+        assert_eq!(j["threads"], cores, "-t {t}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("-t {t}: this process may run on {cores} core")),
+            "{err}"
+        );
+    }
+    let o = glint(&["bench", "-t", "18446744073709551616"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+}
+
 #[test]
 fn info_describes_the_model() {
     let out = ok(&glint(&with_model(&["info"])));
