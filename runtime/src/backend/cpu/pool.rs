@@ -38,9 +38,10 @@ struct PoolState {
     /// `generation << 32 | chunks << 16 | next`: the current job's number, its chunk
     /// count and the next unclaimed chunk, in one word so that a claim (a compare-and-swap
     /// of `next`) can only succeed for the job it was meant for.
-    claim: AtomicU64,
-    /// Chunks of the current job finished (by anyone).
-    done: AtomicUsize,
+    claim: CacheLine<AtomicU64>,
+    /// Chunks of the current job finished (by anyone); on a line of its own, so that
+    /// the caller polling it does not slow down the claims.
+    done: CacheLine<AtomicUsize>,
     stop: AtomicBool,
     panicked: AtomicBool,
     /// Workers asleep (or about to sleep) on `wake`: dispatch only takes the lock and
@@ -51,6 +52,17 @@ struct PoolState {
     job: UnsafeCell<Option<Job<'static>>>,
     sleep: Mutex<()>,
     wake: Condvar,
+}
+
+/// A value alone on its 64-byte cache line.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 // SAFETY: `job` is written only by the dispatching thread before it publishes a new
@@ -114,8 +126,8 @@ impl ThreadPool {
     /// `Err` if the OS refuses a thread; the workers already started are stopped.
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(PoolState {
-            claim: AtomicU64::new(0),
-            done: AtomicUsize::new(0),
+            claim: CacheLine(AtomicU64::new(0)),
+            done: CacheLine(AtomicUsize::new(0)),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
