@@ -615,7 +615,7 @@ impl<B: Backend> Session<B> {
                     break StopReason::Cancelled;
                 }
                 let logits = model.logits(&mut self.scratch);
-                // A pass over the vocabulary: ~1% of a decode step of the default model.
+                // One pass over the vocabulary's logits, beside the head's product that made them.
                 if !logits.iter().all(|l| l.is_finite()) {
                     return Err(GenerateError::NonFiniteLogits {
                         position: self.tokens.len(),
