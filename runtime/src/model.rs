@@ -71,8 +71,12 @@ pub enum ForwardError {
 /// Where a model's bytes come from.
 #[derive(Debug)]
 pub enum ModelSource {
-    /// A file, memory-mapped whole.
+    /// A file, memory-mapped whole. The file must not be truncated or rewritten in place
+    /// while the model lives (see `LoadedGlint::open`); replace it with a rename.
     Path(PathBuf),
+    /// A file read whole into memory (llama.cpp's `--no-mmap`): the model no longer
+    /// depends on the file, for the weights' size in resident memory.
+    ReadIntoMemory(PathBuf),
     /// A range of an open file, memory-mapped: a model stored inside an APK, or a
     /// `ParcelFileDescriptor` with an offset and a length.
     FileRange {
@@ -128,6 +132,7 @@ impl ModelSource {
     pub fn open(self) -> Result<LoadedGlint, OpenError> {
         match self {
             ModelSource::Path(p) => LoadedGlint::open(p),
+            ModelSource::ReadIntoMemory(p) => LoadedGlint::read(p),
             ModelSource::FileRange { file, offset, len } => {
                 LoadedGlint::open_range(&file, offset, len, &format!("file range {offset}+{len}"))
             }
