@@ -35,7 +35,8 @@ pub enum Precision {
     /// [`Precision::Int8`] everywhere but the matrices of the first
     /// [`Precision::EXACT_BLOCKS`] blocks, which keep f32 activations: int8 rounding
     /// there flips near-ties that decide answers ("What is the capital of France?"
-    /// goes from "L'Étoile…" to "Paris"); measured in `benches/README.md`. The
+    /// goes from "L'Étoile…" to "Paris" with the AVX-512 kernels; not with the scalar
+    /// or NEON ones); measured in `benches/README.md`. The
     /// default: on the shipped QA set it answers 67/105 with the model's recommended
     /// sampling (exact 72, int8 64) at 0.96–0.99× int8's decode speed.
     #[default]
