@@ -597,6 +597,16 @@ fn model_copy(dir: &Path) -> std::path::PathBuf {
     copy
 }
 
+/// Cuts `model` to 64 KiB in place (no rename: what a careless update does to a file
+/// that is in use).
+fn truncate_in_place(model: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(model)
+        .and_then(|f| f.set_len(1 << 16))
+        .expect("truncate the model in place");
+}
+
 /// A child's stdout and stderr, read as they come (a thread per stream).
 struct Streams {
     out: std::sync::Arc<std::sync::Mutex<String>>,
@@ -688,12 +698,7 @@ fn model_file_truncated_during_a_run_is_reported_with_its_own_status() {
     let mut child = long_run(&model, &["-n", "100000"]);
     let streams = Streams::of(&mut child);
     streams.until("the first token", |out, _| !out.is_empty());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&model)
-        .unwrap()
-        .set_len(1 << 16)
-        .unwrap();
+    truncate_in_place(&model);
     let status = wait_or_hang(&mut child, "run on a truncated model");
     streams.until("the message", |_, err| err.contains('\n'));
     let err = streams.err.lock().unwrap().clone();
@@ -706,12 +711,7 @@ fn model_file_truncated_during_a_run_is_reported_with_its_own_status() {
     let mut child = long_run(&model, &["-n", "200", "--no-mmap"]);
     let streams = Streams::of(&mut child);
     streams.until("the first token", |out, _| !out.is_empty());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&model)
-        .unwrap()
-        .set_len(1 << 16)
-        .unwrap();
+    truncate_in_place(&model);
     let status = wait_or_hang(&mut child, "run --no-mmap on a truncated model");
     streams.until("the statistics", |_, err| err.contains("stop:"));
     let err = streams.err.lock().unwrap().clone();
