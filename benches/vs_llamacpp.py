@@ -20,6 +20,15 @@ results go to $GLINT_CACHE/vs-llamacpp.jsonl.
 
     python3 benches/vs_llamacpp.py                      # 5 rounds, t1 and t2, pp512 tg128
     python3 benches/vs_llamacpp.py --rounds 3 -p 0 -n 128 --threads 1
+
+With --shapes NAME[,NAME...] it measures synthetic models instead (`glint-quantize synth`:
+random weights at the real shape of smollm2-135m, smollm2-360m, qwen2.5-0.5b,
+llama-3.2-1b; Q4_0 layers, Q8_0 embedding, imported into Glint as q4g32: the same bytes):
+per shape pp, tg at each thread count, plus load time (process start to exit after the
+first token of a 4-token prompt: `llama-simple -n 1` against `glint run -n 1`), their
+peak RSS, and the weight bytes each decoded token streams.
+
+    python3 benches/vs_llamacpp.py --shapes smollm2-360m --rounds 3
 """
 
 import argparse
@@ -31,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 LCP_VERSION = "0.3.36"
@@ -73,7 +83,8 @@ def llama_cpp(cache: Path) -> Path:
     """Directory holding llama-bench and llama-quantize, built once."""
     src = cache / f"llama.cpp-{LCP_VERSION}"
     bin_dir = src / "build" / "bin"
-    if (bin_dir / "llama-bench").exists() and (bin_dir / "llama-quantize").exists():
+    targets = ["llama-bench", "llama-quantize", "llama-simple"]
+    if all((bin_dir / t).exists() for t in targets):
         return bin_dir
     if not src.exists():
         prefix = f"llama_cpp_python-{LCP_VERSION}/vendor/llama.cpp/"
@@ -93,7 +104,7 @@ def llama_cpp(cache: Path) -> Path:
          "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"],
         stdout=subprocess.DEVNULL)
     run(["cmake", "--build", src / "build", "-j", str(os.cpu_count() or 2),
-         "--target", "llama-bench", "llama-quantize"], stdout=subprocess.DEVNULL)
+         "--target", *targets], stdout=subprocess.DEVNULL)
     return bin_dir
 
 
@@ -119,6 +130,104 @@ def glint_bench(model, threads, p, n, reps, precision, binary=ROOT / "target/rel
     return res
 
 
+PROMPT = "The capital of France"  # 4 tokens with the default model's tokenizer
+
+
+def timed(cmd):
+    """(wall seconds, peak RSS bytes) of running `cmd` to its end, output discarded."""
+    log("+ " + " ".join(str(c) for c in cmd))
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{cmd[0]} failed: {os.waitstatus_to_exitcode(status)}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def synth_models(cache, quantize, shape):
+    """(GGUF, .glint) of the synthetic model `shape`, written once."""
+    d = cache / "synth"
+    d.mkdir(exist_ok=True)
+    gguf, glint = d / f"{shape}.Q4_0.gguf", d / f"{shape}.q4g32.glint"
+    if not gguf.exists():
+        run([quantize, "synth", "--shape", shape, "-o", gguf], stdout=subprocess.DEVNULL)
+    if not glint.exists():
+        run([quantize, "import", gguf, "-o", glint, "--scheme", "q4g32"], stdout=subprocess.DEVNULL)
+    return gguf, glint
+
+
+def shapes_main(args, cache, current, quantize, bin_dir):
+    threads = [int(t) for t in args.threads.split(",")]
+    raw = open(cache / "vs-llamacpp-shapes.jsonl", "a")
+    rows = []
+    for shape in args.shapes.split(","):
+        gguf, glint = synth_models(cache, quantize, shape)
+        got = []  # per round: {"llama.cpp": {...}, "glint": {...}}
+        for rnd in range(args.rounds):
+            res = {"llama.cpp": {}, "glint": {}}
+            engines = [
+                ("llama.cpp", lambda t: llama_bench(bin_dir, gguf, t, args.p, args.n, args.r),
+                 [bin_dir / "llama-simple", "-m", gguf, "-n", 1, PROMPT]),
+                ("glint", lambda t: glint_bench(glint, t, args.p, args.n, args.r, args.precision, current),
+                 [current, "run", "-m", glint, "-p", PROMPT, "-n", 1, "-c", 16, "--temp", 0, "-t", 2,
+                  "--precision", args.precision]),
+            ]
+            if args.baseline:
+                res["baseline"] = {}
+                engines.append(
+                    ("baseline", lambda t: glint_bench(glint, t, args.p, args.n, args.r, args.precision,
+                                                       args.baseline),
+                     [args.baseline, "run", "-m", glint, "-p", PROMPT, "-n", 1, "-c", 16, "--temp", 0,
+                      "-t", 2, "--precision", args.precision]))
+            if rnd % 2:
+                engines.reverse()
+            for name, _, load_cmd in engines:
+                res[name]["load_s"], res[name]["rss"] = timed(load_cmd)
+            for t in threads:
+                for name, bench, _ in engines:
+                    for test, v in bench(t).items():
+                        res[name][f"{test}{t}"] = v
+            got.append(res)
+            raw.write(json.dumps({"shape": shape, "round": rnd, **res}) + "\n")
+            raw.flush()
+            log(f"{shape} round {rnd}: {res}")
+        info = json.loads(out([current, "bench", "-m", glint, "-p", 1, "-n", 1, "-r", 1, "--json"])
+                          .strip().splitlines()[-1])
+        rows.append((shape, gguf.stat().st_size, info["weight_bytes_per_token"], got))
+
+    def med(got, engine, key):
+        return statistics.median(r[engine][key] for r in got)
+
+    def ratio(got, key, a="llama.cpp", b="glint"):
+        return statistics.median(r[b][key] / r[a][key] for r in got)
+
+    print(f"\nSynthetic shapes, Glint ({args.precision}, q4g32) vs llama.cpp {LCP_VERSION} (Q4_0), "
+          f"same GGUF bytes, {args.rounds} rounds; tok/s: median over rounds; ratio: median of "
+          f"per-round Glint / llama.cpp\n")
+    tests = [("pp", f"pp{args.p}")] * (args.p > 0) + [("tg", f"tg{args.n}")]
+    base = " baseline tok/s | Glint / baseline |" if args.baseline else ""
+    print(f"| shape | GGUF MB | test | threads | llama.cpp tok/s | Glint tok/s | Glint / llama.cpp |{base}")
+    print("| --- " * (7 + 2 * bool(args.baseline)) + "|")
+    for shape, size, _, got in rows:
+        for test, label in tests:
+            for t in threads:
+                k = f"{test}{t}"
+                cells = (f" {med(got, 'baseline', k):.1f} | {ratio(got, k, 'baseline'):.3f}x |"
+                         if args.baseline else "")
+                print(f"| {shape} | {size / 1e6:.0f} | {label} | {t} | {med(got, 'llama.cpp', k):.1f} | "
+                      f"{med(got, 'glint', k):.1f} | {ratio(got, k):.2f}x |{cells}")
+    print("\n| shape | load s, llama.cpp | load s, Glint | Glint / llama.cpp | peak RSS MiB, llama.cpp | "
+          "peak RSS MiB, Glint | weight MB / token | decode GB/s t" + str(threads[0]) + ", llama.cpp / Glint |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for shape, size, per_token, got in rows:
+        k = f"tg{threads[0]}"
+        print(f"| {shape} | {med(got, 'llama.cpp', 'load_s'):.3f} | {med(got, 'glint', 'load_s'):.3f} | "
+              f"{ratio(got, 'load_s'):.2f}x | {med(got, 'llama.cpp', 'rss') / 2**20:.0f} | "
+              f"{med(got, 'glint', 'rss') / 2**20:.0f} | {per_token / 1e6:.1f} | "
+              f"{med(got, 'llama.cpp', k) * per_token / 1e9:.1f} / {med(got, 'glint', k) * per_token / 1e9:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -131,6 +240,8 @@ def main():
                     "target/release/glint)")
     ap.add_argument("--baseline", type=Path, help="an earlier `glint` binary, run in the same rounds "
                     "(before/after comparisons of a change)")
+    ap.add_argument("--shapes", help="comma-separated synthetic shapes to measure instead of the "
+                    "default model (smollm2-135m, smollm2-360m, qwen2.5-0.5b, llama-3.2-1b)")
     args = ap.parse_args()
 
     cache = Path(os.environ.get("GLINT_CACHE", ROOT / "target/glint-cache"))
@@ -140,6 +251,8 @@ def main():
         run(["cargo", "build", "--release", "-p", "glint-runtime", "-p", "glint-quantize"], cwd=ROOT)
     current = args.glint or ROOT / "target/release/glint"
     quantize = ROOT / "target/release/glint-quantize"
+    if args.shapes:
+        return shapes_main(args, cache, current, quantize, llama_cpp(cache))
     # `fetch` leaves the GGUF in the cache and prints the q4g32a pack of it.
     q4_1_glint = Path(out([quantize, "fetch"]).strip().splitlines()[-1])
     q4_1 = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -6,8 +6,8 @@ use crate::fetch::sha256_file;
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::source::{Encoding, Imported, SourceTensor};
 use glint_format::{
-    Arch, LlamaTensor, ModelConfig, RopeStyle, SamplingDefaults, TokenizerModel, TokenizerSpec,
-    expected_llama_tensors,
+    Arch, LlamaTensor, ModelConfig, RopeScaling, RopeStyle, SamplingDefaults, TokenizerModel,
+    TokenizerSpec, expected_llama_tensors,
 };
 use memmap2::Mmap;
 use std::path::Path;
@@ -76,13 +76,7 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
         .or_else(|| find("<|im_end|>"))
         .or_else(|| find("<|eot_id|>"))
         .or(eos);
-    if g.tensor("rope_freqs.weight").is_some() {
-        return Err(GgufImportError::Unsupported(
-            "Llama-3 rope scaling stored as rope_freqs.weight (import the HF checkpoint instead)"
-                .into(),
-        ));
-    }
-    let config = ModelConfig {
+    let mut config = ModelConfig {
         arch: Arch::Llama,
         dim,
         n_layers: req("block_count")?,
@@ -110,6 +104,7 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
         eot,
         sampling: gguf_sampling(&g),
     };
+    config.rope_scaling = rope_scaling(&g, &config, &key)?;
     config.validate()?;
     let model = match g.get_str("tokenizer.ggml.model") {
         Some("gpt2") => TokenizerModel::ByteLevelBpe,
@@ -183,7 +178,7 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
     if let Some(extra) = g
         .tensors()
         .iter()
-        .find(|t| !tensors.iter().any(|s| s.name == t.name))
+        .find(|t| t.name != ROPE_FREQS && !tensors.iter().any(|s| s.name == t.name))
     {
         return Err(GgufImportError::Unsupported(format!(
             "tensor {} is not part of the llama architecture",
@@ -199,19 +194,99 @@ pub fn import_gguf(path: &Path) -> Result<Imported, GgufImportError> {
         .get_str("tokenizer.chat_template")
         .unwrap_or_default()
         .to_string();
+    let mut provenance = vec![
+        ("source".into(), name),
+        ("source_sha256".into(), sha),
+        ("source_format".into(), "gguf".into()),
+    ];
+    // Synthetic models (`glint-quantize synth`) say what they are made of here.
+    if let Some(d) = g.get_str("general.description") {
+        provenance.push(("source_description".into(), d.to_string()));
+    }
     drop(g);
     Ok(Imported {
         config,
         tokenizer,
         chat_template,
-        provenance: vec![
-            ("source".into(), name),
-            ("source_sha256".into(), sha),
-            ("source_format".into(), "gguf".into()),
-        ],
+        provenance,
         tensors,
         files: vec![map],
     })
+}
+
+/// The tensor in which GGUF stores Llama-3 rope scaling: per pair of dimensions, the
+/// divisor of its frequency.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Llama-3 rope scaling, recovered from `rope_freqs.weight` (llama.cpp's converter writes
+/// the divisors, not the parameters): `factor` is the largest divisor, the band between
+/// unscaled and fully scaled pairs gives the two wavelength bounds (least squares over
+/// its pairs), `original_context` is `{arch}.rope.scaling.original_context_length` or
+/// Llama 3.1/3.2's 8192 (only the bounds' ratios to it matter). Every pair's frequency
+/// is then recomputed and must match the file's to 1e-3.
+fn rope_scaling(
+    g: &GgufFile<'_>,
+    c: &ModelConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<RopeScaling>, GgufImportError> {
+    let Some(t) = g.tensor(ROPE_FREQS) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| GgufImportError::Unsupported(format!("{ROPE_FREQS}: {why}"));
+    let half = c.head_dim as usize / 2;
+    if t.ggml_type != GgmlType::F32 || t.n_elements() != half as u64 {
+        return Err(bad("not head_dim / 2 f32 values"));
+    }
+    let divisors: Vec<f32> = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let factor = divisors.iter().copied().fold(1f32, f32::max);
+    if divisors.iter().all(|&d| (d - 1.0).abs() < 1e-6) {
+        return Ok(None);
+    }
+    let original_context = g
+        .get_u32(&key("rope.scaling.original_context_length"))
+        .unwrap_or(8192);
+    let old = original_context as f64;
+    let inv_freq = |i: usize| 1.0 / c.rope_theta.powf(2.0 * i as f32 / c.head_dim as f32);
+    // In the band, divisor d = 1 / ((1 - s) / factor + s) with smooth
+    // s = (old / wavelen - low) / (high - low), i.e. s high + (1 - s) low = old / wavelen.
+    let (mut a, mut b, mut cc, mut r0, mut r1) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut band = 0;
+    for (i, &d) in divisors.iter().enumerate() {
+        if d <= 1.0 + 1e-4 || d >= factor * (1.0 - 1e-4) {
+            continue;
+        }
+        let s = ((1.0 / d as f64) - 1.0 / factor as f64) / (1.0 - 1.0 / factor as f64);
+        let y = old * inv_freq(i) as f64 / (2.0 * std::f64::consts::PI);
+        // Normal equations for (high, low) with rows (s, 1 - s).
+        (a, b, cc) = (a + s * s, b + s * (1.0 - s), cc + (1.0 - s) * (1.0 - s));
+        (r0, r1) = (r0 + s * y, r1 + (1.0 - s) * y);
+        band += 1;
+    }
+    let det = a * cc - b * b;
+    if band < 2 || det.abs() < 1e-12 {
+        return Err(bad(
+            "fewer than two pairs in the smoothing band: parameters ambiguous",
+        ));
+    }
+    let high = (r0 * cc - b * r1) / det;
+    let low = (a * r1 - b * r0) / det;
+    let s = RopeScaling {
+        factor,
+        low_freq_factor: low as f32,
+        high_freq_factor: high as f32,
+        original_context,
+    };
+    for (i, &d) in divisors.iter().enumerate() {
+        let f = inv_freq(i);
+        if ((f / s.scale(f)) / d - 1.0).abs() > 1e-3 {
+            return Err(bad("not Llama-3 scaling"));
+        }
+    }
+    Ok(Some(s))
 }
 
 /// The file's `general.sampling.*` keys (llama.cpp's names; absent ones take llama.cpp's

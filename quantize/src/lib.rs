@@ -8,6 +8,7 @@ pub mod gguf_import;
 pub mod hf;
 pub mod pack;
 pub mod source;
+pub mod synth;
 
 pub use pack::Scheme;
 
@@ -34,6 +35,9 @@ pub enum QuantizeError {
     /// Fetching the default model failed.
     #[error(transparent)]
     Fetch(#[from] fetch::FetchError),
+    /// Writing a synthetic model failed.
+    #[error(transparent)]
+    Synth(#[from] synth::SynthError),
     /// Writing the output failed.
     #[error("cannot write {path}: {source}")]
     Write {

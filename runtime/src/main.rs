@@ -1,22 +1,39 @@
 //! `glint`: run, chat, tokenize, perplexity, bench and info, modelled on llama.cpp's
 //! tools so figures compare. With no `-m`, the default model is fetched and packed.
+//!
+//! Exit status: 0 success; 1 an error (one `error: ...` line on stderr), or stdout or
+//! stderr could not be written (closed pipe, full disk: no message); 2 bad arguments;
+//! [`EXIT_MODEL_CHANGED`] the model file changed while mapped; 130 Ctrl-C at the chat
+//! prompt.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use glint_format::SamplingDefaults;
+use glint_runtime::backend::cpu::available_cores;
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{Backend, CpuBackend, CpuOptions, KvType, Precision};
-use glint_runtime::engine::{Engine, GenerateParams, GenerateStats, SessionOptions, rate};
+use glint_runtime::engine::{
+    CancelToken, Engine, GenerateError, GenerateParams, GenerateStats, SessionOptions, rate,
+};
 use glint_runtime::sampler::SamplerConfig;
-use glint_runtime::{Message, Role, peak_rss_bytes};
-use std::io::{BufRead, Write};
+use glint_runtime::{Message, ModelSource, Role, peak_rss_bytes};
+use std::io::{BufRead, Read, Write};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 #[cfg(feature = "gpu")]
 use glint_runtime::backend::gpu::{AutoChoice, AutoOptions, GpuBackend, GpuOptions};
+
+/// Exit status when the model file changed while mapped (a `SIGBUS` on its pages).
+const EXIT_MODEL_CHANGED: i32 = 3;
+/// Exit status of Ctrl-C at the chat prompt (the shell's 128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+/// Largest text input (`-f` files, QA sets, a chat line): more than any context holds
+/// (the default model's 8192 positions are about 40 KB of English); tokenizing costs
+/// about 100 bytes of memory per byte of text, so this bounds a tokenization near 400 MB.
+const MAX_TEXT_BYTES: u64 = 4 << 20;
 
 #[derive(Parser)]
 #[command(name = "glint", version, about = "Run a .glint model on the CPU")]
@@ -30,12 +47,13 @@ struct ModelArgs {
     /// Model file; default: SmolLM2-135M-Instruct, fetched and packed on first use.
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
-    /// Threads in all (default: every core).
+    /// Threads in all (default, and at most: the cores this process may run on).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-    /// Matrix products: `exact` (f32 activations) or `int8` (int8 activations, like
-    /// llama.cpp's default; faster).
-    #[arg(long = "precision", default_value = "exact", value_parser = parse_precision)]
+    /// Matrix products: `exact` (f32 activations), `int8` (int8 activations, like
+    /// llama.cpp's default; faster) or `mixed` (int8 but the first two blocks: int8's
+    /// speed, closer to exact's answers).
+    #[arg(long = "precision", default_value = "mixed", value_parser = parse_precision)]
     precision: Precision,
     /// KV cache elements: `f16`, `int8` (per-32 block scales, like llama.cpp's
     /// `-ctk q8_0 -ctv q8_0`: 56% of the memory) or `f32`.
@@ -49,6 +67,11 @@ struct ModelArgs {
     /// before anything is allocated; without `-c` the context shrinks to fit.
     #[arg(long = "mem-budget", value_parser = parse_mem_budget)]
     mem_budget: Option<u64>,
+    /// Read the weights into memory instead of mapping the file (as llama.cpp's
+    /// `--no-mmap`): the run no longer depends on the file staying unchanged, for the
+    /// weights' size in resident memory.
+    #[arg(long = "no-mmap")]
+    no_mmap: bool,
     /// Where the model runs: `cpu`; `gpu` (the GPU adapter `--gpu-adapter` names, else the
     /// first hardware one, else a software one such as lavapipe); `auto` (a hardware GPU
     /// that passed its self-test, else the CPU). Needs a build with the `gpu` feature.
@@ -80,7 +103,7 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 enum Chosen {
     Cpu(CpuOptions),
     #[cfg(feature = "gpu")]
-    Gpu(GpuBackend),
+    Gpu(Box<GpuBackend>),
 }
 
 /// The file where GPU self-test verdicts are kept, next to the model cache.
@@ -103,15 +126,16 @@ macro_rules! with_engine {
     ($m:expr, |$e:ident, $p:ident| $body:expr) => {{
         let m: &ModelArgs = $m;
         let $p = model_path(&m.model)?;
+        let source = m.source(&$p);
         let loading = || format!("loading {}", $p.display());
         match m.chosen()? {
             Chosen::Cpu(opts) => {
-                let $e = Engine::load(&$p, opts).with_context(loading)?;
+                let $e = Engine::load(source, opts).with_context(loading)?;
                 $body
             }
             #[cfg(feature = "gpu")]
             Chosen::Gpu(b) => {
-                let $e = Engine::with_backend(&$p, b).with_context(loading)?;
+                let $e = Engine::with_backend(source, *b).with_context(loading)?;
                 $body
             }
         }
@@ -122,12 +146,49 @@ fn parse_mem_budget(s: &str) -> Result<u64, String> {
     glint_runtime::memory::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// `-t`: more threads than the cores this process may run on would only take turns on
+/// them, so the count is capped there, with a note (`-t 0` or none: all of them).
+fn threads(asked: Option<usize>) -> usize {
+    let cores = available_cores();
+    match asked {
+        Some(t) if t > cores => {
+            // A failed note is not worth failing the run for.
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: -t {t}: this process may run on {cores} core{}; using {cores} thread{}",
+                if cores == 1 { "" } else { "s" },
+                if cores == 1 { "" } else { "s" },
+            );
+            cores
+        }
+        t => t.unwrap_or(0),
+    }
+}
+
 fn parse_precision(s: &str) -> Result<Precision, String> {
-    Precision::from_name(s).ok_or_else(|| format!("{s:?}: expected exact or int8"))
+    Precision::from_name(s).ok_or_else(|| format!("{s:?}: expected exact, int8 or mixed"))
 }
 
 fn parse_kv(s: &str) -> Result<KvType, String> {
     KvType::from_name(s).ok_or_else(|| format!("{s:?}: expected f16, int8 or f32"))
+}
+
+/// A count from 1 to `max`.
+fn parse_count(s: &str, max: u64) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if (1..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s}: expected 1 to {max}"))
+    }
+}
+
+fn parse_reps(s: &str) -> Result<usize, String> {
+    parse_count(s, 1000).map(|v| v as usize)
+}
+
+fn parse_seeds(s: &str) -> Result<u64, String> {
+    parse_count(s, 1000)
 }
 
 fn parse_kernel(s: &str) -> Result<Kernel, String> {
@@ -136,11 +197,11 @@ fn parse_kernel(s: &str) -> Result<Kernel, String> {
 }
 
 impl ModelArgs {
-    fn cpu_options(&self) -> CpuOptions {
-        CpuOptions {
-            threads: self.threads.unwrap_or(0),
-            precision: self.precision,
-            kernel: self.kernel,
+    /// The model file, mapped or (`--no-mmap`) read into memory.
+    fn source(&self, path: &Path) -> ModelSource {
+        match self.no_mmap {
+            true => ModelSource::ReadIntoMemory(path.to_path_buf()),
+            false => ModelSource::Path(path.to_path_buf()),
         }
     }
 
@@ -152,7 +213,7 @@ impl ModelArgs {
         match self.backend {
             BackendKind::Cpu => Ok(Chosen::Cpu(self.cpu_options())),
             #[cfg(feature = "gpu")]
-            BackendKind::Gpu => Ok(Chosen::Gpu(GpuBackend::new(&gpu_options(self))?)),
+            BackendKind::Gpu => Ok(Chosen::Gpu(Box::new(GpuBackend::new(&gpu_options(self))?))),
             #[cfg(feature = "gpu")]
             BackendKind::Auto => {
                 let opts = AutoOptions {
@@ -177,6 +238,14 @@ impl ModelArgs {
                 );
                 Ok(Chosen::Cpu(self.cpu_options()))
             }
+        }
+    }
+
+    fn cpu_options(&self) -> CpuOptions {
+        CpuOptions {
+            threads: threads(self.threads),
+            precision: self.precision,
+            kernel: self.kernel,
         }
     }
 
@@ -218,14 +287,17 @@ struct SampleArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// Keep generating past end-of-text tokens (llama.cpp's `--ignore-eos`).
+    #[arg(long = "ignore-eos")]
+    ignore_eos: bool,
 }
 
 impl SampleArgs {
     /// The flags over the model's recommended sampling (`model`), over llama.cpp's
-    /// defaults for what neither sets.
-    fn params(&self, model: Option<SamplingDefaults>) -> GenerateParams {
+    /// defaults for what neither sets; a setting out of its range is an error.
+    fn params(&self, model: Option<SamplingDefaults>) -> Result<GenerateParams> {
         let d = SamplerConfig::for_model(model);
-        GenerateParams {
+        let params = GenerateParams {
             max_tokens: self.n_predict,
             sampler: SamplerConfig {
                 temperature: self.temp.unwrap_or(d.temperature),
@@ -237,8 +309,11 @@ impl SampleArgs {
                 ..d
             },
             stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
             ..GenerateParams::default()
-        }
+        };
+        params.sampler.check()?;
+        Ok(params)
     }
 }
 
@@ -251,8 +326,11 @@ enum Command {
         #[command(flatten)]
         sample: SampleArgs,
         /// Prompt text; special tokens written in it (`<|im_start|>`) are parsed.
-        #[arg(short = 'p', long = "prompt")]
-        prompt: String,
+        #[arg(short = 'p', long = "prompt", required_unless_present = "file")]
+        prompt: Option<String>,
+        /// Read the prompt from a file (for prompts too long for a command line).
+        #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
+        file: Option<PathBuf>,
         /// Wrap the prompt as a user turn with the model's chat template.
         #[arg(long)]
         chat: bool,
@@ -301,8 +379,8 @@ enum Command {
         sample: SampleArgs,
         /// The QA set.
         file: PathBuf,
-        /// Seeds to run (0, 1, ...): sampling with temperature varies by seed.
-        #[arg(long, default_value_t = 1)]
+        /// Seeds to run (0, 1, ...; 1 to 1000): sampling with temperature varies by seed.
+        #[arg(long, default_value_t = 1, value_parser = parse_seeds)]
         seeds: u64,
         /// Print every question, reply and verdict.
         #[arg(short, long)]
@@ -318,8 +396,8 @@ enum Command {
         /// Generated tokens (tg test).
         #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
         n_gen: usize,
-        /// Repetitions; the median is reported.
-        #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+        /// Repetitions (1 to 1000); the median is reported.
+        #[arg(short = 'r', long = "repetitions", default_value_t = 3, value_parser = parse_reps)]
         reps: usize,
         /// Print one JSON object.
         #[arg(long)]
@@ -345,14 +423,18 @@ enum Command {
 fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     match m {
         Some(p) => Ok(p.clone()),
-        None => glint_quantize::default_model(|msg| eprintln!("{msg}"))
-            .context("preparing the default model"),
+        None => glint_quantize::default_model(|msg| {
+            // Progress only: a closed stderr shows up at the next note.
+            let _ = writeln!(std::io::stderr(), "{msg}");
+        })
+        .context("preparing the default model"),
     }
 }
 
 fn engine(m: &ModelArgs) -> Result<Engine> {
     let path = model_path(&m.model)?;
-    Engine::load(&path, m.cpu_options()).with_context(|| format!("loading {}", path.display()))
+    Engine::load(m.source(&path), m.cpu_options())
+        .with_context(|| format!("loading {}", path.display()))
 }
 
 /// `glint info --gpu`: every adapter with its limits, features and self-test verdict.
@@ -406,8 +488,39 @@ fn gpu_report(out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-fn print_stats(s: &GenerateStats) {
-    eprintln!(
+/// stdout or stderr could not be written (a closed pipe, a full disk): the run ends
+/// quietly (there may be nowhere to say so) with status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("writing the output: {0}")]
+struct OutputFailed(std::io::Error);
+
+/// stdout or stderr, whose write errors are [`OutputFailed`] (inside the `io::Error`,
+/// so `?` and `writeln!` work as usual).
+struct Stream<W>(W);
+
+impl<W: Write> Write for Stream<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(output_failed)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(output_failed)
+    }
+}
+
+fn output_failed(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), OutputFailed(e))
+}
+
+/// Messages and statistics go to stderr through this (never `eprintln!`, which panics
+/// when stderr cannot be written).
+fn stderr() -> Stream<std::io::Stderr> {
+    Stream(std::io::stderr())
+}
+
+fn print_stats(s: &GenerateStats) -> std::io::Result<()> {
+    writeln!(
+        stderr(),
         "\n[prompt {} tok, {:.1} tok/s | generated {} tok, {:.1} tok/s | time to first token {:.0} ms | KV {:.1} MiB | peak RSS {:.1} MiB | stop: {:?}]",
         s.prompt_tokens,
         s.prefill_tok_s,
@@ -417,7 +530,26 @@ fn print_stats(s: &GenerateStats) {
         s.kv_bytes as f64 / (1 << 20) as f64,
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
         s.stop
-    );
+    )
+}
+
+/// Reads a text input (`-f`, a QA set) of at most [`MAX_TEXT_BYTES`]: a device or an
+/// endless pipe (`/dev/zero`) ends with a message, not with the memory.
+fn read_text(path: &Path) -> Result<String> {
+    let what = || format!("reading {}", path.display());
+    let file = std::fs::File::open(path).with_context(what)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TEXT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(what)?;
+    if bytes.len() as u64 > MAX_TEXT_BYTES {
+        bail!(
+            "{} is larger than {} MiB, the limit for a text input",
+            path.display(),
+            MAX_TEXT_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))
 }
 
 fn main() -> ExitCode {
@@ -425,12 +557,15 @@ fn main() -> ExitCode {
     // Bad arguments (including ones that are not valid UTF-8) exit with clap's message
     // and status 2.
     let cli = Cli::parse();
+    signals::report_sigbus();
     match run(cli, process_start) {
         Ok(()) => ExitCode::SUCCESS,
-        // A closed stdout (`glint tokenize ... | head -1`) is not worth a message.
-        Err(e) if is_broken_pipe(&e) => ExitCode::FAILURE,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => ExitCode::from(EXIT_INTERRUPTED),
+        // A closed stdout (`glint tokenize ... | head -1`) or a full disk is not worth a
+        // message, and there may be nowhere to write one.
+        Err(e) if is_output_failure(&e) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            let _ = writeln!(std::io::stderr(), "error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -452,26 +587,244 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+fn is_output_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<OutputFailed>())
+    })
+}
+
+/// Ctrl-C at the chat prompt: the session ends with [`EXIT_INTERRUPTED`].
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+struct Interrupted;
+
+/// The process's signal handlers (installed by the binary; the library installs none).
+#[cfg(unix)]
+mod signals {
+    use super::EXIT_MODEL_CHANGED;
+    use glint_runtime::CancelToken;
+    use std::sync::OnceLock;
+
+    /// Reports a `SIGBUS` — the model file truncated or rewritten in place while
+    /// mapped: its pages can no longer be read — and exits with [`EXIT_MODEL_CHANGED`],
+    /// instead of dying silently mid-answer.
+    pub fn report_sigbus() {
+        extern "C" fn on_sigbus(_: libc::c_int) {
+            const MSG: &[u8] = b"\nerror: the model file changed while in use (truncated or rewritten in place while mapped); replace model files with a new file and a rename, or run with --no-mmap\n";
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is static.
+            unsafe {
+                libc::write(2, MSG.as_ptr().cast(), MSG.len());
+                libc::_exit(EXIT_MODEL_CHANGED);
+            }
+        }
+        install(libc::SIGBUS, on_sigbus);
+    }
+
+    /// What Ctrl-C cancels: set once, before the handler is installed.
+    static INTERRUPT: OnceLock<CancelToken> = OnceLock::new();
+
+    /// Makes SIGINT cancel `token` instead of ending the process. Blocking reads are
+    /// interrupted (no `SA_RESTART`), so a read at a prompt returns `Interrupted` and
+    /// the caller sees the token cancelled.
+    pub fn cancel_on_interrupt(token: &CancelToken) {
+        extern "C" fn on_sigint(_: libc::c_int) {
+            // An atomic load and an atomic store: async-signal-safe.
+            if let Some(t) = INTERRUPT.get() {
+                t.cancel();
+            }
+        }
+        if INTERRUPT.set(token.clone()).is_ok() {
+            install(libc::SIGINT, on_sigint);
+        }
+    }
+
+    fn install(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+        // SAFETY: a zeroed `sigaction` is valid (no flags, empty mask once cleared);
+        // the handler only calls async-signal-safe functions.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(signal, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Elsewhere the defaults stay: a `SIGBUS` ends the process, Ctrl-C too.
+#[cfg(not(unix))]
+mod signals {
+    pub fn report_sigbus() {}
+    pub fn cancel_on_interrupt(_: &glint_runtime::CancelToken) {}
+}
+
+/// One line typed at the chat prompt.
+enum ChatLine {
+    Text(String),
+    NotUtf8,
+    TooLong(u64),
+    End,
+    Interrupted,
+}
+
+/// Reads one line of at most [`MAX_TEXT_BYTES`] (a longer one is read to its end and
+/// dropped). A read interrupted by Ctrl-C (`cancel` set) ends with `Interrupted`.
+fn read_chat_line(input: &mut impl BufRead, cancel: &CancelToken) -> std::io::Result<ChatLine> {
+    let (mut bytes, mut total) = (Vec::new(), 0u64);
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if cancel.is_cancelled() {
+                    return Ok(ChatLine::Interrupted);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            if total == 0 {
+                return Ok(ChatLine::End);
+            }
+            break;
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if total + (take as u64) <= MAX_TEXT_BYTES {
+            bytes.extend_from_slice(&buf[..take]);
+        }
+        total += take as u64;
+        input.consume(take);
+        if done {
+            break;
+        }
+    }
+    if cancel.is_cancelled() {
+        return Ok(ChatLine::Interrupted);
+    }
+    if total > MAX_TEXT_BYTES {
+        return Ok(ChatLine::TooLong(total));
+    }
+    Ok(match String::from_utf8(bytes) {
+        Ok(s) => ChatLine::Text(s),
+        Err(_) => ChatLine::NotUtf8,
+    })
+}
+
+/// `glint chat`: a line is a user turn; Ctrl-C stops a reply (at the prompt it ends
+/// the session); a turn that does not fit forgets the oldest exchanges first.
+fn chat<B: Backend>(
+    out: &mut impl Write,
+    engine: &Engine<B>,
+    model: &ModelArgs,
+    sample: &SampleArgs,
+    system: Option<String>,
+) -> Result<()> {
+    let mut session = engine.session(model.session_options(sample.ctx))?;
+    if let Some(sys) = system {
+        session.set_system(&sys);
+    }
+    let params = sample.params(engine.model().config().sampling)?;
+    signals::cancel_on_interrupt(&params.cancel);
+    let cancel = params.cancel.clone();
+    let mut input = std::io::stdin().lock();
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        cancel.reset();
+        let line = match read_chat_line(&mut input, &cancel)? {
+            ChatLine::Text(line) => line,
+            ChatLine::End => break,
+            ChatLine::Interrupted => {
+                writeln!(out)?;
+                return Err(Interrupted.into());
+            }
+            ChatLine::NotUtf8 => {
+                writeln!(stderr(), "error: the line is not valid UTF-8; ignored")?;
+                continue;
+            }
+            ChatLine::TooLong(n) => {
+                writeln!(
+                    stderr(),
+                    "error: a line of {n} bytes is longer than the {} MiB a line may have; ignored",
+                    MAX_TEXT_BYTES >> 20
+                )?;
+                continue;
+            }
+        };
+        match line.trim() {
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                session.reset();
+                continue;
+            }
+            "" => continue,
+            _ => {}
+        }
+        let user = line.trim_end_matches(['\n', '\r']);
+        let mut write_error = None;
+        let mut on_token = |ev: glint_runtime::engine::TokenEvent<'_>| match out
+            .write_all(ev.text.as_bytes())
+            .and_then(|()| out.flush())
+        {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
+            }
+        };
+        let r = loop {
+            match session.chat(user, &params, &mut on_token) {
+                Err(GenerateError::PromptTooLong { .. }) if session.forget_oldest_turn() => {
+                    writeln!(
+                        stderr(),
+                        "[the conversation fills the context: the oldest exchange is forgotten]"
+                    )?;
+                }
+                r => break r,
+            }
+        };
+        if let Some(e) = write_error {
+            return Err(e.into());
+        }
+        match r {
+            Ok((_, stats)) => print_stats(&stats)?,
+            Err(e @ GenerateError::PromptTooLong { .. }) => writeln!(
+                stderr(),
+                "error: {e}; the message alone does not fit: shorten it, or start with a larger -c"
+            )?,
+            Err(e) => writeln!(stderr(), "error: {e}")?,
+        }
+        params.cancel.reset();
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 fn run(cli: Cli, process_start: Instant) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = Stream(std::io::stdout().lock());
     match cli.command {
         Command::Run {
             model,
             sample,
             prompt,
+            file,
             chat,
             ids,
         } => {
+            let prompt = match (prompt, file) {
+                (Some(p), _) => p,
+                (None, Some(f)) => read_text(&f)?,
+                (None, None) => bail!("a prompt is needed: -p TEXT or -f FILE"),
+            };
             with_engine!(&model, |engine, _path| {
                 let opts = model.session_options(sample.ctx);
                 let plan = engine.memory_plan(&opts)?;
                 let mut session = engine.session(opts)?;
+                let params = sample.params(engine.model().config().sampling)?;
                 let text = if chat {
                     engine.render_chat(&[Message::new(Role::User, prompt)], true)?
                 } else {
@@ -480,23 +833,20 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 let out = &mut stdout;
                 let mut first_token_since_start = None;
                 let mut write_error = None;
-                let stats = session.generate(
-                    &text,
-                    &sample.params(engine.model().config().sampling),
-                    |ev| {
-                        first_token_since_start.get_or_insert_with(|| process_start.elapsed());
-                        match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
-                            Ok(()) => ControlFlow::Continue(()),
-                            Err(e) => {
-                                write_error = Some(e);
-                                ControlFlow::Break(())
-                            }
+                let stats = session.generate(&text, &params, |ev| {
+                    first_token_since_start.get_or_insert_with(|| process_start.elapsed());
+                    match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(e) => {
+                            write_error = Some(e);
+                            ControlFlow::Break(())
                         }
-                    },
-                )?;
+                    }
+                });
                 if let Some(e) = write_error {
                     return Err(e.into());
                 }
+                let stats = stats?;
                 // The generated ids are what the context holds after the prompt, plus the
                 // last token when it was not run (end of text, stop string). Not the ids
                 // of the streamed events: the end-of-text token is not streamed, and text
@@ -514,65 +864,26 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                     writeln!(out, "{}", serde_json::to_string(&generated)?)?;
                 }
                 let ttft = first_token_since_start.unwrap_or_default();
-                print_stats(&stats);
-                eprintln!(
+                print_stats(&stats)?;
+                writeln!(
+                    stderr(),
                     "[time from process start to first token: {:.0} ms]",
                     ttft.as_secs_f64() * 1e3
-                );
-                eprintln!("[session memory: {plan}]");
+                )?;
+                writeln!(stderr(), "[session memory: {plan}]")?;
             })
         }
         Command::Chat {
             model,
             sample,
             system,
-        } => {
-            with_engine!(&model, |engine, _path| {
-                let mut session = engine.session(model.session_options(sample.ctx))?;
-                if let Some(sys) = system {
-                    session.set_system(&sys);
-                }
-                let stdin = std::io::stdin();
-                let out = &mut stdout;
-                loop {
-                    write!(out, "> ")?;
-                    out.flush()?;
-                    let mut line = String::new();
-                    if stdin.lock().read_line(&mut line)? == 0 {
-                        break;
-                    }
-                    match line.trim() {
-                        "/quit" | "/exit" => break,
-                        "/reset" => {
-                            session.reset();
-                            continue;
-                        }
-                        "" => continue,
-                        _ => {}
-                    }
-                    let mut write_error = None;
-                    let r = session.chat(
-                        line.trim_end_matches(['\n', '\r']),
-                        &sample.params(engine.model().config().sampling),
-                        |ev| match out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
-                            Ok(()) => ControlFlow::Continue(()),
-                            Err(e) => {
-                                write_error = Some(e);
-                                ControlFlow::Break(())
-                            }
-                        },
-                    );
-                    if let Some(e) = write_error {
-                        return Err(e.into());
-                    }
-                    match r {
-                        Ok((_, stats)) => print_stats(&stats),
-                        Err(e) => eprintln!("error: {e}"),
-                    }
-                    writeln!(out)?;
-                }
-            })
-        }
+        } => with_engine!(&model, |engine, _path| chat(
+            &mut stdout,
+            &engine,
+            &model,
+            &sample,
+            system
+        )?),
         Command::Tokenize { model, ids, text } => {
             let engine = engine(&model)?;
             let tok = engine.tokenizer();
@@ -591,15 +902,14 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             seeds,
             verbose,
         } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = read_text(&file)?;
             let items = glint_runtime::eval::parse_qa(&text)
                 .with_context(|| format!("reading {}", file.display()))?;
             with_engine!(&model, |engine, _path| {
                 let mut speeds = Vec::new();
                 let mut correct = 0;
-                for seed in 0..seeds.max(1) {
-                    let mut params = sample.params(engine.model().config().sampling);
+                for seed in 0..seeds {
+                    let mut params = sample.params(engine.model().config().sampling)?;
                     params.sampler.seed = seed;
                     let outcomes = glint_runtime::eval::answer_qa(
                         &engine,
@@ -619,7 +929,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                     writeln!(stdout, "seed {seed}: correct = {right}/{}", items.len())?;
                     correct += right;
                 }
-                let asked = items.len() * seeds.max(1) as usize;
+                let asked = items.len() * seeds as usize;
                 writeln!(
                     stdout,
                     "accuracy = {:.3} ({correct}/{asked}); decode {:.1} tok/s (median)",
@@ -629,15 +939,25 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             })
         }
         Command::Perplexity { model, file, ctx } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let ppl = with_engine!(&model, |engine, _path| {
-                glint_runtime::eval::perplexity(&engine, &text, ctx, model.kv, |chunk, ppl| {
-                    eprint!("[{chunk}] {ppl:.4} ")
-                })?
-            });
-            eprintln!();
-            writeln!(stdout, "PPL = {ppl:.4}")?;
+            let text = read_text(&file)?;
+            with_engine!(&model, |engine, _path| {
+                let mut err = stderr();
+                let mut progress = Ok(());
+                let ppl = glint_runtime::eval::perplexity(
+                    &engine,
+                    &text,
+                    ctx,
+                    model.kv,
+                    |chunk, ppl| {
+                        if progress.is_ok() {
+                            progress = write!(err, "[{chunk}] {ppl:.4} ");
+                        }
+                    },
+                )?;
+                progress?;
+                writeln!(err)?;
+                writeln!(stdout, "PPL = {ppl:.4}")?;
+            })
         }
         Command::Bench {
             model,
@@ -786,7 +1106,7 @@ fn bench<B: BenchBackend>(
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     let mut work_per_token = None;
-    for _ in 0..reps.max(1) + 1 {
+    for _ in 0..reps + 1 {
         if n_prompt > 0 {
             session.reset();
             let t = Instant::now();

@@ -71,8 +71,12 @@ pub enum ForwardError {
 /// Where a model's bytes come from.
 #[derive(Debug)]
 pub enum ModelSource {
-    /// A file, memory-mapped whole.
+    /// A file, memory-mapped whole. The file must not be truncated or rewritten in place
+    /// while the model lives (see `LoadedGlint::open`); replace it with a rename.
     Path(PathBuf),
+    /// A file read whole into memory (llama.cpp's `--no-mmap`): the model no longer
+    /// depends on the file, for the weights' size in resident memory.
+    ReadIntoMemory(PathBuf),
     /// A range of an open file, memory-mapped: a model stored inside an APK, or a
     /// `ParcelFileDescriptor` with an offset and a length.
     FileRange {
@@ -128,6 +132,7 @@ impl ModelSource {
     pub fn open(self) -> Result<LoadedGlint, OpenError> {
         match self {
             ModelSource::Path(p) => LoadedGlint::open(p),
+            ModelSource::ReadIntoMemory(p) => LoadedGlint::read(p),
             ModelSource::FileRange { file, offset, len } => {
                 LoadedGlint::open_range(&file, offset, len, &format!("file range {offset}+{len}"))
             }
@@ -191,7 +196,7 @@ impl<B: Backend> Model<B> {
             let m = x
                 .matrix()
                 .map_err(|e| LoadError::Unsupported(format!("{name}: {e}")))?;
-            Ok(backend.weight(WeightSource::new(m, &file))?)
+            Ok(backend.weight(WeightSource::new(t, m, &file))?)
         };
         let vector = |t: LlamaTensor| -> Result<B::Vector, LoadError> {
             let (name, x) = tensor(t)?;
@@ -375,8 +380,9 @@ impl<B: Backend> Model<B> {
     }
 
     /// The index of the largest logit of the last token of the last [`Model::forward`]
-    /// into `s` (a scratch that keeps the last token's logits only).
-    pub fn argmax(&self, s: &mut B::Scratch) -> u32 {
+    /// into `s` (a scratch that keeps the last token's logits only); `None` when a logit
+    /// is NaN or infinite (broken weights).
+    pub fn argmax(&self, s: &mut B::Scratch) -> Option<u32> {
         self.backend.argmax(s)
     }
 
@@ -446,21 +452,7 @@ fn rope_inv_freq(c: &ModelConfig) -> Vec<f32> {
     (0..hd / 2)
         .map(|i| {
             let f = 1.0 / c.rope_theta.powf(2.0 * i as f32 / hd as f32);
-            let Some(s) = c.rope_scaling else { return f };
-            // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and
-            // the band between interpolated smoothly.
-            let wavelen = 2.0 * std::f32::consts::PI / f;
-            let old = s.original_context as f32;
-            let (low, high) = (old / s.low_freq_factor, old / s.high_freq_factor);
-            if wavelen < high {
-                f
-            } else if wavelen > low {
-                f / s.factor
-            } else {
-                let smooth =
-                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                (1.0 - smooth) * f / s.factor + smooth * f
-            }
+            c.rope_scaling.map_or(f, |s| s.scale(f))
         })
         .collect()
 }

@@ -52,6 +52,35 @@ impl SamplerConfig {
         self.temperature <= 0.0 && self.repeat_penalty == 1.0
     }
 
+    /// Checks every setting is in its range: a finite temperature of at least 0, top-p
+    /// and min-p in `[0, 1]`, a finite repetition penalty above 0. Out-of-range values
+    /// would not panic, but NaN picks arbitrary tokens and a penalty of 0 makes every
+    /// recent token infinitely likely (one token repeated forever).
+    pub fn check(&self) -> Result<(), SamplerError> {
+        let bad = |name: &'static str, value: f32, range: &'static str| SamplerError {
+            name,
+            value,
+            range,
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(bad("temperature", self.temperature, "a finite number >= 0"));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return Err(bad("top-p", self.top_p, "between 0 and 1"));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(bad("min-p", self.min_p, "between 0 and 1"));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(bad(
+                "repeat penalty",
+                self.repeat_penalty,
+                "a finite number > 0",
+            ));
+        }
+        Ok(())
+    }
+
     /// A model's recommended settings (`ModelConfig::sampling`), else the defaults
     /// (llama.cpp's).
     pub fn for_model(recommended: Option<SamplingDefaults>) -> Self {
@@ -66,6 +95,18 @@ impl SamplerConfig {
             ..base
         }
     }
+}
+
+/// A sampling setting outside its range ([`SamplerConfig::check`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{name} {value} is out of range: expected {range}")]
+pub struct SamplerError {
+    /// The setting.
+    pub name: &'static str,
+    /// The value given.
+    pub value: f32,
+    /// What is accepted.
+    pub range: &'static str,
 }
 
 /// A sampler with its random state and a reused candidate buffer.
@@ -236,6 +277,26 @@ mod tests {
             ..cfg
         };
         assert!(draw(&strict).iter().all(|&t| t == top1));
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        assert_eq!(SamplerConfig::default().check(), Ok(()));
+        assert_eq!(SamplerConfig::greedy().check(), Ok(()));
+        let with = |f: fn(&mut SamplerConfig)| {
+            let mut c = SamplerConfig::default();
+            f(&mut c);
+            c.check().map_err(|e| e.name)
+        };
+        assert_eq!(with(|c| c.temperature = f32::NAN), Err("temperature"));
+        assert_eq!(with(|c| c.temperature = -1.0), Err("temperature"));
+        assert_eq!(with(|c| c.temperature = f32::INFINITY), Err("temperature"));
+        assert_eq!(with(|c| c.top_p = 2.0), Err("top-p"));
+        assert_eq!(with(|c| c.top_p = f32::NAN), Err("top-p"));
+        assert_eq!(with(|c| c.min_p = -0.1), Err("min-p"));
+        assert_eq!(with(|c| c.repeat_penalty = 0.0), Err("repeat penalty"));
+        assert_eq!(with(|c| c.repeat_penalty = f32::NAN), Err("repeat penalty"));
+        assert_eq!(with(|c| c.top_p = 1.0), Ok(()));
     }
 
     #[test]

@@ -589,6 +589,17 @@ impl Tokenizer {
         }
     }
 
+    /// Bytes of the longest token: the most input text one token can cover (its
+    /// rendered bytes, or for special tokens the text that writes them).
+    pub fn longest_token_bytes(&self) -> usize {
+        let rendered = self.piece_ranges.windows(2).map(|w| (w[1] - w[0]) as usize);
+        let written = self
+            .specials
+            .iter()
+            .map(|&id| self.texts[id as usize].len());
+        rendered.chain(written).max().unwrap_or(0)
+    }
+
     /// Rendered bytes of a token for output: control and unknown tokens are
     /// empty unless `render_special` (llama.cpp's `token_to_piece`).
     pub fn piece(&self, id: u32, render_special: bool) -> &[u8] {

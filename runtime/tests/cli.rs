@@ -203,6 +203,33 @@ fn bench_json_is_one_object_with_the_figures() {
     assert!(j["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{j}");
 }
 
+/// `-t` beyond the cores this process may run on (any value a `usize` holds) is capped
+/// there with a note, and the run goes on; a value no `usize` holds is clap's error.
+#[test]
+fn huge_thread_counts_are_capped_to_the_cores_with_a_note() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for t in ["1000", "100000", "18446744073709551615"] {
+        let mut args: Vec<OsString> = ["bench", "-p", "1", "-n", "1", "-r", "1", "--json", "-t", t]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        if let Some(m) = std::env::var_os("GLINT_MODEL") {
+            args.extend(["-m".into(), m]);
+        }
+        let o = glint(&args);
+        let j: serde_json::Value = serde_json::from_str(ok(&o).trim()).expect("a JSON object");
+        assert_eq!(j["threads"], cores, "-t {t}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("-t {t}: this process may run on {cores} core")),
+            "{err}"
+        );
+    }
+    let o = glint(&["bench", "-t", "18446744073709551616"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+}
+
 #[test]
 fn info_describes_the_model() {
     let out = ok(&glint(&with_model(&["info"])));
@@ -501,4 +528,499 @@ fn contexts_beyond_the_model_are_refused() {
         ])),
         &[too_long],
     );
+}
+
+// ---- Hostile files, arguments and streams (issue 10): every one ends with a message
+// and a non-zero status (or, in a chat, a session that goes on), never a panic, an
+// abort, a hang or a silent death.
+
+/// How long a command may take before the test calls it a hang: generous, as the
+/// machine may be shared (and its runs frozen for minutes); these commands take seconds
+/// when nothing hangs.
+const HANG: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Waits for `child`, killing it and failing the test after [`HANG`].
+fn wait_or_hang(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            panic!("{what}: hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `args` run with stdin, stdout and stderr as given, ended within [`HANG`]; returns
+/// the status and stderr.
+fn run_bounded(
+    args: &[OsString],
+    stdout: std::process::Stdio,
+) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glint"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start glint");
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let status = wait_or_hang(&mut child, &format!("{args:?}"));
+    (status, reader.join().unwrap())
+}
+
+/// A clean failure: a status (not a signal) other than 0 and 101 (a panic), no panic
+/// message, and each of `needles` in stderr.
+fn fails_cleanly(status: std::process::ExitStatus, err: &str, needles: &[&str], what: &str) {
+    assert!(
+        status.code().is_some_and(|c| c != 0 && c != 101),
+        "{what}: {status}\nstderr:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{what}: stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{what}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+/// A copy of the model in `dir`, which tests may break.
+fn model_copy(dir: &Path) -> std::path::PathBuf {
+    let copy = dir.join("model.glint");
+    std::fs::copy(model_path(), &copy).expect("copy the model");
+    copy
+}
+
+/// Cuts `model` to 64 KiB in place (no rename: what a careless update does to a file
+/// that is in use).
+fn truncate_in_place(model: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(model)
+        .and_then(|f| f.set_len(1 << 16))
+        .expect("truncate the model in place");
+}
+
+/// A child's stdout and stderr, read as they come (a thread per stream).
+struct Streams {
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    err: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Collects what `r` yields, as it comes, on a thread.
+fn pump(mut r: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buf
+}
+
+impl Streams {
+    fn of(child: &mut std::process::Child) -> Self {
+        Self {
+            out: pump(child.stdout.take().unwrap()),
+            err: pump(child.stderr.take().unwrap()),
+        }
+    }
+
+    /// Waits until `cond(stdout, stderr)` holds; fails after [`HANG`].
+    fn until(&self, what: &str, cond: impl Fn(&str, &str) -> bool) {
+        let start = std::time::Instant::now();
+        loop {
+            if cond(&self.out.lock().unwrap(), &self.err.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < HANG,
+                "waiting for {what}:\nstdout:\n{}\nstderr:\n{}",
+                self.out.lock().unwrap(),
+                self.err.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends `signal` (a `kill` name: INT) to `child`.
+fn signal(child: &std::process::Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success());
+}
+
+/// A long generation on `model` (greedy, past end-of-text), streaming to a pipe.
+fn long_run(model: &Path, extra: &[&str]) -> std::process::Child {
+    let mut args: Vec<OsString> = vec![
+        "run".into(),
+        "-m".into(),
+        model.into(),
+        "-t".into(),
+        "1".into(),
+        "-p".into(),
+        "Once upon a time".into(),
+        "--temp".into(),
+        "0".into(),
+        "--ignore-eos".into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    Command::new(env!("CARGO_BIN_EXE_glint"))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start glint")
+}
+
+#[test]
+fn model_file_truncated_during_a_run_is_reported_with_its_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    // Mapped: the next token touches pages past the new end.
+    let mut child = long_run(&model, &["-n", "100000"]);
+    let streams = Streams::of(&mut child);
+    streams.until("the first token", |out, _| !out.is_empty());
+    truncate_in_place(&model);
+    let status = wait_or_hang(&mut child, "run on a truncated model");
+    streams.until("the message", |_, err| err.contains('\n'));
+    let err = streams.err.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(3), "{status}\nstderr:\n{err}");
+    assert!(err.contains("model file changed while in use"), "{err}");
+    assert!(err.contains("--no-mmap"), "{err}");
+
+    // Read into memory: the run does not depend on the file.
+    let model = model_copy(dir.path());
+    let mut child = long_run(&model, &["-n", "200", "--no-mmap"]);
+    let streams = Streams::of(&mut child);
+    streams.until("the first token", |out, _| !out.is_empty());
+    truncate_in_place(&model);
+    let status = wait_or_hang(&mut child, "run --no-mmap on a truncated model");
+    streams.until("the statistics", |_, err| err.contains("stop:"));
+    let err = streams.err.lock().unwrap().clone();
+    assert!(status.success(), "{status}\nstderr:\n{err}");
+    assert!(err.contains("generated 200 tok"), "{err}");
+}
+
+#[test]
+fn no_mmap_gives_the_same_tokens() {
+    let (text, want) = run_with_ids(&[]);
+    assert_eq!(run_with_ids(&["--no-mmap"]), (text, want));
+}
+
+#[test]
+fn non_regular_model_files_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+        for cmd in [
+            &["info"][..],
+            &["run", "-p", "hi"],
+            &["chat"],
+            &["run", "--no-mmap", "-p", "hi"],
+        ] {
+            let mut args: Vec<OsString> = cmd.iter().map(OsString::from).collect();
+            args.extend(["-m".into(), path.into()]);
+            let (status, err) = run_bounded(&args, std::process::Stdio::null());
+            fails_cleanly(
+                status,
+                &err,
+                &["is not a regular file"],
+                &format!("{args:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn nan_weights_stop_generation_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    // All-ones bits are NaN in f32 and f16 alike: the final norm becomes NaN.
+    let (offset, len) = {
+        let bytes = std::fs::read(&model).unwrap();
+        let f = glint_format::GlintFile::parse(&bytes).expect("a valid model");
+        let t = f.tensor("output_norm.weight").expect("the final norm");
+        (t.offset, t.bytes.len())
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).unwrap();
+    std::io::Write::write_all(&mut f, &vec![0xff; len]).unwrap();
+    drop(f);
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "-m".into(),
+        model.clone().into(),
+        "-t".into(),
+        "1".into(),
+        "-p".into(),
+        "Hello".into(),
+        "-n".into(),
+        "4".into(),
+    ];
+    let (status, err) = run_bounded(&args, std::process::Stdio::piped());
+    fails_cleanly(status, &err, &["non-finite logit"], "run on NaN weights");
+    let text = Path::new(common::FIXTURES).join("eval-gpl3.txt");
+    let args: Vec<OsString> = vec![
+        "perplexity".into(),
+        "-m".into(),
+        model.into(),
+        "-t".into(),
+        "1".into(),
+        "-c".into(),
+        "64".into(),
+        "-f".into(),
+        text.into(),
+    ];
+    let (status, err) = run_bounded(&args, std::process::Stdio::piped());
+    fails_cleanly(
+        status,
+        &err,
+        &["non-finite logit"],
+        "perplexity on NaN weights",
+    );
+}
+
+#[test]
+fn out_of_range_numbers_are_refused_with_a_message() {
+    let huge = "18446744073709551615";
+    let too_big = "18446744073709551616";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["bench", "-p", huge, "-n", "1"], "trained context"),
+        (vec!["bench", "-p", "1", "-n", huge], "trained context"),
+        (vec!["bench", "-p", "100000000"], "trained context"),
+        (vec!["bench", "-r", "0"], "expected 1 to 1000"),
+        (vec!["bench", "-r", huge], "expected 1 to 1000"),
+        (vec!["bench", "-p", too_big], "too large"),
+        (vec!["run", "-p", "hi", "--temp", "NaN"], "temperature NaN"),
+        (vec!["run", "-p", "hi", "--temp=-1"], "temperature -1"),
+        (vec!["run", "-p", "hi", "--temp", "inf"], "temperature inf"),
+        (vec!["run", "-p", "hi", "--top-p", "2"], "top-p 2"),
+        (vec!["run", "-p", "hi", "--top-p", "NaN"], "top-p NaN"),
+        (vec!["run", "-p", "hi", "--min-p=-0.5"], "min-p -0.5"),
+        (
+            vec!["run", "-p", "hi", "--repeat-penalty", "0"],
+            "repeat penalty 0",
+        ),
+        (
+            vec!["run", "-p", "hi", "--repeat-penalty", "NaN"],
+            "repeat penalty NaN",
+        ),
+        (vec!["run", "-p", "hi", "--temp", "warm"], "invalid float"),
+        (vec!["run", "-p", "hi", "--top-k", too_big], "too large"),
+        (vec!["run", "-p", "hi", "-n", too_big], "too large"),
+        (vec!["run", "-p", "hi", "-s", "-1"], "unexpected argument"),
+        (
+            vec!["eval-qa", "--seeds", "0", "x.tsv"],
+            "expected 1 to 1000",
+        ),
+        (
+            vec!["perplexity", "-f", "/etc/hostname", "-c", "0"],
+            "window of 0",
+        ),
+        (
+            vec!["perplexity", "-f", "/etc/hostname", "-c", huge],
+            "window of",
+        ),
+        (vec!["chat", "--temp", "NaN"], "temperature NaN"),
+    ];
+    for (args, needle) in cases {
+        let (status, err) = run_bounded(&with_model(&args), std::process::Stdio::null());
+        fails_cleanly(status, &err, &[needle], &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn unwritable_output_ends_quietly_with_a_failure() {
+    let full = || std::process::Stdio::from(std::fs::File::create("/dev/full").unwrap());
+    // stdout on a full disk.
+    let (status, err) = run_bounded(&with_model(&["tokenize", "hi"]), full());
+    fails_cleanly(status, &err, &[], "tokenize >/dev/full");
+    assert!(err.is_empty(), "{err}");
+    let (status, err) = run_bounded(&with_model(&["run", "-p", "Hello", "-n", "2"]), full());
+    fails_cleanly(status, &err, &[], "run >/dev/full");
+    // stderr on a full disk (the statistics go there).
+    let o = Command::new(env!("CARGO_BIN_EXE_glint"))
+        .args(with_model(&["run", "-p", "Hello", "-n", "2"]))
+        .stderr(full())
+        .output()
+        .expect("start glint");
+    assert!(
+        o.status.code().is_some_and(|c| c != 0 && c != 101),
+        "run 2>/dev/full: {}",
+        o.status
+    );
+    // A closed pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glint"))
+        .args(with_model(&["run", "-p", "Hello", "-n", "16"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start glint");
+    drop(child.stdout.take());
+    let err = pump(child.stderr.take().unwrap());
+    let status = wait_or_hang(&mut child, "run | (closed)");
+    let err = err.lock().unwrap().clone();
+    fails_cleanly(status, &err, &[], "run | (closed)");
+    assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
+fn text_inputs_are_bounded_and_prompts_come_from_files() {
+    let (status, err) = run_bounded(
+        &with_model(&["perplexity", "-f", "/dev/zero"]),
+        std::process::Stdio::null(),
+    );
+    fails_cleanly(
+        status,
+        &err,
+        &["/dev/zero is larger than"],
+        "perplexity -f /dev/zero",
+    );
+    let (status, err) = run_bounded(
+        &with_model(&["run", "-f", "/dev/zero"]),
+        std::process::Stdio::null(),
+    );
+    fails_cleanly(
+        status,
+        &err,
+        &["/dev/zero is larger than"],
+        "run -f /dev/zero",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(&prompt, "Hello").unwrap();
+    let mut args: Vec<OsString> = vec!["run".into(), "-f".into(), prompt.into()];
+    args.extend(with_model(&["--temp", "0", "-n", "3", "--ids"]));
+    let out = ok(&glint(&args));
+    let (text, ids) = run_with_ids(&[]);
+    assert_eq!(
+        out,
+        format!("{text}\n{}\n", serde_json::to_string(&ids).unwrap())
+    );
+}
+
+/// `glint chat` with `args`, stdin piped.
+fn chat(args: &[&str]) -> (std::process::Child, Streams) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glint"))
+        .args(with_model(&[&["chat"], args].concat()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start glint");
+    let streams = Streams::of(&mut child);
+    (child, streams)
+}
+
+fn say(child: &mut std::process::Child, line: &[u8]) {
+    let stdin = child.stdin.as_mut().unwrap();
+    std::io::Write::write_all(stdin, line).unwrap();
+    std::io::Write::flush(stdin).unwrap();
+}
+
+#[test]
+fn chat_reports_a_bad_line_and_goes_on() {
+    let (mut child, streams) = chat(&["--temp", "0", "-n", "4"]);
+    say(&mut child, b"caf\xe9 \xff\n");
+    // 8 MiB in one line: over the line limit, dropped without being tokenized.
+    say(
+        &mut child,
+        &[b"word ".repeat(8 << 18), b"\n".to_vec()].concat(),
+    );
+    // 1 MB: within the line limit but more than the context can hold however it
+    // tokenizes: refused before tokenizing.
+    say(
+        &mut child,
+        &[b"word ".repeat(200_000), b"\n".to_vec()].concat(),
+    );
+    say(&mut child, b"What is the capital of France?\n");
+    drop(child.stdin.take());
+    let status = wait_or_hang(&mut child, "chat");
+    let err = streams.err.lock().unwrap().clone();
+    assert!(status.success(), "{status}\nstderr:\n{err}");
+    assert!(
+        err.contains("the line is not valid UTF-8; ignored"),
+        "{err}"
+    );
+    assert!(err.contains("is longer than the"), "{err}");
+    assert!(err.contains("text of 1000000 bytes cannot fit"), "{err}");
+    assert_eq!(err.matches("stop: ").count(), 1, "{err}");
+}
+
+#[test]
+fn chat_forgets_the_oldest_exchange_when_the_context_is_full() {
+    let (mut child, streams) = chat(&["--temp", "0", "-n", "1000", "--ignore-eos", "-c", "96"]);
+    say(&mut child, b"Tell me a story.\n");
+    say(&mut child, b"And another one.\n");
+    say(&mut child, &[b"word ".repeat(200), b"\n".to_vec()].concat());
+    drop(child.stdin.take());
+    let status = wait_or_hang(&mut child, "chat");
+    let err = streams.err.lock().unwrap().clone();
+    assert!(status.success(), "{status}\nstderr:\n{err}");
+    assert_eq!(err.matches("stop: ContextFull").count(), 2, "{err}");
+    assert!(err.contains("the oldest exchange is forgotten"), "{err}");
+    assert!(err.contains("the message alone does not fit"), "{err}");
+}
+
+#[test]
+fn ctrl_c_stops_the_reply_and_keeps_the_chat() {
+    let (mut child, streams) = chat(&["--temp", "0", "-n", "100000", "--ignore-eos", "-c", "2048"]);
+    for turn in 1..=2 {
+        say(&mut child, b"Tell me a long story.\n");
+        let replies = |out: &str| out.matches("> ").count();
+        // The reply has started: something after the prompt of this turn.
+        streams.until("a reply", |out, _| {
+            replies(out) == turn && !out.ends_with("> ")
+        });
+        signal(&child, "INT");
+        streams.until("the reply to stop", |_, err| {
+            err.matches("stop: Cancelled").count() == turn
+        });
+    }
+    drop(child.stdin.take());
+    let status = wait_or_hang(&mut child, "chat");
+    let err = streams.err.lock().unwrap().clone();
+    assert!(status.success(), "{status}\nstderr:\n{err}");
+
+    // Ctrl-C at the prompt ends the session (sent until it does: the first may come
+    // before the prompt's read begins).
+    let (mut child, streams) = chat(&[]);
+    streams.until("the prompt", |out, _| out.ends_with("> "));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < HANG, "Ctrl-C at the prompt: hangs");
+        signal(&child, "INT");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
 }

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{fixture, ids, model_path};
+use common::{fixture, ids, logits_after, model_path};
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{
-    Act, Backend, BackendError, CpuBackend, CpuOptions, KvType, ModelShape, ScratchSize,
+    Act, Backend, BackendError, CpuBackend, CpuOptions, KvType, ModelShape, Precision, ScratchSize,
     WeightSource,
 };
 use glint_runtime::engine::SessionOptions;
@@ -113,23 +113,18 @@ impl<B: Backend> Backend for Counting<B> {
     }
 }
 
+/// Exact activations: the bound below is the kernels' f32 summation order alone.
 fn cpu(kernel: Option<Kernel>) -> CpuOptions {
     CpuOptions {
         threads: 2,
         kernel,
-        ..CpuOptions::default()
+        precision: Precision::Exact,
     }
 }
 
-/// Logits after `prompt` (f32 cache: only the kernels' summation order can differ;
-/// measured 4e-5 between the scalar and AVX-512 kernels, while through an f16 cache one
-/// rounding flip moves them by ~0.01) and the greedy ids that follow it (8 at most).
+/// Logits after `prompt` ([`logits_after`]) and the greedy ids that follow it (8 at most).
 fn run<B: Backend>(engine: &Engine<B>, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
-    let m = engine.model();
-    let mut cache = m.cache(prompt.len(), KvType::F32).unwrap();
-    let mut scratch = m.scratch(prompt.len(), prompt.len(), false).unwrap();
-    m.forward(prompt, &mut cache, &mut scratch).unwrap();
-    let logits = m.logits(&mut scratch).to_vec();
+    let logits = logits_after(engine, prompt);
     let opts = SessionOptions {
         context: 128,
         kv: KvType::F16,
@@ -272,4 +267,71 @@ fn a_forward_pass_refuses_what_would_not_fit_with_typed_errors() {
             cache: 8
         })
     );
+}
+
+/// The pool hands each thread whatever chunks it claims, but every output row and
+/// attention head is computed the same way on any thread: the logits of a prefill and
+/// the greedy ids after it are the same bits on 1, 2 and 3 threads, for both precisions.
+#[test]
+fn any_thread_count_gives_the_same_bits() {
+    use glint_runtime::backend::Precision;
+    let prompt = ids(&fixture("llamacpp-smollm2.json")["greedy"]["prompt_token_ids"]);
+    for precision in [Precision::Exact, Precision::Int8] {
+        let opts = |threads| CpuOptions {
+            threads,
+            precision,
+            kernel: None,
+        };
+        let (want_logits, want_ids) = run(&Engine::load(model_path(), opts(1)).unwrap(), &prompt);
+        assert!(!want_ids.is_empty());
+        for threads in [2, 3] {
+            let (logits, got_ids) =
+                run(&Engine::load(model_path(), opts(threads)).unwrap(), &prompt);
+            assert_eq!(got_ids, want_ids, "{precision:?}, {threads} threads");
+            assert!(
+                logits
+                    .iter()
+                    .zip(&want_logits)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{precision:?}, {threads} threads: logits differ from one thread's"
+            );
+        }
+    }
+}
+
+/// Thread counts: 0 means every core this process may run on; more than
+/// `MAX_THREADS_PER_CORE` per core is a typed error, whatever the value.
+#[test]
+fn thread_counts_default_to_the_cores_and_absurd_ones_are_refused() {
+    use glint_runtime::backend::cpu::{MAX_THREADS_PER_CORE, available_cores};
+    let cores = available_cores();
+    let backend = CpuBackend::new(CpuOptions::default()).unwrap();
+    assert_eq!(backend.threads(), cores);
+    let max = cores * MAX_THREADS_PER_CORE;
+    assert_eq!(
+        CpuBackend::new(CpuOptions {
+            threads: max,
+            ..CpuOptions::default()
+        })
+        .unwrap()
+        .threads(),
+        max
+    );
+    for threads in [max + 1, 100_000, usize::MAX] {
+        let err = CpuBackend::new(CpuOptions {
+            threads,
+            ..CpuOptions::default()
+        })
+        .err()
+        .expect("refused");
+        assert_eq!(
+            err,
+            BackendError::TooManyThreads {
+                requested: threads,
+                cores,
+                max
+            }
+        );
+        assert!(err.to_string().contains("threads requested"), "{err}");
+    }
 }

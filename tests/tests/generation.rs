@@ -272,8 +272,8 @@ fn a_chat_turn_that_does_not_fit_leaves_the_session_as_it_was() {
 #[test]
 fn the_memory_plan_sizes_the_context_to_the_budget() {
     use glint_runtime::SessionError;
-    use glint_runtime::memory::{DEFAULT_CONTEXT, MIN_FITTED_CONTEXT};
     use glint_runtime::backend::ScratchInfo;
+    use glint_runtime::memory::{DEFAULT_CONTEXT, MIN_FITTED_CONTEXT};
     let e = engine();
     for (batch, capacity, all_logits) in [(64, 2048, false), (1, 1, false), (7, 300, true)] {
         let m = e.model();

@@ -83,12 +83,26 @@ pub fn open_flash(path: &Path, layout: &FlashLayout) -> Result<EmuFlash, EmuErro
     Ok(MemFlash::from_storage(map))
 }
 
+/// Creates the erased flash file through a temporary file renamed into place (as every
+/// Glint tool writes a file another may read), so a crash never leaves a short one.
 fn erased_file(path: &Path, capacity: u64) -> std::io::Result<File> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let made = fill_erased(&tmp, capacity).and_then(|file| {
+        std::fs::rename(&tmp, path)?;
+        Ok(file)
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+fn fill_erased(tmp: &Path, capacity: u64) -> std::io::Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(path)?;
+        .open(tmp)?;
     let block = vec![0xffu8; 1 << 20];
     let mut left = capacity;
     while left > 0 {
@@ -96,5 +110,6 @@ fn erased_file(path: &Path, capacity: u64) -> std::io::Result<File> {
         file.write_all(&block[..n])?;
         left -= n as u64;
     }
+    file.sync_all()?;
     Ok(file)
 }

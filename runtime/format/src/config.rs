@@ -88,6 +88,28 @@ pub struct RopeScaling {
     pub original_context: u32,
 }
 
+impl RopeScaling {
+    /// The scaled RoPE inverse frequency of the unscaled one `inv_freq` (Llama 3.1's
+    /// rule): long wavelengths are slowed by `factor`, short ones kept, and the band
+    /// between interpolated smoothly. GGUF files store `inv_freq / scale(inv_freq)` per
+    /// pair of dimensions as `rope_freqs.weight`.
+    pub fn scale(&self, inv_freq: f32) -> f32 {
+        let f = inv_freq;
+        let wavelen = 2.0 * core::f32::consts::PI / f;
+        let old = self.original_context as f32;
+        let (low, high) = (old / self.low_freq_factor, old / self.high_freq_factor);
+        if wavelen < high {
+            f
+        } else if wavelen > low {
+            f / self.factor
+        } else {
+            let smooth = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * f / self.factor + smooth * f
+        }
+    }
+}
+
 /// Hyper-parameters of the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelConfig {

@@ -20,7 +20,7 @@ pub mod cpu;
 pub mod gpu;
 
 use core::ops::Range;
-use glint_format::{BLOCK, LoadedGlint, Matrix, ModelConfig, RopeStyle};
+use glint_format::{BLOCK, LlamaTensor, LoadedGlint, Matrix, ModelConfig, RopeStyle};
 use std::sync::Arc;
 
 pub use cpu::{CpuBackend, CpuOptions};
@@ -29,30 +29,52 @@ pub use cpu::{CpuBackend, CpuOptions};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// f32 activations, weights dequantized on the fly, f32 accumulation: matches
-    /// "dequantize, then f32 matmul" (llama.cpp's f32 reference) to rounding. The default:
-    /// it is what the accuracy tests pin down.
-    #[default]
+    /// "dequantize, then f32 matmul" (llama.cpp's f32 reference) to rounding; what the
+    /// accuracy tests against llama.cpp pin down. About 0.7× the int8 paths' decode.
     Exact,
     /// Activations quantized to int8 per 32-block once per input vector and integer dot
     /// products (`vpdpbusd`), like llama.cpp's default CPU path; float matrices stay
     /// exact. Faster; perplexity and logits effects are in `benches/README.md`.
     Int8,
+    /// [`Precision::Int8`] everywhere but the matrices of the first
+    /// [`Precision::EXACT_BLOCKS`] blocks, which keep f32 activations: int8 rounding
+    /// there flips near-ties that decide answers ("What is the capital of France?"
+    /// goes from "L'Étoile…" to "Paris" with the AVX-512 kernels; not with the scalar
+    /// or NEON ones); measured in `benches/README.md`. The
+    /// default: on the shipped QA set it answers 67/105 with the model's recommended
+    /// sampling (exact 72, int8 64) at 0.96–0.99× int8's decode speed.
+    #[default]
+    Mixed,
 }
 
 impl Precision {
-    /// `"exact"` or `"int8"`.
+    /// Blocks whose matrices keep f32 activations under [`Precision::Mixed`].
+    pub const EXACT_BLOCKS: u32 = 2;
+
+    /// `"exact"`, `"int8"` or `"mixed"`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::Exact => "exact",
             Precision::Int8 => "int8",
+            Precision::Mixed => "mixed",
         }
     }
 
     /// Parses [`Precision::name`].
     pub fn from_name(name: &str) -> Option<Self> {
-        [Precision::Exact, Precision::Int8]
+        [Precision::Exact, Precision::Int8, Precision::Mixed]
             .into_iter()
             .find(|p| p.name() == name.trim())
+    }
+
+    /// Whether the products with `tensor` quantize their activations to int8.
+    pub fn int8_activations(self, tensor: LlamaTensor) -> bool {
+        match (self, tensor) {
+            (Precision::Exact, _) => false,
+            (Precision::Int8, _) => true,
+            (Precision::Mixed, LlamaTensor::Block(i, _)) => i >= Self::EXACT_BLOCKS,
+            (Precision::Mixed, _) => true,
+        }
     }
 }
 
@@ -233,14 +255,24 @@ pub struct ScratchSize {
 /// them in place.
 #[derive(Clone, Copy)]
 pub struct WeightSource<'a> {
+    tensor: LlamaTensor,
     matrix: Matrix<'a>,
     file: &'a Arc<LoadedGlint>,
 }
 
 impl<'a> WeightSource<'a> {
     /// `matrix` must borrow from `file`'s bytes: [`cpu::CpuBackend`] relies on it.
-    pub(crate) fn new(matrix: Matrix<'a>, file: &'a Arc<LoadedGlint>) -> Self {
-        Self { matrix, file }
+    pub(crate) fn new(tensor: LlamaTensor, matrix: Matrix<'a>, file: &'a Arc<LoadedGlint>) -> Self {
+        Self {
+            tensor,
+            matrix,
+            file,
+        }
+    }
+
+    /// Which tensor of the model it is.
+    pub fn tensor(&self) -> LlamaTensor {
+        self.tensor
     }
 
     /// The matrix.
@@ -260,6 +292,19 @@ pub enum BackendError {
     /// The backend cannot run this model or setting.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// More threads were asked for than the CPU backend accepts
+    /// ([`cpu::MAX_THREADS_PER_CORE`] per core this process may run on).
+    #[error(
+        "{requested} threads requested, at most {max} accepted ({cores} cores available to this process)"
+    )]
+    TooManyThreads {
+        /// Threads asked for.
+        requested: usize,
+        /// Cores this process may run on ([`cpu::available_cores`]).
+        cores: usize,
+        /// The most accepted.
+        max: usize,
+    },
     /// An allocation failed.
     #[error("out of memory: {what} needs {bytes} bytes")]
     OutOfMemory {
@@ -367,7 +412,35 @@ pub trait Backend: Send + Sync + Sized {
     /// The index of the largest logit (the first of equals) of the last forward pass,
     /// on a scratch that keeps the last token's logits only: greedy decoding. A GPU
     /// computes it where the logits are, so 4 bytes come back instead of the vocabulary.
-    fn argmax(&self, s: &mut Self::Scratch) -> u32 {
-        crate::sampler::argmax(self.logits(s).iter().copied())
+    /// `None` when a logit is NaN or infinite (broken weights).
+    fn argmax(&self, s: &mut Self::Scratch) -> Option<u32> {
+        let logits = self.logits(s);
+        logits
+            .iter()
+            .all(|l| l.is_finite())
+            .then(|| crate::sampler::argmax(logits.iter().copied()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glint_format::BlockTensor;
+
+    #[test]
+    fn mixed_precision_keeps_the_first_blocks_exact() {
+        let q = |i| LlamaTensor::Block(i, BlockTensor::AttnQ);
+        let down = |i| LlamaTensor::Block(i, BlockTensor::FfnDown);
+        for p in [Precision::Exact, Precision::Int8, Precision::Mixed] {
+            assert_eq!(Precision::from_name(p.name()), Some(p));
+        }
+        assert!(!Precision::Exact.int8_activations(q(5)));
+        assert!(Precision::Int8.int8_activations(q(0)));
+        let m = Precision::Mixed;
+        assert!(!m.int8_activations(q(0)) && !m.int8_activations(down(1)));
+        assert!(m.int8_activations(q(Precision::EXACT_BLOCKS)));
+        assert!(m.int8_activations(down(29)));
+        assert!(m.int8_activations(LlamaTensor::TokenEmbd));
+        assert!(m.int8_activations(LlamaTensor::Output));
     }
 }

@@ -5,7 +5,7 @@ use half::f16;
 
 use super::kernels::Kernel;
 use super::kernels::attn::{self, AttendJob, KvElem, KvRows};
-use super::pool::{ThreadPool, split};
+use super::pool::{MAX_CHUNKS, ThreadPool, split};
 use super::{SyncPtr, zeroed};
 use crate::backend::{AttnShape, BackendError, KvStore, KvType, ModelShape};
 
@@ -44,6 +44,9 @@ pub struct KvCache {
     capacity: usize,
     len: usize,
 }
+
+/// Chunks per thread of a batch's attention (see `attend_all`).
+const ATTENTION_CHUNKS_PER_THREAD: usize = 8;
 
 /// What one attention call works with, besides the cache.
 pub(super) struct AttentionJob<'a> {
@@ -268,25 +271,26 @@ fn attend_all<T: KvElem>(
         group
     };
     let units = n * n_heads / per;
-    pool.run(&|t, nt| {
-        // SAFETY: thread `t` alone uses the score rows of its own index, which lie in
+    // A single token: one chunk per unit. A batch: work grows with the position, so
+    // chunks of consecutive units are handed out from the last token back (the largest
+    // first), which leaves the small ones to even out the threads' loads at the end.
+    let chunks = match (n, pool.threads()) {
+        (1, _) => units.min(MAX_CHUNKS),
+        (_, 1) => 1,
+        (_, t) => units.min(t * ATTENTION_CHUNKS_PER_THREAD),
+    };
+    pool.run(chunks, &|c, slot| {
+        // SAFETY: thread `slot` alone uses the score rows of its own index, which lie in
         // the buffer (`stride` was derived from its length and the thread count).
         let sc = unsafe {
-            std::slice::from_raw_parts_mut(scores.get().add(t * group * stride), group * stride)
+            std::slice::from_raw_parts_mut(scores.get().add(slot * group * stride), group * stride)
         };
-        // With a batch, work is proportional to the position, so a round-robin over
-        // tokens balances it; a single token splits its units in ranges.
-        let (first, step, end) = if n == 1 {
-            let r = split(units, nt, t, 1);
-            (r.start, 1, r.end)
-        } else {
-            (t, nt, units)
-        };
-        for unit in (first..end).step_by(step) {
+        for unit in split(units, chunks, chunks - 1 - c, 1) {
             let (i, h) = (unit / (n_heads / per), unit % (n_heads / per) * per);
             let at = i * shape.q_dim + h * hd;
-            // SAFETY: each unit (token, heads `h..h + per`) belongs to one thread, which
-            // alone writes its `per * hd` outputs, inside `out` (asserted above).
+            // SAFETY: each unit (token, heads `h..h + per`) belongs to one chunk, run
+            // once, which alone writes its `per * hd` outputs, inside `out` (asserted
+            // above).
             let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), per * hd) };
             let off = h / group * hd;
             let job = AttendJob {

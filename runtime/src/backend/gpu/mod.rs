@@ -818,8 +818,9 @@ impl Backend for GpuBackend {
         &s.logits
     }
 
-    /// On the GPU, over the last row the last forward pass wrote: 4 bytes come back.
-    fn argmax(&self, s: &mut GpuScratch) -> u32 {
+    /// On the GPU, over the last row the last forward pass wrote: 4 bytes come back
+    /// (`u32::MAX` when a logit is not finite).
+    fn argmax(&self, s: &mut GpuScratch) -> Option<u32> {
         let vocab = s.shape.vocab;
         let GpuScratch {
             rec,
@@ -837,6 +838,6 @@ impl Backend for GpuBackend {
             (1, 1, 1),
         );
         let raw = self.read_back(rec, argmax, 4);
-        u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])
+        Some(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])).filter(|&i| i != u32::MAX)
     }
 }

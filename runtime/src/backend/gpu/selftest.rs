@@ -8,7 +8,7 @@
 
 use super::{GpuBackend, GpuOptions, adapters};
 use crate::backend::cpu::kernels::Kernel;
-use crate::backend::{BackendError, CpuBackend, CpuOptions, KvType};
+use crate::backend::{BackendError, CpuBackend, CpuOptions, KvType, Precision};
 use crate::model::Model;
 use glint_format::quant::{quantize, test_values};
 use glint_format::{
@@ -166,10 +166,11 @@ pub fn self_test(opts: &GpuOptions) -> Result<SelfTest, BackendError> {
         .map_or_else(|| gpu.info.name.clone(), |a| a.key());
     let bytes: std::sync::Arc<[u8]> =
         synthetic_model(synthetic_config(96, 3, 1, 160, 300, false), DType::Q4G32A).into();
+    // The GPU's precision: f32 activations.
     let cpu = CpuBackend::new(CpuOptions {
         threads: 1,
         kernel: Some(Kernel::Scalar),
-        ..CpuOptions::default()
+        precision: Precision::Exact,
     })?;
     let load = |e: crate::model::LoadError| BackendError::Unsupported(e.to_string());
     let gm = Model::load(bytes.clone(), gpu).map_err(load)?;
@@ -261,8 +262,8 @@ pub struct AutoOptions {
 
 /// What [`auto`] chose.
 pub enum AutoChoice {
-    /// A GPU that passed its self-test.
-    Gpu(GpuBackend, SelfTest),
+    /// A GPU that passed its self-test (boxed: a backend is large, a reason is not).
+    Gpu(Box<GpuBackend>, SelfTest),
     /// The CPU, and why not a GPU.
     Cpu(String),
 }
@@ -302,7 +303,7 @@ pub fn auto(opts: &AutoOptions) -> AutoChoice {
         Err(e) => return AutoChoice::Cpu(format!("{}: {e}", a.name)),
     };
     match GpuBackend::new(&gpu) {
-        Ok(b) => AutoChoice::Gpu(b, test),
+        Ok(b) => AutoChoice::Gpu(Box::new(b), test),
         Err(e) => AutoChoice::Cpu(format!("{}: {e}", a.name)),
     }
 }

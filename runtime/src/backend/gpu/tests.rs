@@ -7,6 +7,7 @@ use super::selftest::{synthetic_config, synthetic_model};
 use super::*;
 use crate::backend::cpu::kernels::Kernel;
 use crate::backend::cpu::{CpuBackend, CpuOptions, CpuScratch};
+use crate::backend::Precision;
 use crate::model::Model;
 use glint_format::quant::test_values;
 use glint_format::*;
@@ -21,10 +22,11 @@ fn gpu(opts: &GpuOptions) -> GpuBackend {
 }
 
 fn cpu() -> CpuBackend {
+    // The GPU's precision: f32 activations.
     CpuBackend::new(CpuOptions {
         threads: 1,
         kernel: Some(Kernel::Scalar),
-        ..CpuOptions::default()
+        precision: Precision::Exact,
     })
     .unwrap()
 }
@@ -45,13 +47,14 @@ fn synthetic(c: ModelConfig, dtype: DType) -> Arc<LoadedGlint> {
     Arc::new(LoadedGlint::from_shared(bytes.into(), "synthetic").unwrap())
 }
 
-/// Every matrix of `file`, by name.
-fn matrices(file: &LoadedGlint) -> Vec<(String, Matrix<'_>)> {
-    file.file()
-        .tensors()
-        .iter()
-        .filter(|t| t.shape().len() == 2)
-        .map(|t| (t.name.to_string(), t.matrix().unwrap()))
+/// Every matrix of `file`, by role.
+fn matrices(file: &LoadedGlint) -> Vec<(LlamaTensor, Matrix<'_>)> {
+    let f = file.file();
+    LlamaTensor::all(f.config())
+        .into_iter()
+        .filter_map(|t| Some((t, f.tensor(&t.name())?)))
+        .filter(|(_, m)| m.shape().len() == 2)
+        .map(|(t, m)| (t, m.matrix().unwrap()))
         .collect()
 }
 
@@ -145,10 +148,10 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
             };
             let mut t = Twin::new(&c, &opts, 9);
             for (name, m) in matrices(&file) {
-                let gw = t.gpu.weight(WeightSource::new(m, &file)).unwrap();
-                let cw = t.cpu.weight(WeightSource::new(m, &file)).unwrap();
+                let gw = t.gpu.weight(WeightSource::new(name, m, &file)).unwrap();
+                let cw = t.cpu.weight(WeightSource::new(name, m, &file)).unwrap();
                 if max_chunk_bytes > 0 {
-                    assert!(gw.chunks() > 1, "{name} split");
+                    assert!(gw.chunks() > 1, "{name:?} split");
                 }
                 let input = [Act::Xn, Act::Att, Act::Gate]
                     .into_iter()
@@ -162,7 +165,7 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
                     t.fill(input, n, n as u32 + 3);
                     t.gpu.project(&mut t.gs, input, n, &[(&gw, out)]);
                     t.cpu.project(&mut t.cs, input, n, &[(&cw, out)]);
-                    let what = format!("{dtype:?} {name} n={n} chunk={max_chunk_bytes}");
+                    let what = format!("{dtype:?} {name:?} n={n} chunk={max_chunk_bytes}");
                     t.check(out, n, 1e-5, &what);
                 }
             }
@@ -182,8 +185,9 @@ fn embed_matches_cpu_whole_and_split() {
         let mut t = Twin::new(&c, &opts, 8);
         let m = file.file().tensor(&LlamaTensor::TokenEmbd.name()).unwrap();
         let m = m.matrix().unwrap();
-        let gw = t.gpu.weight(WeightSource::new(m, &file)).unwrap();
-        let cw = t.cpu.weight(WeightSource::new(m, &file)).unwrap();
+        let embd = LlamaTensor::TokenEmbd;
+        let gw = t.gpu.weight(WeightSource::new(embd, m, &file)).unwrap();
+        let cw = t.cpu.weight(WeightSource::new(embd, m, &file)).unwrap();
         let tokens = [0, 299, 17, 150, 151, 3, 298, 64];
         t.gpu.embed(&mut t.gs, &gw, &tokens);
         t.cpu.embed(&mut t.cs, &cw, &tokens);
@@ -278,7 +282,14 @@ fn argmax_matches_cpu_with_ties() {
         t.gpu.write_act(&mut t.gs, Act::Logits, &v);
         t.gs.logit_rows = 3;
         let want = crate::sampler::argmax(v[600..].iter().copied());
-        assert_eq!(t.gpu.argmax(&mut t.gs), want, "seed {seed}");
+        assert_eq!(t.gpu.argmax(&mut t.gs), Some(want), "seed {seed}");
+    }
+    // A NaN or an infinity anywhere in the last row: no index, as the CPU's check.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut v = test_values(3 * 300, 9);
+        v[600 + 123] = bad;
+        t.gpu.write_act(&mut t.gs, Act::Logits, &v);
+        assert_eq!(t.gpu.argmax(&mut t.gs), None, "{bad}");
     }
 }
 

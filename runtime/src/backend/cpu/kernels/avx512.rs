@@ -560,10 +560,7 @@ pub(super) unsafe fn run_q8act(
                 q4_mv576_gf::<false>(w, a, rows, out)
             }
         }
-    } else if n == 1
-        && matches!(w.dtype, DType::Q4G32A | DType::Q4G32)
-        && w.cols.is_multiple_of(Q_MV_WIDE_COLS)
-    {
+    } else if n == 1 && matches!(w.dtype, DType::Q4G32A | DType::Q4G32) {
         // SAFETY: forwarded from our caller; `ASYM` is the dtype's.
         unsafe {
             if w.dtype == DType::Q4G32A {
@@ -919,12 +916,13 @@ unsafe fn q4_mv576_gf<const ASYM: bool>(
 const Q_MV_WIDE_ROWS: usize = 8;
 /// How many tiles ahead [`q4_mv_wide`] prefetches values.
 const Q_MV_WIDE_PF_TILES: usize = 1;
-/// [`q4_mv_wide`] takes rows of a multiple of this many columns (16 blocks).
-const Q_MV_WIDE_COLS: usize = 16 * BLOCK;
 
-/// [`q4_mv_i8`] specialised for `Q4G32A` (`ASYM`) or `Q4G32` rows of a multiple of 512
-/// columns: SmolLM2's 1536-column ffn_down (17% of the int4 bytes of a decode step),
-/// and every matrix of Llama-3.x-style models (2048, 8192 columns). The activation row
+/// [`q4_mv_i8`] specialised for `Q4G32A` (`ASYM`) or `Q4G32` rows of any whole number of
+/// blocks: SmolLM2's 1536-column ffn_down (17% of the int4 bytes of a decode step), every
+/// matrix of Llama-3.x-style models (2048, 8192 columns), and the widths that are not
+/// multiples of 512 (SmolLM2-360M's 960 and 2560, Qwen2.5-0.5B's 896 and 4864: a last
+/// group of fewer than 16 blocks takes masked scale loads, a last chunk of 1-3 blocks a
+/// masked or 256-bit value load). The activation row
 /// does not fit in registers, so it streams from L1: each 4-block chunk of activations
 /// (low and high nibble halves) is loaded once and used by the `R` rows of the tile, each
 /// with its own accumulator. Per 16 blocks each row's scales and minimums are one
@@ -940,7 +938,7 @@ const Q_MV_WIDE_COLS: usize = 16 * BLOCK;
 ///
 /// # Safety
 /// As for [`run_q8act`] with one activation row, `w.dtype` `Q4G32A` if `ASYM` else
-/// `Q4G32`, `w.cols` a multiple of [`Q_MV_WIDE_COLS`].
+/// `Q4G32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_mv_wide<const ASYM: bool>(
     w: &Matrix<'_>,
@@ -951,10 +949,7 @@ unsafe fn q4_mv_wide<const ASYM: bool>(
     const R: usize = Q_MV_WIDE_ROWS;
     let nb = w.cols / BLOCK;
     let row = nb * BLOCK / 2;
-    debug_assert!(
-        w.cols.is_multiple_of(Q_MV_WIDE_COLS)
-            && w.dtype == if ASYM { DType::Q4G32A } else { DType::Q4G32 }
-    );
+    debug_assert!(w.dtype == if ASYM { DType::Q4G32A } else { DType::Q4G32 });
     let minus8 = _mm512_set1_ps(-8.0);
     let m4 = _mm512_set1_epi8(0x0f);
     let idx = block_lanes();
@@ -963,6 +958,7 @@ unsafe fn q4_mv_wide<const ASYM: bool>(
     let vals = w.values.as_ptr();
     let scales = w.scales.as_ptr();
     let mins = w.mins.as_ptr();
+    let m4y = _mm256_set1_epi8(0x0f);
     let mut r0 = rows.start;
     while r0 < rows.end {
         let rr = (rows.end - r0).min(R);
@@ -971,9 +967,14 @@ unsafe fn q4_mv_wide<const ASYM: bool>(
         let _ = NextTile::new(w, r0 + R - 1, R);
         let pf = vals.wrapping_add((r0 + Q_MV_WIDE_PF_TILES * R) * row);
         let mut acc = [_mm512_setzero_ps(); R];
-        for g in 0..nb / 16 {
-            // SAFETY: activation row 0: the block arrays hold `nb` entries; rows `r` are
-            // in the matrix (validated planes): `nb` f16 scales and minimums at `2 nb r`.
+        for g in 0..nb.div_ceil(16) {
+            // Blocks of this group: 16, except in the last group of a row that is not a
+            // whole number of groups (896 columns: 16 + 12; 960: 16 + 14; 4864: 9 x 16 + 8).
+            let cnt = (nb - 16 * g).min(16);
+            let sm: __mmask16 = if cnt == 16 { !0 } else { (1 << cnt) - 1 };
+            // SAFETY: activation row 0: the block arrays are padded to a multiple of 16
+            // (zero past `nb`); rows `r` are in the matrix (validated planes): `nb` f16
+            // scales and minimums at `2 nb r`, of which the mask reads the group's `cnt`.
             let (dx, sx) = unsafe {
                 (
                     _mm512_loadu_ps(xd.add(16 * g)),
@@ -985,10 +986,10 @@ unsafe fn q4_mv_wide<const ASYM: bool>(
                 // SAFETY: as above.
                 let (ds, ms) = unsafe {
                     let o = 2 * nb * r[k] + 32 * g;
-                    let ds = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(o).cast()));
+                    let ds = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales.add(o).cast()));
                     // Symmetric rows have no minimum plane: their minimum is `-8 d`.
                     let ms = if ASYM {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(mins.add(o).cast()))
+                        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, mins.add(o).cast()))
                     } else {
                         _mm512_mul_ps(ds, minus8)
                     };
@@ -997,9 +998,12 @@ unsafe fn q4_mv_wide<const ASYM: bool>(
                 scl[k] = _mm512_mul_ps(ds, dx);
                 acc[k] = _mm512_fmadd_ps(ms, sx, acc[k]);
             }
-            for (c, idx) in idx.iter().enumerate() {
+            for (c, idx) in idx.iter().enumerate().take(cnt.div_ceil(4)) {
                 let ch = 4 * g + c;
-                // SAFETY: the nibble-order row holds `nb / 4` chunks of 128 bytes.
+                // Blocks in this chunk: 4, or 1-3 at the end of a row.
+                let rb = (cnt - 4 * c).min(4);
+                // SAFETY: the nibble-order row holds `nb / 4` chunks of 128 bytes, padded
+                // to a whole last chunk.
                 let (xl, xh) = unsafe {
                     let p = xn.add(ch * 128);
                     (
@@ -1007,12 +1011,45 @@ unsafe fn q4_mv_wide<const ASYM: bool>(
                         _mm512_loadu_si512(p.add(64).cast()),
                     )
                 };
+                if rb <= 2 {
+                    // 1 or 2 blocks on 256-bit vectors (as in `q4_mv_i8`).
+                    let (xl, xh) = (_mm512_castsi512_si256(xl), _mm512_castsi512_si256(xh));
+                    for k in 0..R {
+                        prefetch(pf.wrapping_add(ch * (64 * R) + 64 * k));
+                        // SAFETY: the `16 rb` bytes of the chunk's blocks in row `r[k]`.
+                        let v = unsafe {
+                            let p = vals.add(row * r[k] + 64 * ch);
+                            if rb == 2 {
+                                _mm256_loadu_si256(p.cast())
+                            } else {
+                                _mm256_zextsi128_si256(_mm_loadu_si128(p.cast()))
+                            }
+                        };
+                        let lo = _mm256_and_si256(v, m4y);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4y);
+                        let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xl);
+                        let p = _mm256_dpbusd_epi32(p, hi, xh);
+                        let sc = _mm512_castps512_ps256(_mm512_permutexvar_ps(*idx, scl[k]));
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(p), sc);
+                        acc[k] = _mm512_add_ps(acc[k], _mm512_zextps256_ps512(t));
+                    }
+                    continue;
+                }
+                let vm: __mmask64 = if rb == 4 { !0 } else { (1 << (16 * rb)) - 1 };
                 for k in 0..R {
                     // The next tile in address order: `R row / (nb / 4)` = `64 R` bytes
                     // per chunk, one line per row of the tile.
                     prefetch(pf.wrapping_add(ch * (64 * R) + 64 * k));
-                    // SAFETY: bytes `64 ch .. 64 ch + 64` of row `r[k]`'s `row`.
-                    let v = unsafe { _mm512_loadu_si512(vals.add(row * r[k] + 64 * ch).cast()) };
+                    // SAFETY: bytes `64 ch .. 64 ch + 16 rb` of row `r[k]`'s `row`;
+                    // masked-off bytes are not accessed.
+                    let v = unsafe {
+                        let p = vals.add(row * r[k] + 64 * ch);
+                        if rb == 4 {
+                            _mm512_loadu_si512(p.cast())
+                        } else {
+                            _mm512_maskz_loadu_epi8(vm, p.cast())
+                        }
+                    };
                     let lo = _mm512_and_si512(v, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
                     let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);

@@ -278,8 +278,15 @@ fn throughput() {
         (DType::Q4G32A, 98304, 576, 1),
         (DType::Q4G32A, 2048, 2048, 1),
         (DType::Q4G32A, 2048, 8192, 1),
+        // The other sub-1B widths (Q4_0 releases): SmolLM2-360M, Qwen2.5-0.5B.
+        (DType::Q4G32, 2560, 960, 1),
+        (DType::Q4G32, 960, 2560, 1),
+        (DType::Q4G32, 4864, 896, 1),
+        (DType::Q4G32, 896, 4864, 1),
         (DType::Q8G32, 1536, 576, 1),
         (DType::Q8G32, 49152, 576, 1),
+        // Llama-3.2-1B's tied head: 128256 x 2048 int8, 279 MB.
+        (DType::Q8G32, 128256, 2048, 1),
         (DType::F16, 1536, 576, 1),
         (DType::F32, 1536, 576, 1),
     ];
@@ -440,15 +447,18 @@ fn int8_activation_kernels_match_the_scalar_reference() {
     }
 }
 
-/// The one-row wide int4 kernels (multiples of 512 columns: ffn_down's 1536 and
-/// Llama-3.x-style 512/2048; asymmetric and symmetric; 8-row tiles, the last one
-/// repeating its last row) against the scalar reference, for every tile remainder and for
-/// row ranges that start mid-tile.
+/// The one-row wide int4 kernels (every width of the sub-1B models: SmolLM2's 1536,
+/// SmolLM2-360M's 960 and 2560, Qwen2.5-0.5B's 896 and 4864, Llama-3.2-1B's 2048 and
+/// 8192, plus last chunks of 1, 2 and 3 blocks: 32, 64, 96, 160; asymmetric and
+/// symmetric; 8-row tiles, the last one repeating its last row) against the scalar
+/// reference, for every tile remainder and for row ranges that start mid-tile.
 #[test]
 fn int8_one_row_wide_rows_match_the_scalar_reference() {
     for (dtype, cols, rows) in [DType::Q4G32A, DType::Q4G32]
         .into_iter()
-        .flat_map(|d| [512, 1536, 2048].map(move |c| (d, c)))
+        .flat_map(|d| {
+            [32, 64, 96, 160, 512, 896, 960, 1536, 2048, 2560, 4864, 8192].map(move |c| (d, c))
+        })
         .flat_map(|(d, c)| (1..=17).chain([24, 31]).map(move |r| (d, c, r)))
     {
         let bytes = weights(dtype, rows, cols, (rows * 13 + cols) as u32);
