@@ -25,7 +25,7 @@ pub struct GlintSession {
     _opaque: [u8; 0],
 }
 
-/// Bytes of `GlintError::message`, its NUL included.
+/// Bytes of `glint_error.message`, its NUL included.
 pub const GLINT_ERROR_MESSAGE_BYTES: usize = 256;
 
 /// Where a failed call describes what happened. The caller owns it (on its stack is
@@ -199,7 +199,10 @@ unsafe fn report(err: *mut GlintError, r: Result<(), &HostError>) {
 /// `p` is null or points to a NUL-terminated string that outlives `'a`.
 unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, HostError> {
     if p.is_null() {
-        return Err(HostError::new(Status::NullArgument, format!("{what} is NULL")));
+        return Err(HostError::new(
+            Status::NullArgument,
+            format!("{what} is NULL"),
+        ));
     }
     // SAFETY: non-null and NUL-terminated by the caller's contract.
     unsafe { CStr::from_ptr(p) }
@@ -345,7 +348,9 @@ pub unsafe extern "C" fn glint_model_load(
         }
         // SAFETY: non-null and NUL-terminated by the caller's contract.
         let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
-        Ok(ModelSource::Path(Path::new(OsStr::from_bytes(bytes)).into()))
+        Ok(ModelSource::Path(
+            Path::new(OsStr::from_bytes(bytes)).into(),
+        ))
     };
     // SAFETY: forwarded from the caller.
     unsafe { load_with(source, opts, err) }
@@ -371,9 +376,13 @@ pub unsafe extern "C" fn glint_model_load_fd(
             return Err(HostError::new(Status::InvalidArgument, format!("fd {fd}")));
         }
         // SAFETY: non-negative, and open for this call by the caller's contract.
-        let file = File::from(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().map_err(
-            |e| HostError::new(Status::Io, format!("cannot duplicate fd {fd}: {e}")),
-        )?);
+        let file = File::from(
+            unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .map_err(|e| {
+                    HostError::new(Status::Io, format!("cannot duplicate fd {fd}: {e}"))
+                })?,
+        );
         Ok(ModelSource::FileRange {
             file,
             offset,
@@ -502,7 +511,10 @@ unsafe fn run(
 }
 
 /// `p` as the runtime's settings over the session's defaults (stop strings, cancel).
-fn params(session: *mut GlintSession, p: &GlintGenerateParams) -> Result<GenerateParams, HostError> {
+fn params(
+    session: *mut GlintSession,
+    p: &GlintGenerateParams,
+) -> Result<GenerateParams, HostError> {
     let d = host::session_defaults(handle(session))?;
     Ok(GenerateParams {
         max_tokens: p.max_tokens as usize,

@@ -12,8 +12,8 @@ use glint_runtime::{SessionOptions, StopReason};
 use std::ops::ControlFlow;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
-/// Status of a call: 0 for success, one code per kind of failure. The C header's
-/// `glint_status`; Java's `GlintException.code()`.
+/// Status of a call: 0 for success, one code per kind of failure. C: the
+/// `glint_status` constants; Java: `GlintException.code()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -189,11 +189,17 @@ pub fn load(
         kernel: None,
     };
     if progress(0.0).is_break() {
-        return Err(HostError::new(Status::Callback, "loading stopped by the progress callback"));
+        return Err(HostError::new(
+            Status::Callback,
+            "loading stopped by the progress callback",
+        ));
     }
     let engine = Engine::load(source, cpu)?;
     if progress(1.0).is_break() {
-        return Err(HostError::new(Status::Callback, "loading stopped by the progress callback"));
+        return Err(HostError::new(
+            Status::Callback,
+            "loading stopped by the progress callback",
+        ));
     }
     MODELS
         .insert(HostModel {
@@ -205,7 +211,9 @@ pub fn load(
 
 /// The generation settings a model recommends (its sampling, 512 tokens at most).
 pub fn model_defaults(model: usize) -> Result<GenerateParams, HostError> {
-    let m = MODELS.get(model).ok_or_else(|| HostError::handle("model"))?;
+    let m = MODELS
+        .get(model)
+        .ok_or_else(|| HostError::handle("model"))?;
     Ok(defaults_of(&m.engine))
 }
 
@@ -226,7 +234,9 @@ pub fn free_model(model: usize) -> Result<(), HostError> {
 
 /// A new session on `model` with `context` positions (0: the model's trained context).
 pub fn session_new(model: usize, context: usize) -> Result<usize, HostError> {
-    let m = MODELS.get(model).ok_or_else(|| HostError::handle("model"))?;
+    let m = MODELS
+        .get(model)
+        .ok_or_else(|| HostError::handle("model"))?;
     let session = m.engine.session(SessionOptions { context, kv: m.kv })?;
     SESSIONS
         .insert(HostSession {

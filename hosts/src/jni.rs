@@ -70,10 +70,7 @@ impl<T: Default> ErrorPolicy<T, HostError> for ThrowGlint {
         _cap: &mut Self::Captures<'unowned_env_local, 'native_method>,
         payload: Box<dyn std::any::Any + Send + 'static>,
     ) -> jni::errors::Result<T> {
-        let e = HostError::panic(&*payload);
-        // Dropping a payload can itself panic: keep it.
-        std::mem::forget(payload);
-        throw(env, &e)?;
+        throw(env, &HostError::panic(&*payload))?;
         Ok(T::default())
     }
 }
@@ -216,11 +213,20 @@ pub extern "system" fn Java_com_glint_Native_loadFd<'local>(
         };
         // SAFETY: a valid FileDescriptor object holds an open descriptor (or -1, refused
         // above) while the caller holds it, which it does during this call.
-        let file = File::from(unsafe { BorrowedFd::borrow_raw(raw) }.try_clone_to_owned().map_err(
-            |e| HostError::new(Status::Io, format!("cannot duplicate fd {raw}: {e}")),
-        )?);
+        let file = File::from(
+            unsafe { BorrowedFd::borrow_raw(raw) }
+                .try_clone_to_owned()
+                .map_err(|e| {
+                    HostError::new(Status::Io, format!("cannot duplicate fd {raw}: {e}"))
+                })?,
+        );
         let opts = load_options(threads, precision, kv, backend, mem_budget)?;
-        load(env, ModelSource::FileRange { file, offset, len }, opts, &listener)
+        load(
+            env,
+            ModelSource::FileRange { file, offset, len },
+            opts,
+            &listener,
+        )
     })
     .resolve::<ThrowGlint>()
 }
@@ -245,9 +251,8 @@ pub extern "system" fn Java_com_glint_Native_sessionNew<'local>(
     context: jint,
 ) -> jlong {
     env.with_env(|_| -> Result<jlong, HostError> {
-        let context = usize::try_from(context).map_err(|_| {
-            HostError::new(Status::InvalidArgument, format!("context {context}"))
-        })?;
+        let context = usize::try_from(context)
+            .map_err(|_| HostError::new(Status::InvalidArgument, format!("context {context}")))?;
         Ok(host::session_new(model as usize, context)? as jlong)
     })
     .resolve::<ThrowGlint>()
@@ -302,7 +307,10 @@ impl JavaParams {
     fn over(&self, d: GenerateParams) -> Result<GenerateParams, HostError> {
         let or = |v: f32, d: f32| if v.is_nan() { d } else { v };
         let max_tokens = usize::try_from(self.max_tokens).map_err(|_| {
-            HostError::new(Status::InvalidArgument, format!("maxTokens {}", self.max_tokens))
+            HostError::new(
+                Status::InvalidArgument,
+                format!("maxTokens {}", self.max_tokens),
+            )
         })?;
         let s = d.sampler.clone();
         Ok(GenerateParams {
@@ -405,8 +413,6 @@ pub extern "system" fn Java_com_glint_Native_version<'local>(
     mut env: EnvUnowned<'local>,
     _class: JClass<'local>,
 ) -> JString<'local> {
-    env.with_env(|env| -> Result<_, HostError> {
-        Ok(env.new_string(env!("CARGO_PKG_VERSION"))?)
-    })
-    .resolve::<ThrowGlint>()
+    env.with_env(|env| -> Result<_, HostError> { Ok(env.new_string(env!("CARGO_PKG_VERSION"))?) })
+        .resolve::<ThrowGlint>()
 }

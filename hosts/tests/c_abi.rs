@@ -20,7 +20,15 @@ fn build(dir: &Path) -> PathBuf {
     let lib = native_lib_dir();
     let exe = dir.join("glint_test");
     let out = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-D_GNU_SOURCE"])
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O1",
+            "-g",
+            "-D_GNU_SOURCE",
+        ])
         .arg("-I")
         .arg(manifest.join("include"))
         .arg(manifest.join("tests/c/glint_test.c"))

@@ -40,7 +40,10 @@ fn javac(dir: &Path, extra: &str) -> PathBuf {
 fn java(classes: &Path, main: &str, args: &[&std::ffi::OsStr]) -> Output {
     Command::new("java")
         .arg("-Xcheck:jni")
-        .arg(format!("-Djava.library.path={}", native_lib_dir().display()))
+        .arg(format!(
+            "-Djava.library.path={}",
+            native_lib_dir().display()
+        ))
         .arg("-cp")
         .arg(classes)
         .arg(main)

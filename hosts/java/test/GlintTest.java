@@ -105,7 +105,7 @@ public final class GlintTest {
                 });
                 canceller.start();
                 int[] seen = {0};
-                st = s.generate("Tell me a long story about a dragon.", GenerateParams.greedy(64), t -> {
+                st = s.chat("Tell me a long story about a dragon.", GenerateParams.greedy(64), t -> {
                     seen[0]++;
                     firstToken.countDown();
                     try {
@@ -115,6 +115,7 @@ public final class GlintTest {
                     }
                     return true;
                 });
+                firstToken.countDown(); // releases the canceller if no text came
                 canceller.join();
                 check(st.stopReason == Stats.StopReason.CANCELLED && st.generatedTokens == 1
                         && seen[0] == 1, "cancel from a thread: " + st);

@@ -180,8 +180,13 @@ int main(int argc, char **argv) {
   pthread_create(&t, NULL, canceller, &c);
   glint_generate_params longer = greedy;
   longer.max_tokens = 64;
-  rc = glint_generate(session, "Tell me a long story about a dragon.", &longer, wait_for_cancel, &c,
-                      &stats);
+  rc = glint_chat(session, "Tell me a long story about a dragon.", &longer, wait_for_cancel, &c,
+                  &stats);
+  /* Releases the canceller if no text came (then the checks below fail). */
+  pthread_mutex_lock(&c.lock);
+  c.first_token_seen = 1;
+  pthread_cond_broadcast(&c.cond);
+  pthread_mutex_unlock(&c.lock);
   pthread_join(t, NULL);
   CHECK(rc == GLINT_STATUS_OK && stats.stop_reason == GLINT_STOP_REASON_CANCELLED &&
             stats.generated_tokens == 1 && c.tokens == 1,

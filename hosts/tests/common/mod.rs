@@ -18,9 +18,7 @@ pub use workspace::model_path;
 /// newline): the Rust API with the CLI's settings (the model's sampling, temperature 0).
 pub fn greedy_answer(prompt: &str, tokens: usize) -> String {
     let engine = Engine::load(model_path(), CpuOptions::default()).expect("load the model");
-    let mut session = engine
-        .session(SessionOptions::default())
-        .expect("session");
+    let mut session = engine.session(SessionOptions::default()).expect("session");
     let params = GenerateParams {
         max_tokens: tokens,
         sampler: SamplerConfig {
