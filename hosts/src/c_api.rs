@@ -103,7 +103,8 @@ pub struct GlintModelOptions {
     pub kv_type: c_int,
     /// A `glint_backend`.
     pub backend: c_int,
-    /// Most bytes the model and its sessions may use; 0: no limit.
+    /// Most bytes the model and a session on it may hold resident (weights, KV cache,
+    /// activations), checked by `glint_session_new`; 0: no limit.
     pub mem_budget: u64,
     /// Load progress; NULL: none.
     pub progress: GlintProgressFn,
@@ -420,9 +421,12 @@ pub extern "C" fn glint_default_params(model: *const GlintModel) -> GlintGenerat
     }
 }
 
-/// A new session on `model` with `context` positions (0, or more than the model's:
-/// the model's trained context). Its KV cache is allocated now (`GLINT_STATUS_OUT_OF_MEMORY`
-/// if it cannot be). NULL on failure with `err` filled. Any thread.
+/// A new session on `model` with `context` positions (at most the model's trained
+/// context, else `GLINT_STATUS_INVALID_ARGUMENT`; 0: the runtime's default of 2048, or
+/// less to fit the memory budget). Checked against `mem_budget` before anything is
+/// allocated (`GLINT_STATUS_OVER_BUDGET`, the message naming weights, KV cache and
+/// activations); its KV cache is allocated now (`GLINT_STATUS_OUT_OF_MEMORY` if it
+/// cannot be). NULL on failure with `err` filled. Any thread.
 ///
 /// # Safety
 /// `err` is null or writable.

@@ -4,7 +4,9 @@
 
 use crate::registry::Registry;
 use glint_runtime::backend::BackendError;
-use glint_runtime::engine::{EngineError, GenerateError, GenerateParams, GenerateStats};
+use glint_runtime::engine::{
+    EngineError, GenerateError, GenerateParams, GenerateStats, SessionError,
+};
 use glint_runtime::model::LoadError;
 use glint_runtime::sampler::SamplerConfig;
 use glint_runtime::{CancelToken, CpuOptions, Engine, KvType, ModelSource, Precision, Session};
@@ -43,6 +45,8 @@ pub enum Status {
     Callback = 11,
     /// A bug in Glint (a caught panic): the call did nothing more and returned.
     Internal = 12,
+    /// The session does not fit in the memory budget (the message names each part).
+    OverBudget = 13,
 }
 
 /// A failed call: the code and what happened.
@@ -87,6 +91,17 @@ impl From<BackendError> for HostError {
         let status = match e {
             BackendError::OutOfMemory { .. } => Status::OutOfMemory,
             BackendError::Unsupported(_) => Status::Unsupported,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<SessionError> for HostError {
+    fn from(e: SessionError) -> Self {
+        let status = match e {
+            SessionError::OverBudget { .. } => Status::OverBudget,
+            SessionError::ContextTooLong { .. } => Status::InvalidArgument,
+            SessionError::Backend(b) => return b.into(),
         };
         Self::new(status, e.to_string())
     }
@@ -139,7 +154,8 @@ pub struct LoadOptions {
     pub kv: KvType,
     /// The backend.
     pub backend: BackendChoice,
-    /// Most bytes the model and its sessions may use; 0: no limit.
+    /// Most bytes the model and each session on it may hold resident
+    /// ([`SessionOptions::mem_budget`]); 0: no limit.
     pub mem_budget: u64,
 }
 
@@ -147,6 +163,7 @@ pub struct LoadOptions {
 pub struct HostModel {
     engine: Engine,
     kv: KvType,
+    mem_budget: Option<u64>,
 }
 
 /// A session: its engine state behind a lock (one generation at a time) and the
@@ -177,12 +194,6 @@ pub fn load(
     opts: &LoadOptions,
     progress: &mut dyn FnMut(f32) -> ControlFlow<()>,
 ) -> Result<usize, HostError> {
-    if opts.mem_budget != 0 {
-        return Err(HostError::new(
-            Status::Unsupported,
-            "memory budgets are not supported by this build of the runtime",
-        ));
-    }
     let cpu = CpuOptions {
         threads: opts.threads,
         precision: opts.precision,
@@ -205,6 +216,7 @@ pub fn load(
         .insert(HostModel {
             engine,
             kv: opts.kv,
+            mem_budget: (opts.mem_budget != 0).then_some(opts.mem_budget),
         })
         .ok_or_else(|| HostError::new(Status::OutOfMemory, "too many live models"))
 }
@@ -232,12 +244,17 @@ pub fn free_model(model: usize) -> Result<(), HostError> {
         .ok_or_else(|| HostError::handle("model"))
 }
 
-/// A new session on `model` with `context` positions (0: the model's trained context).
+/// A new session on `model` with `context` positions (0: the runtime's default, shrunk
+/// to fit the model's memory budget), checked against that budget.
 pub fn session_new(model: usize, context: usize) -> Result<usize, HostError> {
     let m = MODELS
         .get(model)
         .ok_or_else(|| HostError::handle("model"))?;
-    let session = m.engine.session(SessionOptions { context, kv: m.kv })?;
+    let session = m.engine.session(SessionOptions {
+        context,
+        kv: m.kv,
+        mem_budget: m.mem_budget,
+    })?;
     SESSIONS
         .insert(HostSession {
             session: Mutex::new(session),

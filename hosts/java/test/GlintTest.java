@@ -183,6 +183,13 @@ public final class GlintTest {
             last.close();
         }
 
+        // A memory budget too small for any session.
+        Glint.Options small = new Glint.Options();
+        small.memBudget = 1 << 20;
+        try (Model m = Glint.load(modelPath, small)) {
+            throwsGlint(GlintException.OVER_BUDGET, "over budget", () -> m.session(0));
+        }
+
         // A model from a FileDescriptor.
         try (FileInputStream in = new FileInputStream(modelPath)) {
             long size = in.getChannel().size();

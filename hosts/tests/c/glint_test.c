@@ -214,6 +214,19 @@ int main(int argc, char **argv) {
         glint_last_error_message());
   glint_session_free(tiny);
 
+  /* More context than the model's; a memory budget too small for a session. */
+  CHECK(glint_session_new(model, 1u << 30, &err) == NULL &&
+            err.code == GLINT_STATUS_INVALID_ARGUMENT,
+        "context beyond the model's: %d %s", err.code, glint_error_message(&err));
+  glint_model_options small = opts;
+  small.mem_budget = 1 << 20;
+  glint_model *budgeted = glint_model_load(model_path, &small, &err);
+  CHECK(budgeted != NULL, "load with a budget: %s", glint_error_message(&err));
+  CHECK(glint_session_new(budgeted, 0, &err) == NULL && err.code == GLINT_STATUS_OVER_BUDGET &&
+            strstr(glint_error_message(&err), "budget") != NULL,
+        "over budget: %d %s", err.code, glint_error_message(&err));
+  glint_model_free(budgeted);
+
   /* A chat turn through the model's template. */
   greedy.max_tokens = 2;
   rc = glint_chat(session, "Hi!", &greedy, NULL, NULL, &stats);

@@ -50,7 +50,10 @@ public final class Glint {
         public KvType kvType = KvType.F16;
         /** The backend. */
         public Backend backend = Backend.AUTO;
-        /** Most bytes the model and its sessions may use; 0: no limit. */
+        /**
+         * Most bytes the model and a session on it may hold resident (weights, KV cache,
+         * activations), checked by {@link Model#session}; 0: no limit.
+         */
         public long memBudget = 0;
         /** Told the fraction loaded, on the loading thread; may be null. */
         public ProgressListener progress = null;

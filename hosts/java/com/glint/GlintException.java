@@ -31,6 +31,8 @@ public class GlintException extends RuntimeException {
     public static final int CALLBACK = 11;
     /** A bug in Glint (a caught native panic). */
     public static final int INTERNAL = 12;
+    /** The session does not fit in the memory budget. */
+    public static final int OVER_BUDGET = 13;
 
     private final int code;
 

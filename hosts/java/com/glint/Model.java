@@ -20,8 +20,10 @@ public final class Model implements AutoCloseable {
     }
 
     /**
-     * A new session with {@code context} positions (0: the model's trained context). Its KV
-     * cache is allocated now.
+     * A new session with {@code context} positions (at most the model's trained context; 0:
+     * the default of 2048, or less to fit the memory budget). Checked against
+     * {@link Glint.Options#memBudget} ({@link GlintException#OVER_BUDGET}); its KV cache is
+     * allocated now.
      */
     public Session session(int context) {
         return new Session(Native.sessionNew(handle(), context));
