@@ -66,7 +66,10 @@ fn run(exe: &Path, dir: &Path, wrapper: &[&str], threads: usize) -> String {
         }
         None => Command::new(exe),
     };
+    // Cargo's LD_LIBRARY_PATH for tests also names target/release, whose libglint.so
+    // may be another build's: this test's library first.
     let out = cmd
+        .env("LD_LIBRARY_PATH", native_lib_dir())
         .arg(model_path())
         .arg(truncated_model(dir, 1 << 20))
         .arg(PROMPT)

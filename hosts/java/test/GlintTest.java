@@ -51,6 +51,7 @@ public final class GlintTest {
         return out.toString();
     }
 
+    @SuppressWarnings("try") // the model is closed inside its try block on purpose
     public static void main(String[] args) throws Exception {
         String modelPath = args[0], truncated = args[1], prompt = args[2];
         int tokens = Integer.parseInt(args[3]);
