@@ -60,10 +60,12 @@ typedef enum glint_status {
 
 // Activations of the matrix products (`glint_model_options.precision`).
 typedef enum glint_precision {
-  // f32 activations: matches the f32 reference to rounding. The default.
-  GLINT_PRECISION_EXACT = 0,
-  // int8 activations and integer dot products: faster.
-  GLINT_PRECISION_INT8 = 1,
+  // int8 activations except in the first two blocks: the runtime's default.
+  GLINT_PRECISION_MIXED = 0,
+  // f32 activations: matches the f32 reference to rounding.
+  GLINT_PRECISION_EXACT = 1,
+  // int8 activations and integer dot products everywhere: fastest.
+  GLINT_PRECISION_INT8 = 2,
 } glint_precision;
 
 // Element type of the KV cache (`glint_model_options.kv_type`).

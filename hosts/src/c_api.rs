@@ -41,10 +41,12 @@ pub struct GlintError {
 /// Activations of the matrix products (`glint_model_options.precision`).
 #[repr(C)]
 pub enum GlintPrecision {
-    /// f32 activations: matches the f32 reference to rounding. The default.
-    Exact = 0,
-    /// int8 activations and integer dot products: faster.
-    Int8 = 1,
+    /// int8 activations except in the first two blocks: the runtime's default.
+    Mixed = 0,
+    /// f32 activations: matches the f32 reference to rounding.
+    Exact = 1,
+    /// int8 activations and integer dot products everywhere: fastest.
+    Int8 = 2,
 }
 
 /// Element type of the KV cache (`glint_model_options.kv_type`).
@@ -238,8 +240,9 @@ unsafe fn load_options(
         HostError::new(Status::InvalidArgument, format!("unknown {what} {v}"))
     };
     let precision = match o.precision {
-        0 => Precision::Exact,
-        1 => Precision::Int8,
+        0 => Precision::Mixed,
+        1 => Precision::Exact,
+        2 => Precision::Int8,
         v => return Err(bad("precision", v)),
     };
     let kv = match o.kv_type {
@@ -320,7 +323,7 @@ pub extern "C" fn glint_last_error_message() -> *const c_char {
 pub extern "C" fn glint_model_options_default() -> GlintModelOptions {
     GlintModelOptions {
         threads: 0,
-        precision: GlintPrecision::Exact as c_int,
+        precision: GlintPrecision::Mixed as c_int,
         kv_type: GlintKvType::F16 as c_int,
         backend: GlintBackend::Auto as c_int,
         mem_budget: 0,

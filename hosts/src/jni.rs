@@ -99,8 +99,9 @@ fn load_options(
     Ok(LoadOptions {
         threads: usize::try_from(threads).map_err(|_| bad("threads", threads.into()))?,
         precision: match precision {
-            0 => Precision::Exact,
-            1 => Precision::Int8,
+            0 => Precision::Mixed,
+            1 => Precision::Exact,
+            2 => Precision::Int8,
             v => return Err(bad("precision", v.into())),
         },
         kv: match kv {

@@ -16,9 +16,11 @@ public final class Glint {
 
     /** Activations of the matrix products. */
     public enum Precision {
-        /** f32 activations: matches the f32 reference to rounding. The default. */
+        /** int8 activations except in the first two blocks: the runtime's default. */
+        MIXED,
+        /** f32 activations: matches the f32 reference to rounding. */
         EXACT,
-        /** int8 activations and integer dot products: faster. */
+        /** int8 activations and integer dot products everywhere: fastest. */
         INT8
     }
 
@@ -45,7 +47,7 @@ public final class Glint {
         /** CPU threads in all (the caller's included); 0: one per core. */
         public int threads = 0;
         /** Activations of the matrix products. */
-        public Precision precision = Precision.EXACT;
+        public Precision precision = Precision.MIXED;
         /** Element type of the sessions' KV caches. */
         public KvType kvType = KvType.F16;
         /** The backend. */
