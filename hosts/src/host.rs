@@ -91,6 +91,7 @@ impl From<BackendError> for HostError {
         let status = match e {
             BackendError::OutOfMemory { .. } => Status::OutOfMemory,
             BackendError::Unsupported(_) => Status::Unsupported,
+            BackendError::TooManyThreads { .. } => Status::InvalidArgument,
         };
         Self::new(status, e.to_string())
     }
@@ -126,8 +127,11 @@ impl From<GenerateError> for HostError {
         let status = match e {
             GenerateError::PromptTooLong { .. } => Status::PromptTooLong,
             GenerateError::Template(_) => Status::Template,
-            GenerateError::EmptyPrompt | GenerateError::BadToken(_) => Status::InvalidArgument,
-            GenerateError::Forward(_) => Status::Internal,
+            GenerateError::EmptyPrompt
+            | GenerateError::BadToken(_)
+            | GenerateError::TextTooLong { .. }
+            | GenerateError::Sampler(_) => Status::InvalidArgument,
+            GenerateError::Forward(_) | GenerateError::NonFiniteLogits { .. } => Status::Internal,
         };
         Self::new(status, e.to_string())
     }
