@@ -82,6 +82,12 @@ impl<T> Registry<T> {
     }
 }
 
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn pack(index: usize, generation: usize) -> usize {
     (generation << INDEX_BITS) | (index + 1)
 }
