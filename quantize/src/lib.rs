@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_import;
 pub mod hf;
 pub mod pack;
+pub mod plot;
 pub mod source;
 pub mod synth;
 
