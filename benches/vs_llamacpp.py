@@ -219,12 +219,7 @@ def shapes_main(args, cache, current, quantize, bin_dir):
         info = json.loads(out([current, "bench", "-m", glint, "-p", 1, "-n", 1, "-r", 1, "--json"])
                           .strip().splitlines()[-1])
         rows.append((shape, gguf.stat().st_size, info["weight_bytes_per_token"], got))
-
-    def med(got, engine, key):
-        return statistics.median(r[engine][key] for r in got)
-
-    def ratio(got, key, a="llama.cpp", b="glint"):
-        return statistics.median(r[b][key] / r[a][key] for r in got)
+        write_summary(args, rows[-1], threads, bandwidth)  # now: a later shape may not finish
 
     print(f"\nSynthetic shapes, Glint ({args.precision}, q4g32) vs llama.cpp {LCP_VERSION} (Q4_0), "
           f"same GGUF bytes, {args.rounds} rounds; tok/s: median over rounds; ratio: median of "
@@ -241,7 +236,6 @@ def shapes_main(args, cache, current, quantize, bin_dir):
                          if args.baseline else "")
                 print(f"| {shape} | {size / 1e6:.0f} | {label} | {t} | {med(got, 'llama.cpp', k):.1f} | "
                       f"{med(got, 'glint', k):.1f} | {ratio(got, k):.2f}x |{cells}")
-    write_summary(args, rows, threads, bandwidth, med, ratio)
     print("\n| shape | load s, llama.cpp | load s, Glint | Glint / llama.cpp | peak RSS MiB, llama.cpp | "
           "peak RSS MiB, Glint | weight MB / token | decode GB/s t" + str(threads[0]) + ", llama.cpp / Glint |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -253,8 +247,18 @@ def shapes_main(args, cache, current, quantize, bin_dir):
               f"{med(got, 'llama.cpp', k) * per_token / 1e9:.1f} / {med(got, 'glint', k) * per_token / 1e9:.1f} |")
 
 
-def write_summary(args, rows, threads, bandwidth, med, ratio):
-    """Merges this call's medians into the JSON summary `args.json` (per shape, per thread
+def med(got, engine, key):
+    """Median over the rounds `got` of `engine`'s `key`."""
+    return statistics.median(r[engine][key] for r in got)
+
+
+def ratio(got, key, a="llama.cpp", b="glint"):
+    """Median over the rounds `got` of the per-round ratio b / a of `key`."""
+    return statistics.median(r[b][key] / r[a][key] for r in got)
+
+
+def write_summary(args, row, threads, bandwidth):
+    """Merges one shape's medians into the JSON summary `args.json` (per shape, per thread
     count: a later call replaces what it measured and keeps the rest)."""
     path = args.json
     summary = json.loads(path.read_text()) if path.exists() else {}
@@ -265,24 +269,24 @@ def write_summary(args, rows, threads, bandwidth, med, ratio):
         "same call; weight_bytes_per_token: what each decoded token streams")
     shapes = summary.setdefault("shapes", {})
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for shape, size, per_token, got in rows:
-        entry = shapes.setdefault(shape, {})
-        entry.update({
-            "gguf_bytes": size,
-            "weight_bytes_per_token": per_token,
-            "load_s": {e: med(got, e, "load_s") for e in ("llama.cpp", "glint")},
-            "peak_rss_bytes": {e: med(got, e, "rss") for e in ("llama.cpp", "glint")},
-        })
-        for t in threads:
-            cell = {"measured": when, "rounds": args.rounds, "repetitions": args.r,
-                    "precision": args.precision, "n_gen": args.n, "read_gb_s": bandwidth[t],
-                    "decode_tok_s": {e: med(got, e, f"tg{t}") for e in ("llama.cpp", "glint")},
-                    "decode_ratio": ratio(got, f"tg{t}")}
-            if args.p > 0:
-                cell.update({"n_prompt": args.p,
-                             "prefill_tok_s": {e: med(got, e, f"pp{t}") for e in ("llama.cpp", "glint")},
-                             "prefill_ratio": ratio(got, f"pp{t}")})
-            entry.setdefault("threads", {})[str(t)] = cell
+    shape, size, per_token, got = row
+    entry = shapes.setdefault(shape, {})
+    entry.update({
+        "gguf_bytes": size,
+        "weight_bytes_per_token": per_token,
+        "load_s": {e: med(got, e, "load_s") for e in ("llama.cpp", "glint")},
+        "peak_rss_bytes": {e: med(got, e, "rss") for e in ("llama.cpp", "glint")},
+    })
+    for t in threads:
+        cell = {"measured": when, "rounds": args.rounds, "repetitions": args.r,
+                "precision": args.precision, "n_gen": args.n, "read_gb_s": bandwidth[t],
+                "decode_tok_s": {e: med(got, e, f"tg{t}") for e in ("llama.cpp", "glint")},
+                "decode_ratio": ratio(got, f"tg{t}")}
+        if args.p > 0:
+            cell.update({"n_prompt": args.p,
+                         "prefill_tok_s": {e: med(got, e, f"pp{t}") for e in ("llama.cpp", "glint")},
+                         "prefill_ratio": ratio(got, f"pp{t}")})
+        entry.setdefault("threads", {})[str(t)] = cell
     path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     log(f"wrote {path}")
 
