@@ -186,6 +186,7 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
     let mut points = BTreeMap::<(usize, u64), Vec<(f64, f64)>>::new();
     let mut read = BTreeMap::<u64, Vec<f64>>::new();
     let mut names = Vec::new();
+    let mut n_gen = std::collections::BTreeSet::new();
     for (name, shape) in shapes {
         let mb = shape["weight_bytes_per_token"]
             .as_f64()
@@ -210,6 +211,11 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
                 .as_f64()
                 .with_context(|| format!("{name}, {t} threads: no read_gb_s"))?;
             read.entry(t).or_default().push(gb_s);
+            n_gen.insert(
+                cell["n_gen"]
+                    .as_u64()
+                    .with_context(|| format!("{name}, {t} threads: no n_gen"))?,
+            );
         }
         names.push(Annotation {
             at: (mb, lowest),
@@ -250,7 +256,10 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
         });
     }
     Ok(LineChart {
-        title: "Decode (tg128) on synthetic shapes, the same Q4_0 bytes for both engines".into(),
+        title: format!(
+            "Decode ({}) on synthetic shapes, the same Q4_0 bytes for both engines",
+            n_gen.iter().map(|n| format!("tg{n}")).collect::<Vec<_>>().join(", ")
+        ),
         x_label: "weights read per token (MB)".into(),
         y_label: "decode tok/s".into(),
         log_x: true,
