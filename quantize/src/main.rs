@@ -8,7 +8,7 @@ use glint_quantize::plot::{Annotation, LineChart, Series, SeriesStyle};
 use glint_quantize::synth::WeightType;
 use glint_quantize::{Scheme, fetch, import, write_packed};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -186,7 +186,7 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
     let mut points = BTreeMap::<(usize, u64), Vec<(f64, f64)>>::new();
     let mut read = BTreeMap::<u64, Vec<f64>>::new();
     let mut names = Vec::new();
-    let mut n_gen = std::collections::BTreeSet::new();
+    let mut n_gen = BTreeSet::new();
     for (name, shape) in shapes {
         let mb = shape["weight_bytes_per_token"]
             .as_f64()
@@ -245,7 +245,8 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
     });
     for (t, mut gb_s) in read {
         gb_s.sort_by(f64::total_cmp);
-        let median = gb_s[gb_s.len() / 2];
+        let n = gb_s.len();
+        let median = (gb_s[(n - 1) / 2] + gb_s[n / 2]) / 2.0;
         // tok/s = (GB/s * 1e9) / (MB * 1e6): a straight line on log-log axes.
         let floor = |mb: f64| median * 1e3 / mb;
         let (a, b) = (lo * 0.9, hi * 1.1);
@@ -258,7 +259,11 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
     Ok(LineChart {
         title: format!(
             "Decode ({}) on synthetic shapes, the same Q4_0 bytes for both engines",
-            n_gen.iter().map(|n| format!("tg{n}")).collect::<Vec<_>>().join(", ")
+            n_gen
+                .iter()
+                .map(|n| format!("tg{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         x_label: "weights read per token (MB)".into(),
         y_label: "decode tok/s".into(),
@@ -348,4 +353,56 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(glint_t2: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"shapes": {
+            "a": {"weight_bytes_per_token": 90e6, "threads": {
+                "1": {"n_gen": 64, "read_gb_s": 10.0,
+                      "decode_tok_s": {"glint": 100.0, "llama.cpp": 50.0}},
+                "2": {"n_gen": 64, "read_gb_s": 12.0,
+                      "decode_tok_s": {"glint": glint_t2, "llama.cpp": 60.0}}}},
+            "b": {"weight_bytes_per_token": 800e6, "threads": {
+                "1": {"n_gen": 64, "read_gb_s": 20.0,
+                      "decode_tok_s": {"glint": 12.0, "llama.cpp": 6.0}}}}}})
+    }
+
+    #[test]
+    fn decode_chart_has_a_line_per_engine_and_thread_count_and_the_floors() {
+        let c = decode_chart(&summary(serde_json::json!(150.0))).unwrap();
+        let labels: Vec<_> = c.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "Glint, t1",
+                "Glint, t2",
+                "llama.cpp, t1",
+                "llama.cpp, t2",
+                "bandwidth floor, t1: 15.0 GB/s read",
+                "bandwidth floor, t2: 12.0 GB/s read",
+            ]
+        );
+        assert_eq!(c.series[0].points, [(90.0, 100.0), (800.0, 12.0)]);
+        // The floor: 15 GB/s over 90 MB * 0.9 per token.
+        let (x, y) = c.series[4].points[0];
+        assert!((x - 81.0).abs() < 1e-9 && (y - 15e3 / 81.0).abs() < 1e-9);
+        assert_eq!(c.annotations[1].at, (800.0, 6.0));
+        assert!(c.title.contains("tg64"));
+    }
+
+    #[test]
+    fn decode_chart_names_what_is_missing() {
+        let err = decode_chart(&summary(serde_json::Value::Null)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a, 2 threads: no glint decode_tok_s")
+        );
+        let err = decode_chart(&serde_json::json!({"shapes": {}})).unwrap_err();
+        assert!(err.to_string().contains("no measurements"));
+        assert!(decode_chart(&serde_json::json!([])).is_err());
+    }
 }
