@@ -304,7 +304,7 @@ enum Command {
 fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     match m {
         Some(p) => Ok(p.clone()),
-        None => glint_quantize::default_model(|msg| {
+        None => glint_pack::default_model(|msg| {
             // Progress only: a closed stderr shows up at the next note.
             let _ = writeln!(std::io::stderr(), "{msg}");
         })
