@@ -4,6 +4,7 @@
 
 pub mod fetch;
 pub mod gguf;
+pub mod gptq;
 pub mod gguf_import;
 pub mod hf;
 pub mod pack;
