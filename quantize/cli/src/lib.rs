@@ -4,3 +4,6 @@
 //! the float reference ([`evaluate`]).
 
 pub use glint_pack::*;
+
+pub mod calibrate;
+pub mod evaluate;

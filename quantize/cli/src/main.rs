@@ -1,12 +1,19 @@
-//! `glint-quantize`: import, pack, inspect, verify and fetch `.glint` model files; write
-//! synthetic models; draw the benchmark figure.
+//! `glint-quantize`: import, pack (round-to-nearest or GPTQ), evaluate, inspect, verify
+//! and fetch `.glint` model files; write synthetic models; draw the benchmark figure.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use glint_format::{GlintFile, LoadedGlint, Section};
+use glint_quantize::calibrate::{CalibrationOptions, collect_hessians};
+use glint_quantize::evaluate::{
+    ReportInfo, STREAM_CONTEXT, reference_engine, streamed_per_token, write_report,
+};
+use glint_quantize::gptq::GptqOptions;
 use glint_quantize::plot::{Annotation, LineChart, Series, SeriesStyle};
 use glint_quantize::synth::WeightType;
-use glint_quantize::{Scheme, fetch, import, write_packed};
+use glint_quantize::{PackPlan, Scheme, fetch, import, write_planned};
+use glint_runtime::backend::{CpuOptions, KvType, Precision};
+use glint_runtime::eval::{CompareOptions, compare};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,16 +43,52 @@ enum Command {
         #[arg(short, long, default_value = "q4g32a")]
         scheme: String,
     },
-    /// Re-pack a .glint file (or any importable source) with another scheme.
+    /// Re-pack a .glint file (or any importable source) with another scheme, by
+    /// round-to-nearest or, given calibration text, GPTQ.
     Pack {
         /// Source file or folder.
         source: PathBuf,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
-        /// Packing scheme: q4g32a, q4g32, q4g64, q4g128, q8 or f16.
+        /// Packing scheme: q4g32a, q4g32, q4g64, q4g128, q8, f16 or f32.
         #[arg(short, long)]
         scheme: String,
+        #[command(flatten)]
+        calibration: CalibrationArgs,
+    },
+    /// Compare a packed file with the float reference (the source decoded to f32):
+    /// perplexity, KL divergence, top-1 agreement and per-layer output error.
+    Eval {
+        /// The packed file.
+        model: PathBuf,
+        /// The source it was packed from (GGUF, HF folder or .glint).
+        #[arg(long)]
+        reference: PathBuf,
+        /// The text.
+        #[arg(long)]
+        text: PathBuf,
+        /// Tokens per window.
+        #[arg(short = 'c', long, default_value_t = 512)]
+        ctx: usize,
+        /// Use at most this many tokens of the text (whole windows; 0: all).
+        #[arg(long, default_value_t = 0)]
+        max_tokens: usize,
+        /// Windows, from the first, over which the per-layer error is measured.
+        #[arg(long, default_value_t = 1)]
+        layer_windows: usize,
+        /// The packed model's activations: exact, int8 or mixed (the runtime's default).
+        #[arg(long, default_value = "mixed")]
+        precision: String,
+        /// The packed model's KV cache: f32, f16 (the runtime's default) or int8.
+        #[arg(long, default_value = "f16")]
+        kv: String,
+        /// Threads (0: every available core).
+        #[arg(short, long, default_value_t = 0)]
+        threads: usize,
+        /// Also write a Markdown report into this folder.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Print the header, the tensor table and bits per weight of a .glint file.
     Inspect {
@@ -90,6 +133,83 @@ enum Command {
     },
 }
 
+/// Calibration-based packing.
+#[derive(clap::Args)]
+struct CalibrationArgs {
+    /// Calibration text: with it, quantized matrices go through GPTQ (unless --method rtn).
+    #[arg(long)]
+    calibrate: Option<PathBuf>,
+    /// gptq or rtn (round-to-nearest; ignores the calibration text).
+    #[arg(long, default_value = "gptq")]
+    method: String,
+    /// Calibration tokens at most (whole windows of 512).
+    #[arg(long, default_value_t = 8192)]
+    calibration_tokens: usize,
+    /// GPTQ: quantize columns by decreasing Hessian diagonal (static groups).
+    #[arg(long)]
+    act_order: bool,
+    /// Per-tensor dtypes overriding the scheme, `NAME=DTYPE` (e.g.
+    /// `token_embd.weight=q4g32`): a mixed recipe.
+    #[arg(long = "tensor-type", value_name = "NAME=DTYPE")]
+    tensor_types: Vec<String>,
+    /// Threads of the calibration forward (0: every available core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn dtype(name: &str) -> Result<glint_format::DType> {
+    use glint_format::DType::*;
+    [F32, F16, Q4G32A, Q4G32, Q4G64, Q4G128, Q8G32]
+        .into_iter()
+        .find(|d| d.name() == name)
+        .with_context(|| format!("unknown dtype {name:?}"))
+}
+
+/// The plan of `pack`: the scheme, the recipe's tensor types and, with calibration
+/// text and GPTQ, the Hessians from the float reference's forward.
+fn plan(
+    src: &glint_quantize::source::Imported,
+    s: Scheme,
+    c: &CalibrationArgs,
+) -> Result<PackPlan> {
+    let mut plan = PackPlan::rtn(s);
+    for t in &c.tensor_types {
+        let Some((name, d)) = t.split_once('=') else {
+            bail!("--tensor-type {t:?}: expected NAME=DTYPE");
+        };
+        plan.dtypes.insert(name.to_string(), dtype(d)?);
+    }
+    plan.gptq = GptqOptions {
+        act_order: c.act_order,
+        ..GptqOptions::default()
+    };
+    let gptq = match c.method.as_str() {
+        "gptq" => true,
+        "rtn" => false,
+        m => bail!("unknown method {m:?}; expected gptq or rtn"),
+    };
+    if let (Some(text_path), true) = (&c.calibrate, gptq) {
+        let text = std::fs::read_to_string(text_path)
+            .with_context(|| format!("reading {}", text_path.display()))?;
+        let start = Instant::now();
+        let reference = reference_engine(src, c.threads)?;
+        let opts = CalibrationOptions {
+            max_tokens: c.calibration_tokens,
+            ..CalibrationOptions::default()
+        };
+        let (hessians, tokens) = collect_hessians(&reference, &text, opts, |w, n| {
+            eprint!("\rcalibration window {w}/{n}");
+        })?;
+        eprintln!(
+            "\rcalibrated on {tokens} tokens of {} in {:.1} s",
+            text_path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        plan.hessians = Some(hessians);
+    }
+    Ok(plan)
+}
+
 fn scheme(name: &str) -> Result<Scheme> {
     match Scheme::from_name(name) {
         Some(s) => Ok(s),
@@ -101,13 +221,17 @@ fn scheme(name: &str) -> Result<Scheme> {
 }
 
 fn convert(source: &Path, output: &Path, scheme: Scheme) -> Result<()> {
-    let start = Instant::now();
     let src = import(source).with_context(|| format!("importing {}", source.display()))?;
+    write(&src, output, &PackPlan::rtn(scheme))
+}
+
+fn write(src: &glint_quantize::source::Imported, output: &Path, plan: &PackPlan) -> Result<()> {
+    let start = Instant::now();
     let bar = ProgressBar::new(src.tensors.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"),
     );
-    let len = write_packed(&src, scheme, output, |i, name| {
+    let len = write_planned(src, plan, output, |i, name| {
         bar.set_position(i as u64);
         bar.set_message(name.to_string());
     })?;
@@ -116,7 +240,7 @@ fn convert(source: &Path, output: &Path, scheme: Scheme) -> Result<()> {
         "wrote {} ({:.1} MB, {}) in {:.2} s",
         output.display(),
         len as f64 / 1e6,
-        scheme.name(),
+        plan.name(),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -124,6 +248,9 @@ fn convert(source: &Path, output: &Path, scheme: Scheme) -> Result<()> {
 
 fn inspect(f: &GlintFile<'_>) {
     print!("{}", f.summary());
+    if let Some(r) = f.provenance_value("recipe") {
+        println!("recipe: {r}");
+    }
     for s in [
         Section::Config,
         Section::Tokenizer,
@@ -275,21 +402,169 @@ fn decode_chart(results: &serde_json::Value) -> Result<LineChart> {
     })
 }
 
+/// Bits per weight over every tensor of `f`.
+fn bits_per_weight(f: &GlintFile<'_>) -> f64 {
+    let (w, b) = f.tensors().iter().fold((0u64, 0u64), |(w, b), t| {
+        (w + t.elements(), b + t.bytes.len() as u64)
+    });
+    b as f64 * 8.0 / w as f64
+}
+
+/// `streamed per token: N bytes (...)` of the model at `path` with the runtime's
+/// default KV cache.
+fn print_streamed(path: &Path) -> Result<()> {
+    let opts = CpuOptions {
+        threads: 1,
+        ..CpuOptions::default()
+    };
+    let engine = glint_runtime::Engine::load(path, opts)?;
+    let kv = KvType::default();
+    let s = streamed_per_token(engine.model(), kv);
+    println!(
+        "streamed per token: {} bytes (weights {}, {} KV cache at context {STREAM_CONTEXT}: {})",
+        s.total(),
+        s.weights,
+        kv.name(),
+        s.kv
+    );
+    Ok(())
+}
+
+/// The arguments of `eval`.
+struct EvalArgs {
+    model: PathBuf,
+    reference: PathBuf,
+    text: PathBuf,
+    ctx: usize,
+    max_tokens: usize,
+    layer_windows: usize,
+    precision: String,
+    kv: String,
+    threads: usize,
+    report: Option<PathBuf>,
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let Some(precision) = Precision::from_name(&a.precision) else {
+        bail!(
+            "unknown precision {:?}; expected exact, int8 or mixed",
+            a.precision
+        );
+    };
+    let Some(kv) = KvType::from_name(&a.kv) else {
+        bail!("unknown KV type {:?}; expected f32, f16 or int8", a.kv);
+    };
+    let mut text = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("reading {}", a.text.display()))?;
+    let opts = CpuOptions {
+        threads: a.threads,
+        precision,
+        kernel: None,
+    };
+    let engine = glint_runtime::Engine::load(&a.model, opts)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let src =
+        import(&a.reference).with_context(|| format!("importing {}", a.reference.display()))?;
+    let reference = reference_engine(&src, a.threads)?;
+    drop(src);
+    let mut tokens = engine.tokenizer().encode(&text, false).len();
+    if a.max_tokens > 0 && tokens > a.max_tokens {
+        // A prefix of whole windows: the text cut at the token where the limit falls.
+        let ids = engine.tokenizer().encode(&text, false);
+        text = engine.tokenizer().decode(&ids[..a.max_tokens], false);
+        tokens = a.max_tokens;
+        eprintln!("using the first {tokens} tokens of {}", a.text.display());
+    }
+    let c = compare(
+        &reference,
+        &engine,
+        &text,
+        CompareOptions {
+            window: a.ctx,
+            kv,
+            reference_kv: KvType::F32,
+            layer_windows: a.layer_windows,
+        },
+        |w, n| eprint!("\rwindow {w}/{n}"),
+    )?;
+    eprintln!();
+    println!("PPL = {:.4}", c.ppl);
+    println!("KL = {:.5}", c.kl);
+    println!("top1 = {:.4}", c.top1);
+    println!("reference PPL = {:.4}", c.reference_ppl);
+    for (i, e) in c.layer_error.iter().enumerate() {
+        println!("layer {i}: relative error {e:.5}");
+    }
+    if let Some(dir) = &a.report {
+        let f = engine.model().file();
+        let info = ReportInfo {
+            model: a.model.clone(),
+            reference: a.reference.clone(),
+            text: a.text.clone(),
+            window: a.ctx,
+            tokens,
+            setting: format!("{} activations, {} KV cache", precision.name(), kv.name()),
+            scheme: match f.provenance_value("recipe") {
+                Some(r) => format!("{} ({r})", f.provenance_value("scheme").unwrap_or("?")),
+                None => f.provenance_value("scheme").unwrap_or("?").to_string(),
+            },
+            bits_per_weight: bits_per_weight(f),
+            streamed: streamed_per_token(engine.model(), kv),
+        };
+        let path = write_report(dir, &info, &c)
+            .with_context(|| format!("writing the report into {}", dir.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Import {
             source,
             output,
             scheme: s,
-        }
-        | Command::Pack {
-            source,
-            output,
-            scheme: s,
         } => {
             convert(&source, &output, scheme(&s)?)?;
         }
-        Command::Inspect { file } => inspect(LoadedGlint::open(&file)?.file()),
+        Command::Pack {
+            source,
+            output,
+            scheme: s,
+            calibration,
+        } => {
+            let s = scheme(&s)?;
+            let src = import(&source).with_context(|| format!("importing {}", source.display()))?;
+            let plan = plan(&src, s, &calibration)?;
+            write(&src, &output, &plan)?;
+        }
+        Command::Eval {
+            model,
+            reference,
+            text,
+            ctx,
+            max_tokens,
+            layer_windows,
+            precision,
+            kv,
+            threads,
+            report,
+        } => eval(EvalArgs {
+            model,
+            reference,
+            text,
+            ctx,
+            max_tokens,
+            layer_windows,
+            precision,
+            kv,
+            threads,
+            report,
+        })?,
+        Command::Inspect { file } => {
+            inspect(LoadedGlint::open(&file)?.file());
+            print_streamed(&file)?;
+        }
         Command::Verify { file } => {
             let m = LoadedGlint::open(&file)?;
             let start = Instant::now();
