@@ -167,6 +167,78 @@ impl Hessians {
     pub fn is_empty(&self) -> bool {
         self.by_tensor.is_empty()
     }
+
+    const MAGIC: &'static [u8; 8] = b"GLHESS1\n";
+
+    /// Writes them (each shared Hessian once, with the tensors reading it): calibration
+    /// costs minutes, a recipe tried again reuses it.
+    pub fn write_to(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
+        let mut groups: Vec<(Arc<Vec<f32>>, Vec<&str>)> = Vec::new();
+        let mut names: Vec<(&String, &Arc<Vec<f32>>)> = self.by_tensor.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, h) in names {
+            match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, h)) {
+                Some((_, n)) => n.push(name),
+                None => groups.push((Arc::clone(h), vec![name])),
+            }
+        }
+        out.write_all(Self::MAGIC)?;
+        out.write_all(&(groups.len() as u32).to_le_bytes())?;
+        for (h, names) in groups {
+            out.write_all(&(names.len() as u32).to_le_bytes())?;
+            for n in names {
+                out.write_all(&(n.len() as u32).to_le_bytes())?;
+                out.write_all(n.as_bytes())?;
+            }
+            out.write_all(&(h.len() as u64).to_le_bytes())?;
+            for x in h.iter() {
+                out.write_all(&x.to_le_bytes())?;
+            }
+        }
+        out.flush()
+    }
+
+    /// Reads what [`Hessians::write_to`] wrote.
+    pub fn read_from(mut input: impl std::io::Read) -> std::io::Result<Self> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic)?;
+        if &magic != Self::MAGIC {
+            return Err(bad("not a Hessians file"));
+        }
+        let u32_at = |input: &mut dyn std::io::Read| -> std::io::Result<u32> {
+            let mut b = [0u8; 4];
+            input.read_exact(&mut b)?;
+            Ok(u32::from_le_bytes(b))
+        };
+        let mut out = Self::default();
+        for _ in 0..u32_at(&mut input)? {
+            let mut names = Vec::new();
+            for _ in 0..u32_at(&mut input)? {
+                let len = u32_at(&mut input)? as usize;
+                if len > 4096 {
+                    return Err(bad("tensor name too long"));
+                }
+                let mut n = vec![0u8; len];
+                input.read_exact(&mut n)?;
+                names.push(String::from_utf8(n).map_err(|_| bad("tensor name not UTF-8"))?);
+            }
+            let mut b = [0u8; 8];
+            input.read_exact(&mut b)?;
+            let len = u64::from_le_bytes(b);
+            if len > 1 << 32 {
+                return Err(bad("Hessian too large"));
+            }
+            let mut bytes = vec![0u8; len as usize * 4];
+            input.read_exact(&mut bytes)?;
+            let h = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            out.insert(&names, Arc::new(h));
+        }
+        Ok(out)
+    }
 }
 
 /// How to pack a model: a scheme, tensors given another dtype (a mixed recipe) and,
@@ -379,4 +451,25 @@ pub fn pack(
         provenance,
     };
     Ok((meta, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hessians_round_trip_sharing_kept() {
+        let mut h = Hessians::default();
+        h.insert(&["a".into(), "b".into()], Arc::new(vec![1.0, 2.0, 2.0, 5.0]));
+        h.insert(&["c".into()], Arc::new(vec![3.0]));
+        let mut bytes = Vec::new();
+        h.write_to(&mut bytes).unwrap();
+        let back = Hessians::read_from(bytes.as_slice()).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back.get("b"), Some(&[1.0, 2.0, 2.0, 5.0][..]));
+        assert_eq!(back.get("c"), Some(&[3.0][..]));
+        assert!(Arc::ptr_eq(&back.by_tensor["a"], &back.by_tensor["b"]));
+        assert!(Hessians::read_from(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Hessians::read_from(&b"GLHESS0\n"[..]).is_err());
+    }
 }

@@ -152,6 +152,10 @@ struct CalibrationArgs {
     /// `token_embd.weight=q4g32`): a mixed recipe.
     #[arg(long = "tensor-type", value_name = "NAME=DTYPE")]
     tensor_types: Vec<String>,
+    /// Where the calibration's Hessians are kept: read if the file exists (the text is
+    /// then not read), else computed and written there.
+    #[arg(long, value_name = "FILE")]
+    hessians: Option<PathBuf>,
     /// Threads of the calibration forward (0: every available core).
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
@@ -188,7 +192,15 @@ fn plan(
         "rtn" => false,
         m => bail!("unknown method {m:?}; expected gptq or rtn"),
     };
-    if let (Some(text_path), true) = (&c.calibrate, gptq) {
+    if let (Some(path), true) = (&c.hessians, gptq)
+        && path.exists()
+    {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let h = glint_quantize::Hessians::read_from(std::io::BufReader::new(file))
+            .with_context(|| format!("reading {}", path.display()))?;
+        eprintln!("Hessians of {} tensors from {}", h.len(), path.display());
+        plan.hessians = Some(h);
+    } else if let (Some(text_path), true) = (&c.calibrate, gptq) {
         let text = std::fs::read_to_string(text_path)
             .with_context(|| format!("reading {}", text_path.display()))?;
         let start = Instant::now();
@@ -205,6 +217,13 @@ fn plan(
             text_path.display(),
             start.elapsed().as_secs_f64()
         );
+        if let Some(path) = &c.hessians {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            hessians
+                .write_to(std::io::BufWriter::new(file))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         plan.hessians = Some(hessians);
     }
     Ok(plan)
