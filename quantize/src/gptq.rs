@@ -145,7 +145,8 @@ fn encode(dtype: DType, rows: usize, cols: usize, q: &[i32], grids: &[Grid]) -> 
         p.scales
             .extend_from_slice(&f16::from_f32(g.scale).to_le_bytes());
         if dtype == DType::Q4G32A {
-            p.mins.extend_from_slice(&f16::from_f32(g.min).to_le_bytes());
+            p.mins
+                .extend_from_slice(&f16::from_f32(g.min).to_le_bytes());
         }
     }
     let offset = if dtype == DType::Q4G32A { 0 } else { 8 };
@@ -155,7 +156,8 @@ fn encode(dtype: DType, rows: usize, cols: usize, q: &[i32], grids: &[Grid]) -> 
         } else {
             let nib = |v: i32| (v + offset) as u8 & 0x0f;
             for j in 0..BLOCK / 2 {
-                p.values.push(nib(block[j]) | nib(block[j + BLOCK / 2]) << 4);
+                p.values
+                    .push(nib(block[j]) | nib(block[j + BLOCK / 2]) << 4);
             }
         }
     }
@@ -207,9 +209,7 @@ pub fn gptq(
     h: &[f32],
     opts: GptqOptions,
 ) -> Result<Quantized, GptqError> {
-    let group = dtype
-        .group()
-        .ok_or(GptqError::NotQuantized(dtype.name()))?;
+    let group = dtype.group().ok_or(GptqError::NotQuantized(dtype.name()))?;
     if w.len() != rows * cols || h.len() != cols * cols || !cols.is_multiple_of(group) {
         return Err(GptqError::Shape {
             rows,
@@ -280,7 +280,11 @@ pub fn gptq(
                 e[r] = (x - grid.value(v)) / d;
             }
             for j in i + 1..i2 {
-                axpy(&mut wt[perm[j] * rows..(perm[j] + 1) * rows], -(u[i * cols + j] as f32), e);
+                axpy(
+                    &mut wt[perm[j] * rows..(perm[j] + 1) * rows],
+                    -(u[i * cols + j] as f32),
+                    e,
+                );
             }
         }
         for j in i2..cols {
@@ -291,7 +295,10 @@ pub fn gptq(
             }
         }
     }
-    let grids: Vec<Grid> = grids.into_iter().map(|g| g.expect("every group fitted")).collect();
+    let grids: Vec<Grid> = grids
+        .into_iter()
+        .map(|g| g.expect("every group fitted"))
+        .collect();
     let values = (0..rows * cols)
         .map(|i| grids[(i / cols) * n_groups + (i % cols) / group].value(q[i]))
         .collect();
@@ -433,8 +440,8 @@ pub fn output_error(w: &[f32], approx: &[f32], rows: usize, cols: usize, h: &[f3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glint_format::quant::{dequantize_row, test_values};
     use glint_format::Matrix;
+    use glint_format::quant::{dequantize_row, test_values};
 
     /// A Hessian `XᵀX` of `n` correlated inputs: a few shared directions plus noise,
     /// some inputs much larger than others (as activations are).

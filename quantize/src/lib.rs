@@ -4,8 +4,8 @@
 
 pub mod fetch;
 pub mod gguf;
-pub mod gptq;
 pub mod gguf_import;
+pub mod gptq;
 pub mod hf;
 pub mod pack;
 pub mod plot;

@@ -7,12 +7,12 @@
 
 use crate::gguf::{self, GgmlType};
 use crate::gptq::{GptqError, GptqOptions, gptq};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use crate::source::{Encoding, Imported, SourceTensor};
 use glint_format::quant::{Planes, dequantize_row, quantize};
 use glint_format::{DType, FileMeta, LlamaTensor, Matrix, TensorOut};
 use half::{bf16, f16};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// A packing scheme: which dtype each kind of tensor gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,8 +368,7 @@ pub fn pack_tensor(
             });
         }
     }
-    if let (Some((h, opts)), true, [rows, cols]) = (gptq_with, dtype.is_quantized(), &t.shape[..])
-    {
+    if let (Some((h, opts)), true, [rows, cols]) = (gptq_with, dtype.is_quantized(), &t.shape[..]) {
         let (rows, cols) = (*rows as usize, *cols as usize);
         let q = gptq(dtype, &decode_f32(src, t)?, rows, cols, h, opts).map_err(|source| {
             PackError::Gptq {
@@ -460,7 +459,10 @@ mod tests {
     #[test]
     fn hessians_round_trip_sharing_kept() {
         let mut h = Hessians::default();
-        h.insert(&["a".into(), "b".into()], Arc::new(vec![1.0, 2.0, 2.0, 5.0]));
+        h.insert(
+            &["a".into(), "b".into()],
+            Arc::new(vec![1.0, 2.0, 2.0, 5.0]),
+        );
         h.insert(&["c".into()], Arc::new(vec![3.0]));
         let mut bytes = Vec::new();
         h.write_to(&mut bytes).unwrap();

@@ -791,7 +791,8 @@ fn packed_files_are_evaluated_against_the_float_reference() {
         reference_kv: KvType::F32,
         layer_windows: 2,
     };
-    let measure = |plan: &PackPlan| compare(&reference, &engine(plan), &eval_text, opts, |_, _| {}).unwrap();
+    let measure =
+        |plan: &PackPlan| compare(&reference, &engine(plan), &eval_text, opts, |_, _| {}).unwrap();
 
     let same = measure(&PackPlan::rtn(Scheme::F32));
     assert!(same.scored >= 2 * 15, "{} positions", same.scored);
@@ -802,7 +803,11 @@ fn packed_files_are_evaluated_against_the_float_reference() {
     let rtn = measure(&PackPlan::rtn(Scheme::Q4g32));
     assert!(rtn.kl > 0.0 && rtn.ppl.is_finite());
     assert_eq!(rtn.layer_error.len(), LAYERS);
-    assert!(rtn.layer_error.iter().all(|&e| e > 0.0 && e < 1.0), "{:?}", rtn.layer_error);
+    assert!(
+        rtn.layer_error.iter().all(|&e| e > 0.0 && e < 1.0),
+        "{:?}",
+        rtn.layer_error
+    );
 
     let cal = CalibrationOptions {
         window: 32,
@@ -815,5 +820,10 @@ fn packed_files_are_evaluated_against_the_float_reference() {
     let mut plan = PackPlan::rtn(Scheme::Q4g32);
     plan.hessians = Some(hessians);
     let gptq = measure(&plan);
-    assert!(gptq.kl < rtn.kl, "GPTQ KL {} vs round-to-nearest {}", gptq.kl, rtn.kl);
+    assert!(
+        gptq.kl < rtn.kl,
+        "GPTQ KL {} vs round-to-nearest {}",
+        gptq.kl,
+        rtn.kl
+    );
 }

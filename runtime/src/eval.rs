@@ -205,7 +205,9 @@ pub fn compare<R: Backend, M: Backend>(
         })?;
         let mut reference_rows = ref_logits.chunks_exact(vocab);
         run.score(chunk, None, |pos, logits| {
-            let r = reference_rows.next().expect("both score the same positions");
+            let r = reference_rows
+                .next()
+                .expect("both score the same positions");
             nll += log_sum_exp(logits) - logits[chunk[pos + 1] as usize] as f64;
             kl += kl_divergence(r, logits);
             let top = |l: &[f32]| crate::sampler::argmax(l.iter().copied());
@@ -233,7 +235,10 @@ pub fn compare<R: Backend, M: Backend>(
         scored: count,
         layer_error: match opts.layer_windows {
             0 => Vec::new(),
-            _ => layer_sums.iter().map(|(d, r)| (d / r.max(f64::MIN_POSITIVE)).sqrt()).collect(),
+            _ => layer_sums
+                .iter()
+                .map(|(d, r)| (d / r.max(f64::MIN_POSITIVE)).sqrt())
+                .collect(),
         },
     })
 }

@@ -414,12 +414,13 @@ impl<B: Backend> Model<B> {
         self.check(tokens, cache, s)?;
         let (b, w, n) = (&self.backend, &self.weights, tokens.len());
         let sh = &self.shape;
-        let mut tap = |s: &mut B::Scratch, tap: Tap, act: Act, rows: usize, width: usize| {
-            match probe.wants(tap) {
+        let mut tap =
+            |s: &mut B::Scratch, tap: Tap, act: Act, rows: usize, width: usize| match probe
+                .wants(tap)
+            {
                 true => self.visit(probe, s, tap, act, rows * width, width),
                 false => Ok(()),
-            }
-        };
+            };
         b.embed(s, &w.token_embd, tokens);
         b.rope_angles(s, &w.inv_freq, cache.len(), n);
         for (layer, blk) in w.blocks.iter().enumerate() {

@@ -51,7 +51,11 @@ pub enum CalibrationError {
 /// The tensors that read the input seen at `tap` (they share its Hessian).
 fn readers(tap: Tap, tied: bool) -> Vec<String> {
     use BlockTensor::*;
-    let block = |i, ts: &[BlockTensor]| ts.iter().map(|&t| LlamaTensor::Block(i, t).name()).collect();
+    let block = |i, ts: &[BlockTensor]| {
+        ts.iter()
+            .map(|&t| LlamaTensor::Block(i, t).name())
+            .collect()
+    };
     match tap {
         Tap::AttnInput(i) => block(i as u32, &[AttnQ, AttnK, AttnV]),
         Tap::AttnOutput(i) => block(i as u32, &[AttnOutput]),
@@ -93,7 +97,8 @@ fn add_gram(h: &mut [f32], x: &[f32], d: usize) {
     let per = blocks.len().div_ceil(threads);
     std::thread::scope(|s| {
         // Interleaved, so each thread gets long and short (triangular) rows alike.
-        let mut shares: Vec<Vec<(usize, &mut [f32])>> = (0..threads).map(|_| Vec::with_capacity(per)).collect();
+        let mut shares: Vec<Vec<(usize, &mut [f32])>> =
+            (0..threads).map(|_| Vec::with_capacity(per)).collect();
         for (k, b) in blocks.drain(..).enumerate() {
             shares[k % threads].push(b);
         }

@@ -103,7 +103,11 @@ pub fn report_markdown(info: &ReportInfo, c: &Comparison) -> String {
     );
     let _ = writeln!(s, "| measure | value |\n| --- | --- |");
     let _ = writeln!(s, "| scheme | {} |", info.scheme);
-    let _ = writeln!(s, "| bits per weight (all tensors) | {:.3} |", info.bits_per_weight);
+    let _ = writeln!(
+        s,
+        "| bits per weight (all tensors) | {:.3} |",
+        info.bits_per_weight
+    );
     let _ = writeln!(
         s,
         "| streamed per token | {} bytes (weights {}, KV at context {} {}) |",

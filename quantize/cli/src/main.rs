@@ -195,7 +195,8 @@ fn plan(
     if let (Some(path), true) = (&c.hessians, gptq)
         && path.exists()
     {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let h = glint_quantize::Hessians::read_from(std::io::BufReader::new(file))
             .with_context(|| format!("reading {}", path.display()))?;
         eprintln!("Hessians of {} tensors from {}", h.len(), path.display());

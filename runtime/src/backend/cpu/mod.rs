@@ -434,7 +434,10 @@ impl Backend for CpuBackend {
     ) -> Result<(), BackendError> {
         let buf = &s.acts[a as usize];
         let src = buf.get(..len).ok_or_else(|| {
-            BackendError::Unsupported(format!("{len} elements of {a:?}, which holds {}", buf.len()))
+            BackendError::Unsupported(format!(
+                "{len} elements of {a:?}, which holds {}",
+                buf.len()
+            ))
         })?;
         out.clear();
         out.extend_from_slice(src);
@@ -446,7 +449,10 @@ impl Backend for CpuBackend {
         let held = buf.len();
         buf.get_mut(..data.len())
             .ok_or_else(|| {
-                BackendError::Unsupported(format!("{} elements of {a:?}, which holds {held}", data.len()))
+                BackendError::Unsupported(format!(
+                    "{} elements of {a:?}, which holds {held}",
+                    data.len()
+                ))
             })?
             .copy_from_slice(data);
         Ok(())
