@@ -267,10 +267,8 @@ fn write(src: &glint_quantize::source::Imported, output: &Path, plan: &PackPlan)
 }
 
 fn inspect(f: &GlintFile<'_>) {
+    // The summary's provenance lines carry the scheme and the recipe.
     print!("{}", f.summary());
-    if let Some(r) = f.provenance_value("recipe") {
-        println!("recipe: {r}");
-    }
     for s in [
         Section::Config,
         Section::Tokenizer,
