@@ -39,7 +39,7 @@ enum Command {
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
-        /// Packing scheme: q4g32a, q4g32, q4g64, q4g128, q8 or f16.
+        /// Packing scheme: q4g32a, q4g32, q4g64, q4g128, q8, f16 or f32.
         #[arg(short, long, default_value = "q4g32a")]
         scheme: String,
     },
