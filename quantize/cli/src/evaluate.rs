@@ -2,6 +2,7 @@
 //! decoded to f32 and packed in memory ([`glint_pack::Scheme::F32`]), both run by the
 //! runtime's one forward and compared by [`glint_runtime::eval::compare`].
 
+use glint_pack::plot::{LineChart, PALETTE, PlotError, Series, SeriesStyle};
 use glint_pack::source::Imported;
 use glint_pack::{PackPlan, QuantizeError, Scheme, pack_to_bytes};
 use glint_runtime::backend::{CpuOptions, KvType, Precision};
@@ -133,10 +134,113 @@ pub fn report_markdown(info: &ReportInfo, c: &Comparison) -> String {
     s
 }
 
-/// Writes `report.md` into `dir` (created if needed); returns its path.
-pub fn write_report(dir: &Path, info: &ReportInfo, c: &Comparison) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+/// File name of the per-layer error chart in a report's folder.
+pub const LAYER_CHART: &str = "layer-error.png";
+
+/// The per-layer error chart: relative L2 error of each block's output (log scale).
+pub fn layer_chart(info: &ReportInfo, c: &Comparison) -> LineChart {
+    let name = info.model.file_name().map_or_else(
+        || info.model.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    LineChart {
+        title: format!("Per-block output error of {name} ({})", info.scheme),
+        x_label: "block".into(),
+        y_label: "relative L2 error on the reference's input".into(),
+        log_x: false,
+        log_y: true,
+        series: vec![Series {
+            label: format!("PPL {:.3}, KL {:.4}", c.ppl, c.kl),
+            // A block with no error (bit-identical) cannot sit on a log axis.
+            points: c
+                .layer_error
+                .iter()
+                .enumerate()
+                .map(|(i, &e)| (i as f64, e.max(1e-9)))
+                .collect(),
+            style: SeriesStyle::measured(PALETTE[0]),
+        }],
+        annotations: Vec::new(),
+        size: (900, 520),
+    }
+}
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Writing the Markdown failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Drawing the chart failed.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+}
+
+/// Writes `report.md` and, with per-layer errors, [`LAYER_CHART`] (linked from it)
+/// into `dir` (created if needed); returns the Markdown's path.
+pub fn write_report(dir: &Path, info: &ReportInfo, c: &Comparison) -> Result<PathBuf, ReportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut md = report_markdown(info, c);
+    if !c.layer_error.is_empty() {
+        layer_chart(info, c).write_png(&dir.join(LAYER_CHART))?;
+        md += &format!("\n![per-block output error]({LAYER_CHART})\n");
+    }
     let path = dir.join("report.md");
-    std::fs::write(&path, report_markdown(info, c))?;
+    std::fs::write(&path, md).map_err(io(&path))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_writes_its_markdown_and_chart() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = ReportInfo {
+            model: "m.glint".into(),
+            reference: "m.gguf".into(),
+            text: "t.txt".into(),
+            window: 512,
+            tokens: 1024,
+            setting: "mixed activations, f16 KV cache".into(),
+            scheme: "q4g128+gptq".into(),
+            bits_per_weight: 5.1,
+            streamed: Streamed {
+                weights: 86_000_000,
+                kv: 11_796_480,
+            },
+        };
+        let c = Comparison {
+            ppl: 20.0,
+            reference_ppl: 18.0,
+            kl: 0.1,
+            top1: 0.8,
+            scored: 510,
+            layer_error: vec![0.08, 0.04, 0.0],
+        };
+        let md = write_report(dir.path(), &info, &c).unwrap();
+        let text = std::fs::read_to_string(md).unwrap();
+        assert!(text.contains("| PPL | 20.0000 |") && text.contains("| 2 | 0.00000 |"));
+        assert!(text.contains(&format!("]({LAYER_CHART})")));
+        let png = std::fs::read(dir.path().join(LAYER_CHART)).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        // Without per-layer errors there is no chart.
+        let other = tempfile::tempdir().unwrap();
+        let none = Comparison {
+            layer_error: Vec::new(),
+            ..c
+        };
+        write_report(other.path(), &info, &none).unwrap();
+        assert!(!other.path().join(LAYER_CHART).exists());
+    }
 }
