@@ -144,7 +144,11 @@ pub fn layer_chart(info: &ReportInfo, c: &Comparison) -> LineChart {
         |n| n.to_string_lossy().into_owned(),
     );
     LineChart {
-        title: format!("Per-block output error of {name} ({})", info.scheme),
+        // The scheme without its recipe, which would not fit a title.
+        title: format!(
+            "Per-block output error: {name} ({})",
+            info.scheme.split(" (").next().unwrap_or_default()
+        ),
         x_label: "block".into(),
         y_label: "relative L2 error on the reference's input".into(),
         log_x: false,
