@@ -26,7 +26,12 @@ random weights at the real shape of smollm2-135m, smollm2-360m, qwen2.5-0.5b,
 llama-3.2-1b; Q4_0 layers, Q8_0 embedding, imported into Glint as q4g32: the same bytes):
 per shape pp, tg at each thread count, plus load time (process start to exit after the
 first token of a 4-token prompt: `llama-simple -n 1` against `glint run -n 1`), their
-peak RSS, and the weight bytes each decoded token streams.
+peak RSS, and the weight bytes each decoded token streams. It also measures the machine's
+read bandwidth in the same call (`cargo bench -p glint-runtime --bench kernels -- dram_read`:
+1 and 2 threads summing 256 MiB, criterion's median) and merges a summary per shape and
+thread count into a JSON file (`--json`, default $GLINT_CACHE/vs-llamacpp-shapes.json; a
+later call replaces the entries it measured and keeps the others), which
+`glint-quantize plot-bench` draws.
 
     python3 benches/vs_llamacpp.py --shapes smollm2-360m --rounds 3
 """
@@ -157,8 +162,27 @@ def synth_models(cache, quantize, shape):
     return gguf, glint
 
 
+def read_bandwidth():
+    """{threads: GB/s} of a plain streaming read (the `dram_read` criterion benchmark: each
+    thread sums its share of 256 MiB on huge pages; criterion's median time per pass), the
+    bandwidth floor decode is held to. Build the benchmark first (`cargo bench -p
+    glint-runtime --bench kernels --no-run`) so that this call only runs it."""
+    run(["cargo", "bench", "-q", "-p", "glint-runtime", "--bench", "kernels", "--", "dram_read"],
+        cwd=ROOT, stdout=subprocess.DEVNULL)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    gb_s = {}
+    for t in (1, 2):
+        d = target / "criterion" / "dram_read" / "threads" / str(t) / "new"
+        nbytes = json.loads((d / "benchmark.json").read_text())["throughput"]["Bytes"]
+        ns = json.loads((d / "estimates.json").read_text())["median"]["point_estimate"]
+        gb_s[t] = nbytes / ns
+    log(f"read bandwidth: {gb_s} GB/s")
+    return gb_s
+
+
 def shapes_main(args, cache, current, quantize, bin_dir):
     threads = [int(t) for t in args.threads.split(",")]
+    bandwidth = read_bandwidth()
     raw = open(cache / "vs-llamacpp-shapes.jsonl", "a")
     rows = []
     for shape in args.shapes.split(","):
@@ -195,12 +219,7 @@ def shapes_main(args, cache, current, quantize, bin_dir):
         info = json.loads(out([current, "bench", "-m", glint, "-p", 1, "-n", 1, "-r", 1, "--json"])
                           .strip().splitlines()[-1])
         rows.append((shape, gguf.stat().st_size, info["weight_bytes_per_token"], got))
-
-    def med(got, engine, key):
-        return statistics.median(r[engine][key] for r in got)
-
-    def ratio(got, key, a="llama.cpp", b="glint"):
-        return statistics.median(r[b][key] / r[a][key] for r in got)
+        write_summary(args, rows[-1], threads, bandwidth)  # now: a later shape may not finish
 
     print(f"\nSynthetic shapes, Glint ({args.precision}, q4g32) vs llama.cpp {LCP_VERSION} (Q4_0), "
           f"same GGUF bytes, {args.rounds} rounds; tok/s: median over rounds; ratio: median of "
@@ -228,6 +247,50 @@ def shapes_main(args, cache, current, quantize, bin_dir):
               f"{med(got, 'llama.cpp', k) * per_token / 1e9:.1f} / {med(got, 'glint', k) * per_token / 1e9:.1f} |")
 
 
+def med(got, engine, key):
+    """Median over the rounds `got` of `engine`'s `key`."""
+    return statistics.median(r[engine][key] for r in got)
+
+
+def ratio(got, key, a="llama.cpp", b="glint"):
+    """Median over the rounds `got` of the per-round ratio b / a of `key`."""
+    return statistics.median(r[b][key] / r[a][key] for r in got)
+
+
+def write_summary(args, row, threads, bandwidth):
+    """Merges one shape's medians into the JSON summary `args.json` (per shape, per thread
+    count: a later call replaces what it measured and keeps the rest)."""
+    path = args.json
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary["about"] = (
+        f"benches/vs_llamacpp.py --shapes: Glint vs llama.cpp {LCP_VERSION} on synthetic models (same "
+        "GGUF bytes: Q4_0 -> q4g32). tok/s: median over rounds of each call's median; ratio: median "
+        "of per-round Glint / llama.cpp; read_gb_s: the dram_read benchmark at that thread count, "
+        "same call; weight_bytes_per_token: what each decoded token streams")
+    shapes = summary.setdefault("shapes", {})
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    shape, size, per_token, got = row
+    entry = shapes.setdefault(shape, {})
+    entry.update({
+        "gguf_bytes": size,
+        "weight_bytes_per_token": per_token,
+        "load_s": {e: med(got, e, "load_s") for e in ("llama.cpp", "glint")},
+        "peak_rss_bytes": {e: med(got, e, "rss") for e in ("llama.cpp", "glint")},
+    })
+    for t in threads:
+        cell = {"measured": when, "rounds": args.rounds, "repetitions": args.r,
+                "precision": args.precision, "n_gen": args.n, "read_gb_s": bandwidth[t],
+                "decode_tok_s": {e: med(got, e, f"tg{t}") for e in ("llama.cpp", "glint")},
+                "decode_ratio": ratio(got, f"tg{t}")}
+        if args.p > 0:
+            cell.update({"n_prompt": args.p,
+                         "prefill_tok_s": {e: med(got, e, f"pp{t}") for e in ("llama.cpp", "glint")},
+                         "prefill_ratio": ratio(got, f"pp{t}")})
+        entry.setdefault("threads", {})[str(t)] = cell
+    path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    log(f"wrote {path}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -242,13 +305,18 @@ def main():
                     "(before/after comparisons of a change)")
     ap.add_argument("--shapes", help="comma-separated synthetic shapes to measure instead of the "
                     "default model (smollm2-135m, smollm2-360m, qwen2.5-0.5b, llama-3.2-1b)")
+    ap.add_argument("--json", type=Path, help="with --shapes: the JSON summary to merge this call's "
+                    "results into (default $GLINT_CACHE/vs-llamacpp-shapes.json)")
     args = ap.parse_args()
 
     cache = Path(os.environ.get("GLINT_CACHE", ROOT / "target/glint-cache"))
     cache.mkdir(parents=True, exist_ok=True)
     os.environ["GLINT_CACHE"] = str(cache)
+    args.json = args.json or cache / "vs-llamacpp-shapes.json"
     if not args.glint:
         run(["cargo", "build", "--release", "-p", "glint-runtime", "-p", "glint-quantize"], cwd=ROOT)
+        if args.shapes:
+            run(["cargo", "bench", "--no-run", "-p", "glint-runtime", "--bench", "kernels"], cwd=ROOT)
     current = args.glint or ROOT / "target/release/glint"
     quantize = ROOT / "target/release/glint-quantize"
     if args.shapes:

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use glint_quantize::gguf::{GgufFile, dequantize};
+//! use glint_pack::gguf::{GgufFile, dequantize};
 //! let bytes = std::fs::read("model.gguf")?;
 //! let file = GgufFile::parse(&bytes)?;
 //! let layers = file.get_u32("llama.block_count");

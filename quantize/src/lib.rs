@@ -5,12 +5,14 @@
 pub mod fetch;
 pub mod gguf;
 pub mod gguf_import;
+pub mod gptq;
 pub mod hf;
 pub mod pack;
+pub mod plot;
 pub mod source;
 pub mod synth;
 
-pub use pack::Scheme;
+pub use pack::{Hessians, PackPlan, Scheme};
 
 use glint_format::{LoadedGlint, write_glint};
 use source::{Encoding, Imported, SourceTensor};
@@ -127,16 +129,39 @@ fn import_glint(src: &Path) -> Result<Imported, QuantizeError> {
     })
 }
 
-/// Packs `src` with `scheme` and writes it to `out` (through a temporary file, synced and
-/// renamed into place, so `out` is never left half-written, even by a crash). Returns the
-/// file length.
+/// Packs `src` with `scheme` by round-to-nearest and writes it to `out` (see
+/// [`write_planned`]). Returns the file length.
 pub fn write_packed(
     src: &Imported,
     scheme: Scheme,
     out: &Path,
     progress: impl FnMut(usize, &str),
 ) -> Result<u64, QuantizeError> {
-    let (meta, tensors) = pack::pack(src, scheme, progress)?;
+    write_planned(src, &PackPlan::rtn(scheme), out, progress)
+}
+
+/// Packs `src` in memory as `plan` says: the bytes of a `.glint` file (the float
+/// reference of evaluation, tests).
+pub fn pack_to_bytes(src: &Imported, plan: &PackPlan) -> Result<Vec<u8>, QuantizeError> {
+    let (meta, tensors) = pack::pack(src, plan, |_, _| {})?;
+    let mut out = Vec::new();
+    write_glint(&mut out, &meta, &tensors).map_err(|source| QuantizeError::Write {
+        path: "<memory>".into(),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// Packs `src` as `plan` says and writes it to `out` (through a temporary file, synced
+/// and renamed into place, so `out` is never left half-written, even by a crash).
+/// Returns the file length.
+pub fn write_planned(
+    src: &Imported,
+    plan: &PackPlan,
+    out: &Path,
+    progress: impl FnMut(usize, &str),
+) -> Result<u64, QuantizeError> {
+    let (meta, tensors) = pack::pack(src, plan, progress)?;
     let werr = |source| QuantizeError::Write {
         path: out.to_path_buf(),
         source,

@@ -1,12 +1,18 @@
 //! Packing: every source tensor converted to its target dtype — transcoded block for
 //! block where the source and target grids agree (GGUF Q4_1 → q4g32a, Q4_0 → q4g32,
-//! Q8_0 → q8g32, f32 → f32), otherwise decoded to f32 and quantized by round-to-nearest.
+//! Q8_0 → q8g32, f32 → f32), quantized with GPTQ where a [`PackPlan`] has the
+//! matrix's calibration Hessian, otherwise decoded to f32 and quantized by
+//! round-to-nearest. A plan may also give single tensors another dtype than the
+//! scheme's (a mixed recipe).
 
 use crate::gguf::{self, GgmlType};
+use crate::gptq::{GptqError, GptqOptions, gptq};
 use crate::source::{Encoding, Imported, SourceTensor};
 use glint_format::quant::{Planes, dequantize_row, quantize};
 use glint_format::{DType, FileMeta, LlamaTensor, Matrix, TensorOut};
 use half::{bf16, f16};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// A packing scheme: which dtype each kind of tensor gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,17 +29,21 @@ pub enum Scheme {
     Q8,
     /// f16 everywhere.
     F16,
+    /// f32 everywhere: the float reference that evaluation compares with (4 bytes a
+    /// weight; the runtime runs it exactly).
+    F32,
 }
 
 impl Scheme {
     /// Every scheme, for help texts and tests.
-    pub const ALL: [Scheme; 6] = [
+    pub const ALL: [Scheme; 7] = [
         Self::Q4g32a,
         Self::Q4g32,
         Self::Q4g64,
         Self::Q4g128,
         Self::Q8,
         Self::F16,
+        Self::F32,
     ];
 
     /// The scheme's command-line name.
@@ -45,6 +55,7 @@ impl Scheme {
             Self::Q4g128 => "q4g128",
             Self::Q8 => "q8",
             Self::F16 => "f16",
+            Self::F32 => "f32",
         }
     }
 
@@ -76,6 +87,7 @@ impl Scheme {
         };
         match self {
             Self::F16 => DType::F16,
+            Self::F32 => DType::F32,
             Self::Q8 => DType::Q8G32,
             _ if head => DType::Q8G32,
             Self::Q4g32a => DType::Q4G32A,
@@ -112,6 +124,182 @@ pub enum PackError {
     /// The source bytes do not match the tensor's shape.
     #[error("tensor {0}: source bytes disagree with its shape")]
     Length(String),
+    /// GPTQ refused the tensor.
+    #[error("tensor {name}: {source}")]
+    Gptq {
+        /// Tensor name.
+        name: String,
+        /// Why.
+        source: GptqError,
+    },
+    /// The plan names a tensor the source does not have.
+    #[error("the recipe names {0}, which the model does not have")]
+    UnknownTensor(String),
+}
+
+/// The Hessians `XᵀX` (scaled by any positive factor) of the inputs of a model's
+/// matrices over calibration text, by tensor name (matrices reading the same input
+/// share one).
+#[derive(Clone, Debug, Default)]
+pub struct Hessians {
+    by_tensor: HashMap<String, Arc<Vec<f32>>>,
+}
+
+impl Hessians {
+    /// Records `h` (`cols × cols`, row-major) for every tensor of `names`.
+    pub fn insert(&mut self, names: &[String], h: Arc<Vec<f32>>) {
+        for n in names {
+            self.by_tensor.insert(n.clone(), Arc::clone(&h));
+        }
+    }
+
+    /// The Hessian of tensor `name`'s inputs.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.by_tensor.get(name).map(|h| h.as_slice())
+    }
+
+    /// Tensors with a Hessian.
+    pub fn len(&self) -> usize {
+        self.by_tensor.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_tensor.is_empty()
+    }
+
+    const MAGIC: &'static [u8; 8] = b"GLHESS1\n";
+
+    /// Writes them (each shared Hessian once, with the tensors reading it): calibration
+    /// costs minutes, a recipe tried again reuses it.
+    pub fn write_to(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
+        let mut groups: Vec<(Arc<Vec<f32>>, Vec<&str>)> = Vec::new();
+        let mut names: Vec<(&String, &Arc<Vec<f32>>)> = self.by_tensor.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, h) in names {
+            match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, h)) {
+                Some((_, n)) => n.push(name),
+                None => groups.push((Arc::clone(h), vec![name])),
+            }
+        }
+        out.write_all(Self::MAGIC)?;
+        out.write_all(&(groups.len() as u32).to_le_bytes())?;
+        for (h, names) in groups {
+            out.write_all(&(names.len() as u32).to_le_bytes())?;
+            for n in names {
+                out.write_all(&(n.len() as u32).to_le_bytes())?;
+                out.write_all(n.as_bytes())?;
+            }
+            out.write_all(&(h.len() as u64).to_le_bytes())?;
+            for x in h.iter() {
+                out.write_all(&x.to_le_bytes())?;
+            }
+        }
+        out.flush()
+    }
+
+    /// Reads what [`Hessians::write_to`] wrote.
+    pub fn read_from(mut input: impl std::io::Read) -> std::io::Result<Self> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic)?;
+        if &magic != Self::MAGIC {
+            return Err(bad("not a Hessians file"));
+        }
+        let u32_at = |input: &mut dyn std::io::Read| -> std::io::Result<u32> {
+            let mut b = [0u8; 4];
+            input.read_exact(&mut b)?;
+            Ok(u32::from_le_bytes(b))
+        };
+        let mut out = Self::default();
+        for _ in 0..u32_at(&mut input)? {
+            let mut names = Vec::new();
+            for _ in 0..u32_at(&mut input)? {
+                let len = u32_at(&mut input)? as usize;
+                if len > 4096 {
+                    return Err(bad("tensor name too long"));
+                }
+                let mut n = vec![0u8; len];
+                input.read_exact(&mut n)?;
+                names.push(String::from_utf8(n).map_err(|_| bad("tensor name not UTF-8"))?);
+            }
+            let mut b = [0u8; 8];
+            input.read_exact(&mut b)?;
+            let len = u64::from_le_bytes(b);
+            if len > 1 << 32 {
+                return Err(bad("Hessian too large"));
+            }
+            let mut bytes = vec![0u8; len as usize * 4];
+            input.read_exact(&mut bytes)?;
+            let h = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            out.insert(&names, Arc::new(h));
+        }
+        Ok(out)
+    }
+}
+
+/// How to pack a model: a scheme, tensors given another dtype (a mixed recipe) and,
+/// for GPTQ, the calibration Hessians.
+#[derive(Clone, Debug)]
+pub struct PackPlan {
+    /// Every tensor's dtype unless [`PackPlan::dtypes`] names it.
+    pub scheme: Scheme,
+    /// Tensors packed with another dtype than the scheme's, by name.
+    pub dtypes: BTreeMap<String, DType>,
+    /// With Hessians, quantized matrices that have one go through GPTQ.
+    pub hessians: Option<Hessians>,
+    /// GPTQ's settings.
+    pub gptq: GptqOptions,
+}
+
+impl PackPlan {
+    /// `scheme` by round-to-nearest, every tensor its scheme's dtype.
+    pub fn rtn(scheme: Scheme) -> Self {
+        Self {
+            scheme,
+            dtypes: BTreeMap::new(),
+            hessians: None,
+            gptq: GptqOptions::default(),
+        }
+    }
+
+    /// The dtype of tensor `name` of `shape`.
+    pub fn dtype_for(&self, name: &str, shape: &[u64]) -> DType {
+        self.dtypes
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| self.scheme.dtype_for(name, shape))
+    }
+
+    /// The scheme as recorded in the file: `q4g128`, `q4g128+gptq`, `mixed-q4g128+gptq`.
+    pub fn name(&self) -> String {
+        let method = if self.hessians.is_some() { "+gptq" } else { "" };
+        let mixed = if self.dtypes.is_empty() { "" } else { "mixed-" };
+        format!("{mixed}{}{method}", self.scheme.name())
+    }
+
+    /// The recipe as recorded in the file (provenance `recipe`): the method and every
+    /// tensor packed with another dtype than the scheme's.
+    pub fn recipe(&self) -> String {
+        let mut s = match &self.hessians {
+            Some(_) => format!(
+                "gptq (block {}, damp {}, act-order {})",
+                self.gptq.block, self.gptq.damp, self.gptq.act_order
+            ),
+            None => "round-to-nearest".into(),
+        };
+        let mut by_dtype: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, d) in &self.dtypes {
+            by_dtype.entry(d.name()).or_default().push(name);
+        }
+        for (d, names) in by_dtype {
+            s += &format!("; {d}: {}", names.join(" "));
+        }
+        s
+    }
 }
 
 /// Decodes a source tensor to f32 values.
@@ -160,8 +348,14 @@ pub fn decode_f32(src: &Imported, t: &SourceTensor) -> Result<Vec<f32>, PackErro
     Ok(values)
 }
 
-/// Packs one tensor into `dtype`.
-pub fn pack_tensor(src: &Imported, t: &SourceTensor, dtype: DType) -> Result<TensorOut, PackError> {
+/// Packs one tensor into `dtype`, with GPTQ when `gptq` gives the Hessian of its
+/// inputs and its settings.
+pub fn pack_tensor(
+    src: &Imported,
+    t: &SourceTensor,
+    dtype: DType,
+    gptq_with: Option<(&[f32], GptqOptions)>,
+) -> Result<TensorOut, PackError> {
     let n: u64 = t.shape.iter().product();
     if let Some(group) = dtype.group() {
         let cols = *t.shape.last().unwrap_or(&0);
@@ -173,6 +367,21 @@ pub fn pack_tensor(src: &Imported, t: &SourceTensor, dtype: DType) -> Result<Ten
                 group,
             });
         }
+    }
+    if let (Some((h, opts)), true, [rows, cols]) = (gptq_with, dtype.is_quantized(), &t.shape[..]) {
+        let (rows, cols) = (*rows as usize, *cols as usize);
+        let q = gptq(dtype, &decode_f32(src, t)?, rows, cols, h, opts).map_err(|source| {
+            PackError::Gptq {
+                name: t.name.clone(),
+                source,
+            }
+        })?;
+        return Ok(TensorOut {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            bytes: q.bytes,
+        });
     }
     let bytes = src.bytes(t);
     let transcode =
@@ -206,20 +415,32 @@ pub fn pack_tensor(src: &Imported, t: &SourceTensor, dtype: DType) -> Result<Ten
     })
 }
 
-/// Packs every tensor of `src` with `scheme`, calling `progress(i, name)` before each,
+/// Packs every tensor of `src` as `plan` says, calling `progress(i, name)` before each,
 /// and returns the file's metadata and tensors ready for [`glint_format::write_glint`].
 pub fn pack(
     src: &Imported,
-    scheme: Scheme,
+    plan: &PackPlan,
     mut progress: impl FnMut(usize, &str),
 ) -> Result<(FileMeta, Vec<TensorOut>), PackError> {
+    if let Some(name) = plan
+        .dtypes
+        .keys()
+        .find(|n| !src.tensors.iter().any(|t| &t.name == *n))
+    {
+        return Err(PackError::UnknownTensor(name.clone()));
+    }
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for (i, t) in src.tensors.iter().enumerate() {
         progress(i, &t.name);
-        tensors.push(pack_tensor(src, t, scheme.dtype_for(&t.name, &t.shape))?);
+        let h = plan.hessians.as_ref().and_then(|h| h.get(&t.name));
+        let dtype = plan.dtype_for(&t.name, &t.shape);
+        tensors.push(pack_tensor(src, t, dtype, h.map(|h| (h, plan.gptq)))?);
     }
     let mut provenance = src.provenance.clone();
-    provenance.push(("scheme".into(), scheme.name().into()));
+    provenance.push(("scheme".into(), plan.name()));
+    if plan.hessians.is_some() || !plan.dtypes.is_empty() {
+        provenance.push(("recipe".into(), plan.recipe()));
+    }
     provenance.push(("tool".into(), "glint-quantize".into()));
     provenance.push(("tool_version".into(), env!("CARGO_PKG_VERSION").into()));
     let meta = FileMeta {
@@ -229,4 +450,28 @@ pub fn pack(
         provenance,
     };
     Ok((meta, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hessians_round_trip_sharing_kept() {
+        let mut h = Hessians::default();
+        h.insert(
+            &["a".into(), "b".into()],
+            Arc::new(vec![1.0, 2.0, 2.0, 5.0]),
+        );
+        h.insert(&["c".into()], Arc::new(vec![3.0]));
+        let mut bytes = Vec::new();
+        h.write_to(&mut bytes).unwrap();
+        let back = Hessians::read_from(bytes.as_slice()).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back.get("b"), Some(&[1.0, 2.0, 2.0, 5.0][..]));
+        assert_eq!(back.get("c"), Some(&[3.0][..]));
+        assert!(Arc::ptr_eq(&back.by_tensor["a"], &back.by_tensor["b"]));
+        assert!(Hessians::read_from(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Hessians::read_from(&b"GLHESS0\n"[..]).is_err());
+    }
 }

@@ -757,3 +757,73 @@ fn int8_kv_cache_needs_heads_a_multiple_of_32_wide() {
     assert!(!greedy_with(&engine, &prompt, KvType::F32).0.is_empty());
     assert!(!greedy(&engine, &prompt).0.is_empty());
 }
+
+/// Evaluation against the float reference on the tiny model: the f32 file is the
+/// reference itself (KL 0, every argmax agreeing, no per-layer error); int4 by
+/// round-to-nearest differs; GPTQ calibrated on one text lowers its KL on another.
+#[test]
+fn packed_files_are_evaluated_against_the_float_reference() {
+    use glint_quantize::calibrate::{CalibrationOptions, collect_hessians};
+    use glint_quantize::evaluate::reference_engine;
+    use glint_quantize::{PackPlan, pack_to_bytes};
+    use glint_runtime::backend::Precision;
+    use glint_runtime::eval::{CompareOptions, compare};
+    use glint_runtime::model::ModelSource;
+
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &config(), &llama_tensors(), false);
+    let imp = import_hf(dir.path()).unwrap();
+    let reference = reference_engine(&imp, 1).unwrap();
+    let engine = |plan: &PackPlan| {
+        let opts = CpuOptions {
+            threads: 1,
+            precision: Precision::Exact,
+            kernel: None,
+        };
+        let bytes = pack_to_bytes(&imp, plan).unwrap();
+        Engine::load(ModelSource::Bytes(bytes.into()), opts).unwrap()
+    };
+    let eval_text = "then the theme in the thin tin, then the hint in the night; ".repeat(4);
+    let calibration = "a bird sat in the tree and sang to the thin moon at night. ".repeat(8);
+    let opts = CompareOptions {
+        window: 32,
+        kv: KvType::F32,
+        reference_kv: KvType::F32,
+        layer_windows: 2,
+    };
+    let measure =
+        |plan: &PackPlan| compare(&reference, &engine(plan), &eval_text, opts, |_, _| {}).unwrap();
+
+    let same = measure(&PackPlan::rtn(Scheme::F32));
+    assert!(same.scored >= 2 * 15, "{} positions", same.scored);
+    assert_eq!((same.kl, same.top1), (0.0, 1.0));
+    assert_eq!(same.ppl, same.reference_ppl);
+    assert_eq!(same.layer_error, vec![0.0; LAYERS]);
+
+    let rtn = measure(&PackPlan::rtn(Scheme::Q4g32));
+    assert!(rtn.kl > 0.0 && rtn.ppl.is_finite());
+    assert_eq!(rtn.layer_error.len(), LAYERS);
+    assert!(
+        rtn.layer_error.iter().all(|&e| e > 0.0 && e < 1.0),
+        "{:?}",
+        rtn.layer_error
+    );
+
+    let cal = CalibrationOptions {
+        window: 32,
+        max_tokens: 512,
+    };
+    let (hessians, tokens) = collect_hessians(&reference, &calibration, cal, |_, _| {}).unwrap();
+    assert!(tokens >= 256);
+    // Q, K, V, O, gate, up and down of each block, and the head.
+    assert_eq!(hessians.len(), 7 * LAYERS + 1);
+    let mut plan = PackPlan::rtn(Scheme::Q4g32);
+    plan.hessians = Some(hessians);
+    let gptq = measure(&plan);
+    assert!(
+        gptq.kl < rtn.kl,
+        "GPTQ KL {} vs round-to-nearest {}",
+        gptq.kl,
+        rtn.kl
+    );
+}

@@ -109,7 +109,7 @@ enum Chosen {
 /// The file where GPU self-test verdicts are kept, next to the model cache.
 #[cfg(feature = "gpu")]
 fn verdicts_path() -> PathBuf {
-    glint_quantize::fetch::cache_dir().join("gpu-selftest.json")
+    glint_pack::fetch::cache_dir().join("gpu-selftest.json")
 }
 
 #[cfg(feature = "gpu")]
@@ -423,7 +423,7 @@ enum Command {
 fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     match m {
         Some(p) => Ok(p.clone()),
-        None => glint_quantize::default_model(|msg| {
+        None => glint_pack::default_model(|msg| {
             // Progress only: a closed stderr shows up at the next note.
             let _ = writeln!(std::io::stderr(), "{msg}");
         })

@@ -66,6 +66,54 @@ pub enum ForwardError {
     /// A token id is not in the vocabulary.
     #[error("token id {0} is outside the vocabulary")]
     BadToken(u32),
+    /// A [`Probe`] was given but the backend cannot read or write its activations
+    /// (the forward stopped part-way; its positions were not committed).
+    #[error("cannot probe the forward pass: {0}")]
+    Probe(BackendError),
+}
+
+/// A point of the forward pass where a [`Probe`] sees an activation, one row per token
+/// of the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tap {
+    /// The residual stream entering block `i`; `i == n_layers`: leaving the last block
+    /// (before the final norm). Rows of `dim`.
+    Residual(usize),
+    /// The normalised input of block `i`'s Q, K and V projections. Rows of `dim`.
+    AttnInput(usize),
+    /// The attention's output, the input of block `i`'s output projection. Rows of
+    /// `n_heads * head_dim`.
+    AttnOutput(usize),
+    /// The normalised input of block `i`'s gate and up projections. Rows of `dim`.
+    FfnInput(usize),
+    /// SwiGLU's output, the input of block `i`'s down projection. Rows of `ffn_dim`.
+    DownInput(usize),
+    /// The normalised final residual, the head's input: the rows whose logits are kept
+    /// (every token's, or the last one's). Rows of `dim`.
+    HeadInput,
+}
+
+/// Sees (and may replace) activations of [`Model::forward_probed`]: calibration
+/// collects the inputs of every matrix, evaluation feeds a block the reference's input.
+pub trait Probe {
+    /// Whether [`Probe::visit`] wants `tap` (activations are copied only then).
+    fn wants(&self, tap: Tap) -> bool;
+    /// `rows` holds the activation at `tap`, `rows.len() / width` rows of `width`.
+    /// Returns true when it changed them: the forward pass then goes on with `rows`.
+    fn visit(&mut self, tap: Tap, rows: &mut [f32], width: usize) -> bool;
+}
+
+/// The probe of an unprobed forward pass: wants nothing.
+struct NoProbe;
+
+impl Probe for NoProbe {
+    fn wants(&self, _: Tap) -> bool {
+        false
+    }
+
+    fn visit(&mut self, _: Tap, _: &mut [f32], _: usize) -> bool {
+        false
+    }
 }
 
 /// Where a model's bytes come from.
@@ -339,13 +387,47 @@ impl<B: Backend> Model<B> {
         cache: &mut B::Cache,
         s: &mut B::Scratch,
     ) -> Result<(), ForwardError> {
+        self.run(tokens, cache, s, &mut NoProbe)
+    }
+
+    /// [`Model::forward`], showing `probe` the activations at every [`Tap`] it wants
+    /// (and going on with the rows it replaces). Needs a backend that implements
+    /// [`Backend::read_act`] (and [`Backend::write_act`] for replacing).
+    pub fn forward_probed(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::Cache,
+        s: &mut B::Scratch,
+        probe: &mut dyn Probe,
+    ) -> Result<(), ForwardError> {
+        self.run(tokens, cache, s, probe)
+    }
+
+    /// The forward pass, probed or not.
+    fn run(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::Cache,
+        s: &mut B::Scratch,
+        probe: &mut dyn Probe,
+    ) -> Result<(), ForwardError> {
         self.check(tokens, cache, s)?;
         let (b, w, n) = (&self.backend, &self.weights, tokens.len());
+        let sh = &self.shape;
+        let mut tap =
+            |s: &mut B::Scratch, tap: Tap, act: Act, rows: usize, width: usize| match probe
+                .wants(tap)
+            {
+                true => self.visit(probe, s, tap, act, rows * width, width),
+                false => Ok(()),
+            };
         b.embed(s, &w.token_embd, tokens);
         b.rope_angles(s, &w.inv_freq, cache.len(), n);
         for (layer, blk) in w.blocks.iter().enumerate() {
+            tap(s, Tap::Residual(layer), Act::X, n, sh.dim)?;
             // Attention: x += Wo attend(rope(Wq xn), rope(Wk xn), Wv xn), xn = norm(x).
             b.rms_norm(s, Act::X, 0..n, &blk.attn_norm, Act::Xn);
+            tap(s, Tap::AttnInput(layer), Act::Xn, n, sh.dim)?;
             let qkv = [(&blk.q, Act::Q), (&blk.k, Act::K), (&blk.v, Act::V)];
             b.project(s, Act::Xn, n, &qkv);
             if let Some([bq, bk, bv]) = &blk.qkv_bias {
@@ -356,21 +438,48 @@ impl<B: Backend> Model<B> {
             b.rope(s, n);
             b.append_kv(cache, layer, s, n);
             b.attention(cache, layer, s, n);
+            tap(s, Tap::AttnOutput(layer), Act::Att, n, sh.attn.q_dim)?;
             b.project(s, Act::Att, n, &[(&blk.o, Act::Xn)]);
             b.add(s, Act::X, Act::Xn, n);
             // Feed-forward: x += Wdown (silu(Wgate xn) * Wup xn), xn = norm(x).
             b.rms_norm(s, Act::X, 0..n, &blk.ffn_norm, Act::Xn);
+            tap(s, Tap::FfnInput(layer), Act::Xn, n, sh.dim)?;
             b.project(s, Act::Xn, n, &[(&blk.gate, Act::Gate), (&blk.up, Act::Up)]);
             b.swiglu(s, n);
+            tap(s, Tap::DownInput(layer), Act::Gate, n, sh.ffn_dim)?;
             b.project(s, Act::Gate, n, &[(&blk.down, Act::Xn)]);
             b.add(s, Act::X, Act::Xn, n);
         }
+        tap(s, Tap::Residual(w.blocks.len()), Act::X, n, sh.dim)?;
         cache.commit(n);
         // Logits: of every token, or of the last only (one row of the head, not n).
         let rows: Range<usize> = if s.size().all_logits { 0..n } else { n - 1..n };
         let head = w.output.as_ref().unwrap_or(&w.token_embd);
         b.rms_norm(s, Act::X, rows.clone(), &w.output_norm, Act::Xn);
+        tap(s, Tap::HeadInput, Act::Xn, rows.len(), sh.dim)?;
         b.project(s, Act::Xn, rows.len(), &[(head, Act::Logits)]);
+        Ok(())
+    }
+
+    /// Shows `probe` the first `len` elements of `act` and writes back what it changed.
+    fn visit(
+        &self,
+        probe: &mut dyn Probe,
+        s: &mut B::Scratch,
+        tap: Tap,
+        act: Act,
+        len: usize,
+        width: usize,
+    ) -> Result<(), ForwardError> {
+        let mut rows = Vec::with_capacity(len);
+        self.backend
+            .read_act(s, act, len, &mut rows)
+            .map_err(ForwardError::Probe)?;
+        if probe.visit(tap, &mut rows, width) {
+            self.backend
+                .write_act(s, act, &rows)
+                .map_err(ForwardError::Probe)?;
+        }
         Ok(())
     }
 
@@ -395,13 +504,36 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         cache: &mut B::Cache,
         s: &mut B::Scratch,
+        after: impl FnMut(Range<usize>, &[f32]) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, ForwardError> {
+        self.prefill_with(tokens, cache, s, &mut NoProbe, after)
+    }
+
+    /// [`Model::prefill`] with every batch run by [`Model::forward_probed`].
+    pub fn prefill_probed(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::Cache,
+        s: &mut B::Scratch,
+        probe: &mut dyn Probe,
+        after: impl FnMut(Range<usize>, &[f32]) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, ForwardError> {
+        self.prefill_with(tokens, cache, s, probe, after)
+    }
+
+    fn prefill_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::Cache,
+        s: &mut B::Scratch,
+        probe: &mut dyn Probe,
         mut after: impl FnMut(Range<usize>, &[f32]) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, ForwardError> {
         self.check_fits(tokens, cache)?;
         let batch = s.size().batch;
         for start in (0..tokens.len()).step_by(batch) {
             let r = start..(start + batch).min(tokens.len());
-            self.forward(&tokens[r.clone()], cache, s)?;
+            self.run(&tokens[r.clone()], cache, s, probe)?;
             if after(r, self.backend.logits(s)).is_break() {
                 return Ok(ControlFlow::Break(()));
             }

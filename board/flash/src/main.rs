@@ -71,7 +71,7 @@ fn main() -> Result<()> {
 fn send(args: SendArgs) -> Result<()> {
     let model = match args.model {
         Some(path) => path,
-        None => glint_quantize::default_model(|m| eprintln!("{m}"))?,
+        None => glint_pack::default_model(|m| eprintln!("{m}"))?,
     };
     let image = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
     let key = keys::read_signing_key(&args.key).context(

@@ -287,7 +287,7 @@ impl<'a> WeightSource<'a> {
 }
 
 /// Why a backend could not prepare a weight, a cache or a scratch.
-#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
     /// The backend cannot run this model or setting.
     #[error("unsupported: {0}")]
@@ -419,6 +419,35 @@ pub trait Backend: Send + Sync + Sized {
             .iter()
             .all(|l| l.is_finite())
             .then(|| crate::sampler::argmax(logits.iter().copied()))
+    }
+
+    /// Copies the first `len` elements of activation `a` (rows of the width the
+    /// operation that wrote them used) into `out`: how a [`crate::model::Probe`] sees
+    /// the forward pass (calibration, per-layer error). A backend that cannot hand its
+    /// activations out keeps this default, which refuses.
+    /// Takes the scratch mutably: a GPU finishes the recorded work before reading back.
+    fn read_act(
+        &self,
+        s: &mut Self::Scratch,
+        a: Act,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let _ = (s, a, len, out);
+        Err(BackendError::Unsupported(format!(
+            "reading activations back ({})",
+            self.describe()
+        )))
+    }
+
+    /// Overwrites the first `data.len()` elements of activation `a`: a probe replacing
+    /// a block's input. The default refuses, as [`Backend::read_act`]'s.
+    fn write_act(&self, s: &mut Self::Scratch, a: Act, data: &[f32]) -> Result<(), BackendError> {
+        let _ = (s, a, data);
+        Err(BackendError::Unsupported(format!(
+            "writing activations ({})",
+            self.describe()
+        )))
     }
 }
 

@@ -424,6 +424,39 @@ impl Backend for CpuBackend {
     fn logits<'s>(&self, s: &'s mut CpuScratch) -> &'s [f32] {
         &s.acts[Act::Logits as usize]
     }
+
+    fn read_act(
+        &self,
+        s: &mut CpuScratch,
+        a: Act,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let buf = &s.acts[a as usize];
+        let src = buf.get(..len).ok_or_else(|| {
+            BackendError::Unsupported(format!(
+                "{len} elements of {a:?}, which holds {}",
+                buf.len()
+            ))
+        })?;
+        out.clear();
+        out.extend_from_slice(src);
+        Ok(())
+    }
+
+    fn write_act(&self, s: &mut CpuScratch, a: Act, data: &[f32]) -> Result<(), BackendError> {
+        let buf = &mut s.acts[a as usize];
+        let held = buf.len();
+        buf.get_mut(..data.len())
+            .ok_or_else(|| {
+                BackendError::Unsupported(format!(
+                    "{} elements of {a:?}, which holds {held}",
+                    data.len()
+                ))
+            })?
+            .copy_from_slice(data);
+        Ok(())
+    }
 }
 
 /// Rotates the pairs of one head by the angles whose cosines and sines are `cos` and

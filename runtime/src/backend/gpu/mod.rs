@@ -244,22 +244,6 @@ impl GpuBackend {
         staging.unmap();
         out
     }
-
-    /// `n` rows of activation `a` of `s` (tests, debugging).
-    pub fn read_act(&self, s: &mut GpuScratch, a: Act, n: usize) -> Vec<f32> {
-        let bytes = (n * s.shape.width(a) * 4) as u64;
-        let GpuScratch { rec, acts, .. } = s;
-        let raw = self.read_back(rec, &acts[a as usize], bytes);
-        f32s(&raw)
-    }
-
-    /// Writes `values` at the start of activation `a` of `s` (tests, debugging): done
-    /// before what is recorded runs, so only before a forward pass's operations.
-    pub fn write_act(&self, s: &mut GpuScratch, a: Act, values: &[f32]) {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.submit(&mut s.rec);
-        self.queue.write_buffer(&s.acts[a as usize], 0, &bytes);
-    }
 }
 
 /// The sizes a scratch for `size` gets (its batch clamped to the capacity), the bytes of
@@ -839,5 +823,44 @@ impl Backend for GpuBackend {
         );
         let raw = self.read_back(rec, argmax, 4);
         Some(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])).filter(|&i| i != u32::MAX)
+    }
+
+    /// Finishes the recorded work, then reads `len` elements back.
+    fn read_act(
+        &self,
+        s: &mut GpuScratch,
+        a: Act,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let GpuScratch { rec, acts, .. } = s;
+        let buf = &acts[a as usize];
+        let bytes = len as u64 * 4;
+        if bytes > buf.size() {
+            return Err(BackendError::Unsupported(format!(
+                "{len} elements of {a:?}, which holds {}",
+                buf.size() / 4
+            )));
+        }
+        out.clear();
+        out.extend(f32s(&self.read_back(rec, buf, bytes)));
+        Ok(())
+    }
+
+    /// Submits the recorded work, then queues the write: it lands before anything
+    /// recorded after it.
+    fn write_act(&self, s: &mut GpuScratch, a: Act, data: &[f32]) -> Result<(), BackendError> {
+        let buf = &s.acts[a as usize];
+        if data.len() as u64 * 4 > buf.size() {
+            return Err(BackendError::Unsupported(format!(
+                "{} elements of {a:?}, which holds {}",
+                data.len(),
+                buf.size() / 4
+            )));
+        }
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.submit(&mut s.rec);
+        self.queue.write_buffer(&s.acts[a as usize], 0, &bytes);
+        Ok(())
     }
 }

@@ -5,9 +5,9 @@
 
 use super::selftest::{synthetic_config, synthetic_model};
 use super::*;
+use crate::backend::Precision;
 use crate::backend::cpu::kernels::Kernel;
 use crate::backend::cpu::{CpuBackend, CpuOptions, CpuScratch};
-use crate::backend::Precision;
 use crate::model::Model;
 use glint_format::quant::test_values;
 use glint_format::*;
@@ -91,12 +91,14 @@ impl Twin {
     fn fill(&mut self, a: Act, n: usize, seed: u32) {
         let v = test_values(n * self.shape.width(a), seed);
         self.cs.act_mut(a, n).copy_from_slice(&v);
-        self.gpu.write_act(&mut self.gs, a, &v);
+        self.gpu.write_act(&mut self.gs, a, &v).unwrap();
     }
 
     /// Checks `n` rows of `a` agree within `tol` of the largest magnitude.
     fn check(&mut self, a: Act, n: usize, tol: f32, what: &str) {
-        let g = self.gpu.read_act(&mut self.gs, a, n);
+        let mut g = Vec::new();
+        let len = n * self.gs.shape.width(a);
+        self.gpu.read_act(&mut self.gs, a, len, &mut g).unwrap();
         let c = self.cs.act(a, n);
         assert_close(&g, c, tol, what);
     }
@@ -279,7 +281,7 @@ fn argmax_matches_cpu_with_ties() {
         // A tie between two maxima of the last row: the first wins.
         v[600 + 17 * seed as usize] = 2.0;
         v[600 + 250] = 2.0;
-        t.gpu.write_act(&mut t.gs, Act::Logits, &v);
+        t.gpu.write_act(&mut t.gs, Act::Logits, &v).unwrap();
         t.gs.logit_rows = 3;
         let want = crate::sampler::argmax(v[600..].iter().copied());
         assert_eq!(t.gpu.argmax(&mut t.gs), Some(want), "seed {seed}");
@@ -288,7 +290,7 @@ fn argmax_matches_cpu_with_ties() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut v = test_values(3 * 300, 9);
         v[600 + 123] = bad;
-        t.gpu.write_act(&mut t.gs, Act::Logits, &v);
+        t.gpu.write_act(&mut t.gs, Act::Logits, &v).unwrap();
         assert_eq!(t.gpu.argmax(&mut t.gs), None, "{bad}");
     }
 }
@@ -363,4 +365,26 @@ fn self_test_passes_and_a_corrupted_kernel_makes_auto_fall_back_to_the_cpu() {
             AutoChoice::Gpu(..) => panic!("auto chose a software adapter"),
         }
     }
+}
+
+/// A probe's reads and writes past an activation's buffer are errors, not panics.
+#[test]
+fn activations_out_of_range_are_refused() {
+    let c = odd();
+    let mut t = Twin::new(&c, &GpuOptions::default(), 3);
+    let mut out = Vec::new();
+    assert!(
+        t.gpu
+            .read_act(&mut t.gs, Act::X, 1 << 22, &mut out)
+            .is_err()
+    );
+    assert!(
+        t.gpu
+            .write_act(&mut t.gs, Act::X, &vec![0.0; 1 << 22])
+            .is_err()
+    );
+    let n = c.dim as usize;
+    t.gpu.write_act(&mut t.gs, Act::X, &vec![1.5; n]).unwrap();
+    t.gpu.read_act(&mut t.gs, Act::X, n, &mut out).unwrap();
+    assert_eq!(out, vec![1.5; n]);
 }
