@@ -2,7 +2,7 @@
 //! and fetch `.glint` model files; write synthetic models; draw the benchmark figure.
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use glint_format::{GlintFile, LoadedGlint, Section};
 use glint_quantize::calibrate::{CalibrationOptions, collect_hessians};
 use glint_quantize::evaluate::{
@@ -59,37 +59,7 @@ enum Command {
     },
     /// Compare a packed file with the float reference (the source decoded to f32):
     /// perplexity, KL divergence, top-1 agreement and per-layer output error.
-    Eval {
-        /// The packed file.
-        model: PathBuf,
-        /// The source it was packed from (GGUF, HF folder or .glint).
-        #[arg(long)]
-        reference: PathBuf,
-        /// The text.
-        #[arg(long)]
-        text: PathBuf,
-        /// Tokens per window.
-        #[arg(short = 'c', long, default_value_t = 512)]
-        ctx: usize,
-        /// Use at most this many tokens of the text (whole windows; 0: all).
-        #[arg(long, default_value_t = 0)]
-        max_tokens: usize,
-        /// Windows, from the first, over which the per-layer error is measured.
-        #[arg(long, default_value_t = 1)]
-        layer_windows: usize,
-        /// The packed model's activations: exact, int8 or mixed (the runtime's default).
-        #[arg(long, default_value = "mixed")]
-        precision: String,
-        /// The packed model's KV cache: f32, f16 (the runtime's default) or int8.
-        #[arg(long, default_value = "f16")]
-        kv: String,
-        /// Threads (0: every available core).
-        #[arg(short, long, default_value_t = 0)]
-        threads: usize,
-        /// Also write a Markdown report into this folder.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
+    Eval(EvalArgs),
     /// Print the header, the tensor table and bits per weight of a .glint file.
     Inspect {
         /// The file.
@@ -449,16 +419,36 @@ fn print_streamed(path: &Path) -> Result<()> {
 }
 
 /// The arguments of `eval`.
+#[derive(Args)]
 struct EvalArgs {
+    /// The packed file.
     model: PathBuf,
+    /// The source it was packed from (GGUF, HF folder or .glint).
+    #[arg(long)]
     reference: PathBuf,
+    /// The text.
+    #[arg(long)]
     text: PathBuf,
+    /// Tokens per window.
+    #[arg(short = 'c', long, default_value_t = 512)]
     ctx: usize,
+    /// Use at most this many tokens of the text (whole windows; 0: all).
+    #[arg(long, default_value_t = 0)]
     max_tokens: usize,
+    /// Windows, from the first, over which the per-layer error is measured.
+    #[arg(long, default_value_t = 1)]
     layer_windows: usize,
+    /// The packed model's activations: exact, int8 or mixed (the runtime's default).
+    #[arg(long, default_value = "mixed")]
     precision: String,
+    /// The packed model's KV cache: f32, f16 (the runtime's default) or int8.
+    #[arg(long, default_value = "f16")]
     kv: String,
+    /// Threads (0: every available core).
+    #[arg(short, long, default_value_t = 0)]
     threads: usize,
+    /// Also write a Markdown report into this folder.
+    #[arg(long)]
     report: Option<PathBuf>,
 }
 
@@ -556,29 +546,7 @@ fn main() -> Result<()> {
             let plan = plan(&src, s, &calibration)?;
             write(&src, &output, &plan)?;
         }
-        Command::Eval {
-            model,
-            reference,
-            text,
-            ctx,
-            max_tokens,
-            layer_windows,
-            precision,
-            kv,
-            threads,
-            report,
-        } => eval(EvalArgs {
-            model,
-            reference,
-            text,
-            ctx,
-            max_tokens,
-            layer_windows,
-            precision,
-            kv,
-            threads,
-            report,
-        })?,
+        Command::Eval(args) => eval(args)?,
         Command::Inspect { file } => {
             inspect(LoadedGlint::open(&file)?.file());
             print_streamed(&file)?;
