@@ -133,10 +133,11 @@ struct CalibrationArgs {
 
 fn dtype(name: &str) -> Result<glint_format::DType> {
     use glint_format::DType::*;
-    [F32, F16, Q4G32A, Q4G32, Q4G64, Q4G128, Q8G32]
-        .into_iter()
-        .find(|d| d.name() == name)
-        .with_context(|| format!("unknown dtype {name:?}"))
+    let all = [F32, F16, Q4G32A, Q4G32, Q4G64, Q4G128, Q8G32];
+    all.into_iter().find(|d| d.name() == name).with_context(|| {
+        let names: Vec<&str> = all.iter().map(|d| d.name()).collect();
+        format!("unknown dtype {name:?} (one of: {})", names.join(", "))
+    })
 }
 
 /// The plan of `pack`: the scheme, the recipe's tensor types and, with calibration
