@@ -763,7 +763,7 @@ fn int8_kv_cache_needs_heads_a_multiple_of_32_wide() {
 /// round-to-nearest differs; GPTQ calibrated on one text lowers its KL on another.
 #[test]
 fn packed_files_are_evaluated_against_the_float_reference() {
-    use glint_quantize::calibrate::{CalibrationOptions, collect_hessians};
+    use glint_quantize::calibrate::{CalibrationOptions, collect_hessians, self_generated};
     use glint_quantize::evaluate::reference_engine;
     use glint_quantize::{PackPlan, pack_to_bytes};
     use glint_runtime::backend::Precision;
@@ -813,6 +813,7 @@ fn packed_files_are_evaluated_against_the_float_reference() {
         window: 32,
         max_tokens: 512,
     };
+    let calibration = reference.tokenizer().encode(&calibration, false);
     let (hessians, tokens) = collect_hessians(&reference, &calibration, cal, |_, _| {}).unwrap();
     assert!(tokens >= 256);
     // Q, K, V, O, gate, up and down of each block, and the head.
@@ -824,6 +825,33 @@ fn packed_files_are_evaluated_against_the_float_reference() {
         gptq.kl < rtn.kl,
         "GPTQ KL {} vs round-to-nearest {}",
         gptq.kl,
+        rtn.kl
+    );
+
+    // With no text, the reference writes its own: as many tokens as asked, the same
+    // for the same seed, other tokens for another. GPTQ on one such text beats rounding
+    // on another (this random model's own text, not the English above, is what its
+    // Hessians describe).
+    let written = self_generated(&reference, cal, 7, |_, _| {}).unwrap();
+    assert_eq!(written.len(), cal.max_tokens);
+    assert_eq!(
+        written,
+        self_generated(&reference, cal, 7, |_, _| {}).unwrap()
+    );
+    let held_out = self_generated(&reference, cal, 8, |_, _| {}).unwrap();
+    assert_ne!(written, held_out);
+    let held_out = reference.tokenizer().decode(&held_out, false);
+    let measure =
+        |plan: &PackPlan| compare(&reference, &engine(plan), &held_out, opts, |_, _| {}).unwrap();
+    let (hessians, _) = collect_hessians(&reference, &written, cal, |_, _| {}).unwrap();
+    assert_eq!(hessians.len(), 7 * LAYERS + 1);
+    plan.hessians = Some(hessians);
+    let self_calibrated = measure(&plan);
+    let rtn = measure(&PackPlan::rtn(Scheme::Q4g32));
+    assert!(
+        self_calibrated.kl < rtn.kl,
+        "self-calibrated GPTQ KL {} vs round-to-nearest {}",
+        self_calibrated.kl,
         rtn.kl
     );
 }

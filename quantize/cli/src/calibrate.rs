@@ -4,9 +4,13 @@
 
 use glint_format::{BlockTensor, LlamaTensor};
 use glint_pack::Hessians;
+use glint_runtime::Engine;
 use glint_runtime::backend::{Backend, KvType};
+use glint_runtime::engine::{
+    GenerateError, GenerateParams, PREFILL_BATCH, SessionError, SessionOptions,
+};
 use glint_runtime::model::{ForwardError, Probe, Tap};
-use glint_runtime::{Engine, engine::PREFILL_BATCH};
+use glint_runtime::sampler::SamplerConfig;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -46,6 +50,12 @@ pub enum CalibrationError {
     /// A forward pass failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// The session that writes the self-generated text could not be made.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// Writing the self-generated text failed.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
 }
 
 /// The tensors that read the input seen at `tap` (they share its Hessian).
@@ -122,17 +132,63 @@ fn add_gram(h: &mut [f32], x: &[f32], d: usize) {
     });
 }
 
+/// Calibration text the model writes itself, for when no text is given (data-free
+/// calibration, as LLM-QAT's): sequences of at most one window, each started from the
+/// beginning-of-text token and sampled with the model's recommended settings under
+/// seed `seed + i`, run together until `opts.max_tokens` tokens are written (the
+/// sequences that end early are followed by the next, as documents in a text are).
+/// `progress(tokens, max_tokens)` after each sequence.
+pub fn self_generated<B: Backend>(
+    engine: &Engine<B>,
+    opts: CalibrationOptions,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<u32>, CalibrationError> {
+    let tok = engine.tokenizer();
+    let start = tok.bos().or(tok.eos()).unwrap_or(0);
+    let window = opts
+        .window
+        .min(engine.model().config().context_len as usize);
+    let mut session = engine.session(SessionOptions {
+        context: window.max(2),
+        kv: KvType::F32,
+        mem_budget: None,
+    })?;
+    let mut tokens = Vec::with_capacity(opts.max_tokens);
+    for i in 0u64.. {
+        if tokens.len() >= opts.max_tokens {
+            break;
+        }
+        session.reset();
+        let params = GenerateParams {
+            max_tokens: window.max(2) - 1,
+            sampler: SamplerConfig {
+                seed: seed.wrapping_add(i),
+                ..SamplerConfig::default()
+            },
+            ..GenerateParams::default()
+        };
+        tokens.push(start);
+        session.generate_tokens(&[start], &params, |ev| {
+            tokens.extend(ev.id);
+            ControlFlow::Continue(())
+        })?;
+        progress(tokens.len().min(opts.max_tokens), opts.max_tokens);
+    }
+    tokens.truncate(opts.max_tokens);
+    Ok(tokens)
+}
+
 /// The Hessians of every matrix of `engine`'s model (meant to be the float reference)
-/// over the first whole windows of `text`, at most `opts.max_tokens` tokens;
+/// over the first whole windows of `tokens`, at most `opts.max_tokens` tokens;
 /// `progress(window, windows)` after each. Returns them with the tokens read.
 pub fn collect_hessians<B: Backend>(
     engine: &Engine<B>,
-    text: &str,
+    tokens: &[u32],
     opts: CalibrationOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Hessians, usize), CalibrationError> {
     let model = engine.model();
-    let tokens = engine.tokenizer().encode(text, false);
     let window = opts.window.min(model.config().context_len as usize).max(1);
     let windows = (tokens.len() / window).min(opts.max_tokens / window);
     if windows == 0 {

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use glint_format::{GlintFile, LoadedGlint, Section};
-use glint_quantize::calibrate::{CalibrationOptions, collect_hessians};
+use glint_quantize::calibrate::{CalibrationOptions, collect_hessians, self_generated};
 use glint_quantize::evaluate::{
     ReportInfo, STREAM_CONTEXT, reference_engine, streamed_per_token, write_report,
 };
@@ -107,8 +107,16 @@ enum Command {
 #[derive(clap::Args)]
 struct CalibrationArgs {
     /// Calibration text: with it, quantized matrices go through GPTQ (unless --method rtn).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "self_calibrate")]
     calibrate: Option<PathBuf>,
+    /// GPTQ calibrated on text the float reference writes itself (sampled from the
+    /// beginning-of-text token with the model's recommended settings), when no text is at
+    /// hand.
+    #[arg(long)]
+    self_calibrate: bool,
+    /// Seed of the self-written calibration text.
+    #[arg(long, default_value_t = 0, requires = "self_calibrate")]
+    seed: u64,
     /// gptq or rtn (round-to-nearest; ignores the calibration text).
     #[arg(long, default_value = "gptq")]
     method: String,
@@ -172,21 +180,35 @@ fn plan(
             .with_context(|| format!("reading {}", path.display()))?;
         eprintln!("Hessians of {} tensors from {}", h.len(), path.display());
         plan.hessians = Some(h);
-    } else if let (Some(text_path), true) = (&c.calibrate, gptq) {
-        let text = std::fs::read_to_string(text_path)
-            .with_context(|| format!("reading {}", text_path.display()))?;
+    } else if gptq && (c.calibrate.is_some() || c.self_calibrate) {
         let start = Instant::now();
         let reference = reference_engine(src, c.threads)?;
         let opts = CalibrationOptions {
             max_tokens: c.calibration_tokens,
             ..CalibrationOptions::default()
         };
-        let (hessians, tokens) = collect_hessians(&reference, &text, opts, |w, n| {
-            eprint!("\rcalibration window {w}/{n}");
+        let (tokens, what) = match &c.calibrate {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                (
+                    reference.tokenizer().encode(&text, false),
+                    path.display().to_string(),
+                )
+            }
+            None => {
+                let tokens = self_generated(&reference, opts, c.seed, |n, of| {
+                    eprint!("\rwriting calibration text: {n}/{of} tokens");
+                })?;
+                let what = format!("self-written text (seed {})", c.seed);
+                (tokens, what)
+            }
+        };
+        let (hessians, tokens) = collect_hessians(&reference, &tokens, opts, |w, n| {
+            eprint!("\rcalibration window {w}/{n}    ");
         })?;
         eprintln!(
-            "\rcalibrated on {tokens} tokens of {} in {:.1} s",
-            text_path.display(),
+            "\rcalibrated on {tokens} tokens of {what} in {:.1} s",
             start.elapsed().as_secs_f64()
         );
         if let Some(path) = &c.hessians {
