@@ -110,7 +110,7 @@ struct CalibrationArgs {
     #[arg(long, conflicts_with = "self_calibrate")]
     calibrate: Option<PathBuf>,
     /// GPTQ calibrated on text the float reference writes itself (sampled from the
-    /// beginning-of-text token with the model's recommended settings), when no text is at
+    /// beginning-of-text token with llama.cpp's default settings), when no text is at
     /// hand.
     #[arg(long)]
     self_calibrate: bool,
