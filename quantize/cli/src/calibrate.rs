@@ -136,8 +136,8 @@ fn add_gram(h: &mut [f32], x: &[f32], d: usize) {
 /// calibration, as LLM-QAT's): sequences of at most one window, each started from the
 /// beginning-of-text token and sampled with llama.cpp's default settings
 /// ([`SamplerConfig::default`]: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, not
-/// the model's recommended ones, which are often near-greedy: SmolLM2's 0.2 would write
-/// the same few phrases) under seed `seed + i`, run together until `opts.max_tokens` tokens are written (the
+/// the model's recommended ones, which may be near-greedy, as SmolLM2's temperature 0.2:
+/// calibration wants the spread of the model's distribution, not its likeliest path) under seed `seed + i`, run together until `opts.max_tokens` tokens are written (the
 /// sequences that end early are followed by the next, as documents in a text are).
 /// `progress(tokens, max_tokens)` after each sequence.
 pub fn self_generated<B: Backend>(
