@@ -182,6 +182,11 @@ fn causal_mask(seq: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(v, [1, 1, seq, seq]), device)
 }
 
+/// `t` requiring gradients on an autodiff device (elsewhere as it is: a model to run).
+fn trainable<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.is_autodiff() { t.require_grad() } else { t }
+}
+
 impl Attention {
     fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4>) -> Tensor<3> {
         let [b, s, _] = x.dims();
@@ -244,12 +249,12 @@ impl Llama {
         let mut take = |t: LlamaTensor| tensors.remove(&t.name()).expect("checked above");
         let param2 = |(id, dims, values): (u64, Vec<usize>, Vec<f32>)| {
             let t = Tensor::<2>::from_data(TensorData::new(values, [dims[0], dims[1]]), device);
-            Param::initialized(ParamId::from(id), t.require_grad())
+            Param::initialized(ParamId::from(id), trainable(t))
         };
         let param1 = |(id, _, values): (u64, Vec<usize>, Vec<f32>)| {
             let n = values.len();
             let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
-            Param::initialized(ParamId::from(id), t.require_grad())
+            Param::initialized(ParamId::from(id), trainable(t))
         };
         // A projection stored [out, in] becomes burn's [in, out] weight (transposed here,
         // so that the parameter is a leaf of the autodiff graph).

@@ -791,13 +791,20 @@ mod tests {
     fn training_lowers_the_loss() {
         let device = Device::flex().autodiff();
         let teacher = random_llama(&tiny_config(), 3, &Device::flex());
-        let mut trainer = Trainer::new(student_of(3, &device), recipe());
+        let mut trainer = Trainer::new(
+            student_of(3, &device),
+            DistillConfig {
+                steps: 20,
+                ..recipe()
+            },
+        );
         let before = trainer.loss(&teacher, &tokens(), 0).unwrap();
-        for _ in 0..6 {
+        for _ in 0..20 {
             trainer.train_step(&teacher, &tokens()).unwrap();
         }
         let after = trainer.loss(&teacher, &tokens(), 0).unwrap();
-        assert!(after < before * 0.9, "loss {before} -> {after}");
+        eprintln!("loss {before} -> {after}");
+        assert!(after < before * 0.8, "loss {before} -> {after}");
     }
 
     #[test]
