@@ -75,7 +75,8 @@ fn burn_reference_matches_the_runtime_on_tiny_models_of_every_family() {
 
 #[test]
 fn burn_reference_matches_the_runtime_on_the_real_model() {
-    // The packed default model transcodes the GGUF's blocks: the same values.
+    // The packed default model transcodes the GGUF's blocks: the same values (measured
+    // max |diff| 4.4e-5 at logits rms 4.0).
     let engine = Engine::load(model_path(), exact()).unwrap();
     let prompt = engine.prompt_tokens("The capital of France is", true);
     let want = logits_after(&engine, &prompt);
@@ -83,5 +84,5 @@ fn burn_reference_matches_the_runtime_on_the_real_model() {
     let (worst, rms) = compare(&want, &got);
     eprintln!("real model, {} tokens: logits rms {rms}, max |diff| {worst}", prompt.len());
     assert_eq!(argmax(&want), argmax(&got));
-    assert!(worst < 1e-2, "max |diff| {worst}");
+    assert!(worst < 1e-3, "max |diff| {worst}");
 }
