@@ -115,7 +115,10 @@ struct Rope {
 impl Rope {
     fn new(config: &ModelConfig, seq: usize, device: &Device) -> Self {
         let half = config.head_dim as usize / 2;
-        let (mut cos, mut sin) = (Vec::with_capacity(seq * half), Vec::with_capacity(seq * half));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(seq * half),
+            Vec::with_capacity(seq * half),
+        );
         for pos in 0..seq {
             for f in rope_inv_freq(config) {
                 let (s, c) = (pos as f32 * f).sin_cos();
@@ -201,7 +204,10 @@ impl Attention {
                 .repeat_dim(2, nh / nkv)
                 .reshape([b, nh, s, hd])
         };
-        let scores = q.matmul(group(k).swap_dims(2, 3)).div_scalar((hd as f32).sqrt()) + mask;
+        let scores = q
+            .matmul(group(k).swap_dims(2, 3))
+            .div_scalar((hd as f32).sqrt())
+            + mask;
         let out = softmax(scores, 3).matmul(group(v));
         self.o.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
     }
@@ -216,7 +222,10 @@ impl FeedForward {
 
 impl Block {
     fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4>) -> Tensor<3> {
-        let h = x.clone() + self.attention.forward(self.attn_norm.forward(x), rope, mask);
+        let h = x.clone()
+            + self
+                .attention
+                .forward(self.attn_norm.forward(x), rope, mask);
         h.clone() + self.feed_forward.forward(self.ffn_norm.forward(h))
     }
 }
@@ -233,7 +242,8 @@ impl Llama {
     ) -> Result<Self, LlamaInitError> {
         let mut tensors = std::collections::HashMap::new();
         for (id, (name, shape)) in expected_llama_tensors(config).into_iter().enumerate() {
-            let values = weight(&name, &shape).ok_or_else(|| LlamaInitError::Missing(name.clone()))?;
+            let values =
+                weight(&name, &shape).ok_or_else(|| LlamaInitError::Missing(name.clone()))?;
             let expected = shape.iter().product::<u64>() as usize;
             if values.len() != expected {
                 return Err(LlamaInitError::Length {
@@ -370,7 +380,10 @@ impl Llama {
         for (l, b) in self.blocks.iter().enumerate() {
             let l = l as u32;
             let a = &b.attention;
-            vectors.push((LlamaTensor::Block(l, BlockTensor::AttnNorm), b.attn_norm.gamma.val()));
+            vectors.push((
+                LlamaTensor::Block(l, BlockTensor::AttnNorm),
+                b.attn_norm.gamma.val(),
+            ));
             push(LlamaTensor::Block(l, BlockTensor::AttnQ), linear(&a.q));
             push(LlamaTensor::Block(l, BlockTensor::AttnK), linear(&a.k));
             push(LlamaTensor::Block(l, BlockTensor::AttnV), linear(&a.v));
@@ -384,7 +397,10 @@ impl Llama {
                 }
             }
             push(LlamaTensor::Block(l, BlockTensor::AttnOutput), linear(&a.o));
-            vectors.push((LlamaTensor::Block(l, BlockTensor::FfnNorm), b.ffn_norm.gamma.val()));
+            vectors.push((
+                LlamaTensor::Block(l, BlockTensor::FfnNorm),
+                b.ffn_norm.gamma.val(),
+            ));
             let f = &b.feed_forward;
             push(LlamaTensor::Block(l, BlockTensor::FfnGate), linear(&f.gate));
             push(LlamaTensor::Block(l, BlockTensor::FfnUp), linear(&f.up));

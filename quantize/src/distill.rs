@@ -168,7 +168,11 @@ impl TopkTargets {
         for row in logits.chunks_exact(vocab) {
             let scaled = |i: usize| (row[i] / temperature) as f64;
             let max = (0..vocab).map(scaled).fold(f64::NEG_INFINITY, f64::max);
-            let lse = max + (0..vocab).map(|i| (scaled(i) - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + (0..vocab)
+                    .map(|i| (scaled(i) - max).exp())
+                    .sum::<f64>()
+                    .ln();
             order.clear();
             order.extend(0..vocab);
             if k < vocab {
@@ -212,7 +216,10 @@ pub fn topk_kl(student_logits: Tensor<2>, targets: &TopkTargets, temperature: f3
     let log_q_rest = q_rest.clamp_min(MIN_PROB).log();
     let log_p_of = |v: &[f32]| -> Vec<f32> { v.iter().map(|&p| p.max(MIN_PROB).ln()).collect() };
     let p = Tensor::<2>::from_data(TensorData::new(targets.probs.clone(), [rows, k]), &device);
-    let log_p = Tensor::<2>::from_data(TensorData::new(log_p_of(&targets.probs), [rows, k]), &device);
+    let log_p = Tensor::<2>::from_data(
+        TensorData::new(log_p_of(&targets.probs), [rows, k]),
+        &device,
+    );
     let p_rest = Tensor::<2>::from_data(TensorData::new(targets.rest.clone(), [rows, 1]), &device);
     let log_p_rest =
         Tensor::<2>::from_data(TensorData::new(log_p_of(&targets.rest), [rows, 1]), &device);
@@ -269,7 +276,13 @@ impl Teacher {
                         get(BlockTensor::FfnUp)?,
                         get(BlockTensor::FfnDown)?,
                     );
-                    ffn_channels(&gate, &up, &down, self.config.ffn_dim as usize, width as usize)
+                    ffn_channels(
+                        &gate,
+                        &up,
+                        &down,
+                        self.config.ffn_dim as usize,
+                        width as usize,
+                    )
                 }
                 _ => (0..self.config.ffn_dim as usize).collect(),
             });
@@ -372,7 +385,8 @@ pub fn student_config(
 /// tokens).
 pub fn windows(config: &DistillConfig, tokens: &[u32], step: usize) -> Vec<u32> {
     let span = config.seq_len + 1;
-    let mut rng = fastrand::Rng::with_seed(config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        fastrand::Rng::with_seed(config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     (0..config.batch)
         .flat_map(|_| {
             let start = rng.usize(0..=tokens.len() - span);
@@ -509,7 +523,11 @@ impl Trainer {
 
     /// Continues the run saved in `dir`: `student` is the freshly built student of
     /// `config` (its weights are replaced by the checkpoint's).
-    pub fn resume(dir: &Path, mut student: Llama, config: DistillConfig) -> Result<Self, DistillError> {
+    pub fn resume(
+        dir: &Path,
+        mut student: Llama,
+        config: DistillConfig,
+    ) -> Result<Self, DistillError> {
         let state: CheckpointState = read_json(&dir.join("state.json"))?;
         if state.config != config {
             return Err(DistillError::ConfigChanged(dir.to_path_buf()));
@@ -616,7 +634,10 @@ pub fn write_student(
     provenance.push(("distilled_from".into(), from));
     provenance.push((
         "distilled_blocks".into(),
-        keep.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        keep.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
     ));
     let imported = Imported {
         config: student.config,
@@ -750,7 +771,8 @@ mod tests {
         let logits: Vec<f32> = (0..rows * vocab).map(|_| rng.f32() * 8.0 - 4.0).collect();
         for (k, t) in [(5, 1.0), (40, 2.0), (1, 0.5)] {
             let targets = TopkTargets::from_logits(&logits, vocab, k, t);
-            let same = Tensor::<2>::from_data(TensorData::new(logits.clone(), [rows, vocab]), &device);
+            let same =
+                Tensor::<2>::from_data(TensorData::new(logits.clone(), [rows, vocab]), &device);
             let kl = topk_kl(same, &targets, t).into_scalar::<f32>();
             assert!(kl.abs() < 1e-5, "k {k}, T {t}: KL {kl}");
             let other: Vec<f32> = logits.iter().map(|x| x * 0.5 + rng.f32()).collect();

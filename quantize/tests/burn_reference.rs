@@ -69,7 +69,10 @@ fn burn_reference_matches_the_runtime_on_tiny_models_of_every_family() {
         let got = burn_logits(&gguf, &prompt);
         let (worst, rms) = compare(&want, &got);
         eprintln!("{family}: burn vs runtime: logits rms {rms}, max |diff| {worst}");
-        assert!(rms > 0.1 && worst < 1e-3 * rms.max(1.0), "{family}: max |diff| {worst}");
+        assert!(
+            rms > 0.1 && worst < 1e-3 * rms.max(1.0),
+            "{family}: max |diff| {worst}"
+        );
     }
 }
 
@@ -82,7 +85,10 @@ fn burn_reference_matches_the_runtime_on_the_real_model() {
     let want = logits_after(&engine, &prompt);
     let got = burn_logits(&gguf_path(), &prompt);
     let (worst, rms) = compare(&want, &got);
-    eprintln!("real model, {} tokens: logits rms {rms}, max |diff| {worst}", prompt.len());
+    eprintln!(
+        "real model, {} tokens: logits rms {rms}, max |diff| {worst}",
+        prompt.len()
+    );
     assert_eq!(argmax(&want), argmax(&got));
     assert!(worst < 1e-3, "max |diff| {worst}");
 }

@@ -136,7 +136,10 @@ pub fn run(args: DistillArgs) -> Result<()> {
     let log_path = args.output.join("loss.json");
     let config = if args.resume {
         if args.overrides_given() {
-            bail!("--resume continues the recipe in {}; it takes no recipe flags", recipe_path.display());
+            bail!(
+                "--resume continues the recipe in {}; it takes no recipe flags",
+                recipe_path.display()
+            );
         }
         read_json(&recipe_path)?
     } else {
@@ -170,8 +173,10 @@ pub fn run(args: DistillArgs) -> Result<()> {
 
     let bar = ProgressBar::new(config.steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(trainer.step as u64);
     while trainer.step < config.steps {
@@ -197,7 +202,10 @@ pub fn run(args: DistillArgs) -> Result<()> {
     // student's on it.
     if let Some(first) = logs.first().filter(|l| l.step == 0) {
         let after = trainer.loss(&teacher_model, &tokens, 0)?;
-        eprintln!("loss on step 0's batch: {:.4} before training, {after:.4} after", first.loss);
+        eprintln!(
+            "loss on step 0's batch: {:.4} before training, {after:.4} after",
+            first.loss
+        );
     }
     let out = args.output.join("student.glint");
     let len = write_student(&trainer.student, &teacher, &config.keep, scheme, &out)?;

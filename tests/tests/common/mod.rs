@@ -4,10 +4,10 @@
 #![allow(dead_code)]
 
 use glint_format::ModelConfig;
-use glint_runtime::Engine;
-use glint_runtime::backend::{Backend, KvType};
 use glint_quantize::source::Imported;
 use glint_quantize::synth::{SynthModel, WeightType, write_synth_gguf};
+use glint_runtime::Engine;
+use glint_runtime::backend::{Backend, KvType};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -104,5 +104,15 @@ pub fn write_tiny_gguf(base: &Imported, family: &str, config: ModelConfig, path:
 
 /// A prompt of the default model's tokens that every tiny model's vocabulary holds.
 pub fn tiny_prompt(base: &Imported) -> [u32; 9] {
-    [base.config.bos.unwrap_or(1), 504, 1083, 282, 253, 1345, 30, 54, 49160]
+    [
+        base.config.bos.unwrap_or(1),
+        504,
+        1083,
+        282,
+        253,
+        1345,
+        30,
+        54,
+        49160,
+    ]
 }
