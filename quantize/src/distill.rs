@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 /// Why distillation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DistillError {
-    /// The teacher could not be read or decoded.
+    /// Importing the teacher or packing the student failed.
     #[error(transparent)]
-    Teacher(#[from] Box<QuantizeError>),
+    Quantize(#[from] Box<QuantizeError>),
     /// A model could not be built from its weights.
     #[error(transparent)]
     Init(#[from] LlamaInitError),
@@ -647,7 +647,7 @@ pub fn write_student(
         tensors,
         files: vec![map.make_read_only().map_err(io)?],
     };
-    write_packed(&imported, scheme, out, |_, _| {}).map_err(|e| DistillError::Teacher(Box::new(e)))
+    write_packed(&imported, scheme, out, |_, _| {}).map_err(|e| DistillError::Quantize(Box::new(e)))
 }
 
 /// Visits every float parameter of a module and notes those without a usable gradient.
