@@ -88,6 +88,14 @@ fn tokenize_ids_match_llamacpp() {
         assert_eq!(out.lines().count(), 1, "{text:?}: {out:?}");
         let got: serde_json::Value = serde_json::from_str(last_line(&out)).expect("a JSON array");
         assert_eq!(ids(&got), ids(&case["ids"]), "{text:?}");
+        // The same text from a file (`-f`, as distillation's training text is tokenized).
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let mut args = with_model(&["tokenize", "--ids"]);
+        args.extend(["-f".into(), file.path().into()]);
+        let from_file: serde_json::Value =
+            serde_json::from_str(last_line(&ok(&glint(&args)))).expect("a JSON array");
+        assert_eq!(ids(&from_file), ids(&case["ids"]), "{text:?} from a file");
     }
 }
 
