@@ -12,6 +12,7 @@
 //! uninterrupted run would.
 
 use crate::pack::decode_f32;
+use crate::plot::{LineChart, PALETTE, PlotError, Series, SeriesStyle};
 use crate::source::{Encoding, Imported, SourceTensor};
 use crate::{QuantizeError, Scheme, write_packed};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -68,6 +69,9 @@ pub enum DistillError {
         /// burn's message.
         why: String,
     },
+    /// The loss curve could not be drawn.
+    #[error("loss curve: {0}")]
+    Plot(#[from] PlotError),
     /// The checkpoint was written under another config.
     #[error("the checkpoint in {} was written with another config; resume with that one", .0.display())]
     ConfigChanged(PathBuf),
@@ -650,6 +654,33 @@ pub fn write_student(
     write_packed(&imported, scheme, out, |_, _| {}).map_err(|e| DistillError::Quantize(Box::new(e)))
 }
 
+/// The loss curve of a run: each step's loss (on that step's windows, before its update)
+/// against the step, on a log axis (it falls by orders of magnitude at first).
+pub fn loss_chart(logs: &[StepLog], title: &str) -> LineChart {
+    LineChart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: "top-k KL to the teacher (loss)".into(),
+        log_x: false,
+        log_y: true,
+        series: vec![Series {
+            label: "loss on the step's windows".into(),
+            points: logs
+                .iter()
+                .map(|l| (l.step as f64, f64::from(l.loss).max(1e-9)))
+                .collect(),
+            style: SeriesStyle::measured(PALETTE[0]),
+        }],
+        annotations: Vec::new(),
+        size: (800, 480),
+    }
+}
+
+/// Writes [`loss_chart`] of `logs` as a PNG at `path`.
+pub fn write_loss_png(logs: &[StepLog], title: &str, path: &Path) -> Result<(), DistillError> {
+    Ok(loss_chart(logs, title).write_png(path)?)
+}
+
 /// Visits every float parameter of a module and notes those without a usable gradient.
 struct GradientCheck<'a> {
     grads: &'a GradientsParams,
@@ -875,5 +906,32 @@ mod tests {
             Trainer::resume(dir.path(), student_of(5, &device), other),
             Err(DistillError::ConfigChanged(_))
         ));
+    }
+
+    #[test]
+    fn the_loss_curve_is_a_png_with_its_line() {
+        let logs: Vec<StepLog> = (0..30)
+            .map(|step| StepLog {
+                step,
+                loss: 9.0 / (1.0 + step as f32),
+                lr: 2e-4,
+                tokens_per_s: 40.0,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.png");
+        write_loss_png(&logs, "distillation loss", &path).unwrap();
+        let (w, h, px) = crate::plot::tests::decode(&path);
+        assert_eq!((w, h), loss_chart(&logs, "").size);
+        let (r, g, b) = PALETTE[0];
+        let line = px.chunks_exact(3).filter(|p| *p == [r, g, b]).count();
+        assert!(line > 200, "{line} pixels of the loss line's colour");
+        // No steps: a typed error, no file.
+        let empty = dir.path().join("empty.png");
+        assert!(matches!(
+            write_loss_png(&[], "x", &empty),
+            Err(DistillError::Plot(PlotError::NoPoints))
+        ));
+        assert!(!empty.exists());
     }
 }

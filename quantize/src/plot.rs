@@ -367,7 +367,7 @@ fn tick_label(v: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn chart(log: bool) -> LineChart {
@@ -398,7 +398,7 @@ mod tests {
     }
 
     /// Decodes a PNG written by `write_png`: (width, height, RGB pixels).
-    fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
+    pub(crate) fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
         let file = std::fs::File::open(path).unwrap();
         let mut reader = png::Decoder::new(std::io::BufReader::new(file))
             .read_info()

@@ -5,7 +5,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use glint_pack::distill::{
-    DistillConfig, StepLog, Teacher, Trainer, read_json, write_json, write_student,
+    DistillConfig, StepLog, Teacher, Trainer, read_json, write_json, write_loss_png,
+    write_student,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -20,7 +21,8 @@ pub struct DistillArgs {
     /// Training tokens: a JSON array of ids, as `glint tokenize --ids -f TEXT` prints it.
     #[arg(long)]
     tokens: PathBuf,
-    /// Output folder: distill.json (the recipe), loss.csv, checkpoint/, student.glint.
+    /// Output folder: distill.json (the recipe), loss.csv, loss.png, checkpoint/,
+    /// student.glint.
     #[arg(short, long)]
     output: PathBuf,
     /// A recipe (distill.json of an earlier run) to start from.
@@ -197,6 +199,18 @@ pub fn run(args: DistillArgs) -> Result<()> {
     write_json(&log_path, &logs)?;
     let csv = args.output.join("loss.csv");
     write_csv(&csv, &logs)?;
+    let png = args.output.join("loss.png");
+    if !logs.is_empty() {
+        let title = format!(
+            "Distillation: {} of {} blocks, {} steps of {}x{} tokens",
+            config.keep.len(),
+            teacher.config.n_layers,
+            config.steps,
+            config.batch,
+            config.seq_len
+        );
+        write_loss_png(&logs, &title, &png)?;
+    }
 
     // Before and after on one batch (step 0's): the first log's loss is the untrained
     // student's on it.
@@ -217,11 +231,12 @@ pub fn run(args: DistillArgs) -> Result<()> {
     let mut err = std::io::stderr().lock();
     writeln!(
         err,
-        "wrote {} ({:.1} MB, {}), {} (loss curve) in {:.1} s; {:.0} tokens/s mean",
+        "wrote {} ({:.1} MB, {}), {} and {} (loss curve) in {:.1} s; {:.0} tokens/s mean",
         out.display(),
         len as f64 / 1e6,
         scheme.name(),
         csv.display(),
+        png.display(),
         start.elapsed().as_secs_f64(),
         mean_speed
     )?;
