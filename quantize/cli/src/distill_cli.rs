@@ -5,8 +5,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use glint_pack::distill::{
-    DistillConfig, StepLog, Teacher, Trainer, read_json, write_json, write_loss_png,
-    write_student,
+    DistillConfig, StepLog, Teacher, Trainer, read_json, write_json, write_loss_png, write_student,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -199,8 +198,10 @@ pub fn run(args: DistillArgs) -> Result<()> {
     write_json(&log_path, &logs)?;
     let csv = args.output.join("loss.csv");
     write_csv(&csv, &logs)?;
-    let png = args.output.join("loss.png");
+    // The curve (loss.csv, and loss.png when a step ran: a chart needs a point).
+    let mut curve = csv.display().to_string();
     if !logs.is_empty() {
+        let png = args.output.join("loss.png");
         let title = format!(
             "Distillation: {} of {} blocks, {} steps of {}x{} tokens",
             config.keep.len(),
@@ -210,6 +211,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
             config.seq_len
         );
         write_loss_png(&logs, &title, &png)?;
+        curve += &format!(" and {}", png.display());
     }
 
     // Before and after on one batch (step 0's): the first log's loss is the untrained
@@ -231,12 +233,10 @@ pub fn run(args: DistillArgs) -> Result<()> {
     let mut err = std::io::stderr().lock();
     writeln!(
         err,
-        "wrote {} ({:.1} MB, {}), {} and {} (loss curve) in {:.1} s; {:.0} tokens/s mean",
+        "wrote {} ({:.1} MB, {}), {curve} (loss curve) in {:.1} s; {:.0} tokens/s mean",
         out.display(),
         len as f64 / 1e6,
         scheme.name(),
-        csv.display(),
-        png.display(),
         start.elapsed().as_secs_f64(),
         mean_speed
     )?;
