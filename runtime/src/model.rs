@@ -435,20 +435,16 @@ impl<B: Backend> Model<B> {
                 b.add_bias(s, Act::K, n, bk);
                 b.add_bias(s, Act::V, n, bv);
             }
-            b.rope(s, n);
-            b.append_kv(cache, layer, s, n);
+            b.rope_append_kv(cache, layer, s, n);
             b.attention(cache, layer, s, n);
             tap(s, Tap::AttnOutput(layer), Act::Att, n, sh.attn.q_dim)?;
-            b.project(s, Act::Att, n, &[(&blk.o, Act::Xn)]);
-            b.add(s, Act::X, Act::Xn, n);
+            b.project_residual(s, Act::Att, n, &blk.o);
             // Feed-forward: x += Wdown (silu(Wgate xn) * Wup xn), xn = norm(x).
             b.rms_norm(s, Act::X, 0..n, &blk.ffn_norm, Act::Xn);
             tap(s, Tap::FfnInput(layer), Act::Xn, n, sh.dim)?;
-            b.project(s, Act::Xn, n, &[(&blk.gate, Act::Gate), (&blk.up, Act::Up)]);
-            b.swiglu(s, n);
+            b.project_swiglu(s, Act::Xn, n, &blk.gate, &blk.up);
             tap(s, Tap::DownInput(layer), Act::Gate, n, sh.ffn_dim)?;
-            b.project(s, Act::Gate, n, &[(&blk.down, Act::Xn)]);
-            b.add(s, Act::X, Act::Xn, n);
+            b.project_residual(s, Act::Gate, n, &blk.down);
         }
         tap(s, Tap::Residual(w.blocks.len()), Act::X, n, sh.dim)?;
         cache.commit(n);

@@ -407,6 +407,41 @@ pub trait Backend: Send + Sync + Sized {
     fn swiglu(&self, s: &mut Self::Scratch, n: usize);
     /// `into += from` for `n` rows (the residual connection).
     fn add(&self, s: &mut Self::Scratch, into: Act, from: Act, n: usize);
+
+    /// [`Backend::rope`], then [`Backend::append_kv`]: the rotated keys and the values
+    /// of `n` rows become layer `layer`'s new positions. One operation, so a backend that
+    /// pays per operation (a GPU, per dispatch) can do both in one.
+    fn rope_append_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        s: &mut Self::Scratch,
+        n: usize,
+    ) {
+        self.rope(s, n);
+        self.append_kv(cache, layer, s, n);
+    }
+    /// `Gate = silu(W_gate input) * W_up input` for `n` rows: [`Backend::project`] into
+    /// `Gate` and `Up`, then [`Backend::swiglu`]. Afterwards `Up` holds the up projection
+    /// or what it held before (a fused kernel never writes it).
+    fn project_swiglu(
+        &self,
+        s: &mut Self::Scratch,
+        input: Act,
+        n: usize,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+    ) {
+        self.project(s, input, n, &[(gate, Act::Gate), (up, Act::Up)]);
+        self.swiglu(s, n);
+    }
+    /// `X += W input` for `n` rows (a projection joining the residual stream):
+    /// [`Backend::project`] into `Xn`, then [`Backend::add`]. Afterwards `Xn` holds the
+    /// projection or what it held before (a fused kernel adds in place).
+    fn project_residual(&self, s: &mut Self::Scratch, input: Act, n: usize, w: &Self::Weight) {
+        self.project(s, input, n, &[(w, Act::Xn)]);
+        self.add(s, Act::X, Act::Xn, n);
+    }
     /// The logits written by the last forward pass: `[rows][vocab]`.
     fn logits<'s>(&self, s: &'s mut Self::Scratch) -> &'s [f32];
     /// The index of the largest logit (the first of equals) of the last forward pass,

@@ -74,8 +74,7 @@ pub(super) struct Kernels {
     pub matvec: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
-    pub rope: Kernel,
-    pub kv_append: Kernel,
+    pub rope_kv: Kernel,
     pub attention: Kernel,
     pub elementwise: Kernel,
     pub argmax: Kernel,
@@ -84,19 +83,21 @@ pub(super) struct Kernels {
 impl Kernels {
     pub fn new(device: &wgpu::Device) -> Self {
         use Slot::*;
-        let weight = include_str!("wgsl/weight.wgsl");
-        let with_weight = |s: &str| format!("{weight}\n{s}");
         Self {
             matvec: Kernel::new(
                 device,
                 "matvec",
-                &with_weight(include_str!("wgsl/matvec.wgsl")),
-                &[Read, Read, ReadWrite],
+                &matvec_source(),
+                &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             ),
             embed: Kernel::new(
                 device,
                 "embed",
-                &with_weight(include_str!("wgsl/embed.wgsl")),
+                &format!(
+                    "{}\n{}",
+                    WEIGHT.replace('#', ""),
+                    include_str!("wgsl/embed.wgsl")
+                ),
                 &[Read, Read, ReadWrite],
             ),
             rms_norm: Kernel::new(
@@ -105,17 +106,11 @@ impl Kernels {
                 include_str!("wgsl/rmsnorm.wgsl"),
                 &[Read, Read, ReadWrite],
             ),
-            rope: Kernel::new(
+            rope_kv: Kernel::new(
                 device,
-                "rope",
-                include_str!("wgsl/rope.wgsl"),
-                &[Read, ReadWrite, ReadWrite],
-            ),
-            kv_append: Kernel::new(
-                device,
-                "kv_append",
-                include_str!("wgsl/kv_append.wgsl"),
-                &[Read, Read, ReadWrite, ReadWrite],
+                "rope_kv",
+                include_str!("wgsl/rope_kv.wgsl"),
+                &[Read, ReadWrite, ReadWrite, Read, ReadWrite, ReadWrite],
             ),
             attention: Kernel::new(
                 device,
@@ -137,6 +132,25 @@ impl Kernels {
             ),
         }
     }
+}
+
+/// The weight readers, prefixed to the kernels that read matrices.
+const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
+
+/// The line after which `weight.wgsl` and `matvec.wgsl` hold per-matrix functions.
+const PER_MATRIX: &str = "// PER MATRIX";
+
+/// `matvec.wgsl` with `weight.wgsl`'s readers and its own per-matrix functions written
+/// once per bound matrix (`#` replaced by 0, 1, 2), so no word read chooses a binding.
+fn matvec_source() -> String {
+    let matvec = include_str!("wgsl/matvec.wgsl");
+    let (weight_head, readers) = WEIGHT.split_once(PER_MATRIX).expect("marked");
+    let (matvec_head, per_matrix) = matvec.split_once(PER_MATRIX).expect("marked");
+    let template = format!("{readers}\n{per_matrix}");
+    let copies: String = (0..3)
+        .map(|m| template.replace('#', &m.to_string()))
+        .collect();
+    format!("{weight_head}\n{matvec_head}\n{copies}")
 }
 
 /// Bytes of one dispatch's parameter slot (the largest `min_uniform_buffer_offset_alignment`

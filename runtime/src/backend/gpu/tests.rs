@@ -99,6 +99,7 @@ impl Twin {
         let mut g = Vec::new();
         let len = n * self.gs.shape.width(a);
         self.gpu.read_act(&mut self.gs, a, len, &mut g).unwrap();
+        assert_eq!(self.gpu.device_error(), None, "{what}");
         let c = self.cs.act(a, n);
         assert_close(&g, c, tol, what);
     }
@@ -171,7 +172,49 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
                     t.check(out, n, 1e-5, &what);
                 }
             }
+            fused_projections_match_cpu(
+                &mut t,
+                &file,
+                &format!("{dtype:?} chunk={max_chunk_bytes}"),
+            );
         }
+    }
+}
+
+/// A block's fused projections on both: Q, K and V in one call, gate and up with
+/// SwiGLU, the output and down projections added into the residual stream.
+fn fused_projections_match_cpu(t: &mut Twin, file: &Arc<LoadedGlint>, what: &str) {
+    let weight = |t: &Twin, b: BlockTensor| {
+        let name = LlamaTensor::Block(0, b);
+        let m = file.file().tensor(&name.name()).unwrap().matrix().unwrap();
+        let src = WeightSource::new(name, m, file);
+        (t.gpu.weight(src).unwrap(), t.cpu.weight(src).unwrap())
+    };
+    use BlockTensor::*;
+    let [q, k, v, o, gate, up, down] =
+        [AttnQ, AttnK, AttnV, AttnOutput, FfnGate, FfnUp, FfnDown].map(|b| weight(t, b));
+    for n in [1, 4, 9] {
+        let what = format!("{what} n={n}");
+        t.fill(Act::Xn, n, n as u32 + 20);
+        let qkv = [(&q, Act::Q), (&k, Act::K), (&v, Act::V)];
+        let gpu_qkv = qkv.map(|(w, a)| (&w.0, a));
+        let cpu_qkv = qkv.map(|(w, a)| (&w.1, a));
+        t.gpu.project(&mut t.gs, Act::Xn, n, &gpu_qkv);
+        t.cpu.project(&mut t.cs, Act::Xn, n, &cpu_qkv);
+        for a in [Act::Q, Act::K, Act::V] {
+            t.check(a, n, 1e-5, &format!("{what} {a:?}"));
+        }
+        t.gpu.project_swiglu(&mut t.gs, Act::Xn, n, &gate.0, &up.0);
+        t.cpu.project_swiglu(&mut t.cs, Act::Xn, n, &gate.1, &up.1);
+        t.check(Act::Gate, n, 1e-5, &format!("{what} swiglu"));
+        t.fill(Act::X, n, n as u32 + 21);
+        t.fill(Act::Att, n, n as u32 + 22);
+        t.gpu.project_residual(&mut t.gs, Act::Att, n, &o.0);
+        t.cpu.project_residual(&mut t.cs, Act::Att, n, &o.1);
+        t.check(Act::X, n, 1e-5, &format!("{what} output + residual"));
+        t.gpu.project_residual(&mut t.gs, Act::Gate, n, &down.0);
+        t.cpu.project_residual(&mut t.cs, Act::Gate, n, &down.1);
+        t.check(Act::X, n, 1e-5, &format!("{what} down + residual"));
     }
 }
 
@@ -254,14 +297,36 @@ fn kv_cache_and_attention_match_cpu() {
             let cap = c.context_len as usize;
             let mut gc = t.gpu.cache(&t.shape, cap, kv).unwrap();
             let mut cc = t.cpu.cache(&t.shape, cap, kv).unwrap();
-            // Batches of 9, 1, 5 and 1 positions into layer 1 (layer 0 stays empty).
+            let freq = test_values(c.head_dim as usize / 2, 7);
+            let (gf, cf) = (t.gpu.vector(&freq).unwrap(), t.cpu.vector(&freq).unwrap());
+            // Batches of 9, 1, 5 and 1 positions into layer 1 (layer 0 stays empty),
+            // appended as they are, or rotated and appended in one operation.
             for (step, n) in [9, 1, 5, 1].into_iter().enumerate() {
                 let seed = 100 * step as u32;
                 t.fill(Act::K, n, seed + 1);
                 t.fill(Act::V, n, seed + 2);
                 t.fill(Act::Q, n, seed + 3);
-                t.gpu.append_kv(&mut gc, 1, &mut t.gs, n);
-                t.cpu.append_kv(&mut cc, 1, &mut t.cs, n);
+                if step % 2 == 0 {
+                    t.gpu.append_kv(&mut gc, 1, &mut t.gs, n);
+                    t.cpu.append_kv(&mut cc, 1, &mut t.cs, n);
+                } else {
+                    t.gpu.rope_angles(&mut t.gs, &gf, gc.len(), n);
+                    t.cpu.rope_angles(&mut t.cs, &cf, cc.len(), n);
+                    t.gpu.rope_append_kv(&mut gc, 1, &mut t.gs, n);
+                    t.cpu.rope_append_kv(&mut cc, 1, &mut t.cs, n);
+                    t.check(
+                        Act::Q,
+                        n,
+                        1e-6,
+                        &format!("rope_append_kv q {kv:?} step {step}"),
+                    );
+                    t.check(
+                        Act::K,
+                        n,
+                        1e-6,
+                        &format!("rope_append_kv k {kv:?} step {step}"),
+                    );
+                }
                 t.gpu.attention(&gc, 1, &mut t.gs, n);
                 t.cpu.attention(&cc, 1, &mut t.cs, n);
                 t.check(Act::Att, n, 2e-6, &format!("attention {kv:?} step {step}"));

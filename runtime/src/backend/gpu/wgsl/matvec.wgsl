@@ -1,45 +1,129 @@
-// y[t][row0 + r] = sum_c W[r][c] * x[t][c] for the rows of one weight chunk and `n`
-// tokens: one thread per output row and tile of TOK tokens (each dequantized block is
-// used for TOK tokens), f32 accumulation. No shared memory and no barriers.
+// Up to three matrices ("parts": weight chunks) over the same input in one dispatch:
+// y_m[t][out_row0 + r] = sum_c W_m[r][c] * x[t][c] for the rows r of part m and `n`
+// tokens. One thread per output row and tile of TOK tokens (each dequantized block is used
+// for TOK tokens), f32 accumulation, no shared memory and no barriers. The workgroups of
+// part m start at its `first_group`, so a workgroup reads one matrix only.
+//
+// Modes (what a result does to y): 0 stores it (Q, K and V in one dispatch; the head's
+// chunks); 1 adds it (the residual connection after the output and down projections);
+// 2 (SwiGLU) computes row r of parts 0 (gate) and 1 (up) in the same thread and stores
+// silu(gate) * up into y0, so the up projection is never written.
 
 struct Params {
-    rows: u32,
-    n: u32,
-    x_stride: u32,
-    out_stride: u32,
-    out_row0: u32,
-    dtype: u32,
-    cols: u32,
-    group: u32,
-    scales: u32,
-    mins: u32,
-    // 1, or a deliberate error for the self-test's tests.
-    scale: f32,
+    // n, x_stride (the matrices' columns), mode, scale (f32 bits: 1, or a deliberate
+    // error for the self-test's tests).
+    head: vec4<u32>,
+    // Part m: [3m] rows, out_row0, out_stride, first_group (u32 max: no such part);
+    // [3m + 1] dtype, cols, group, scales; [3m + 2].x mins.
+    parts: array<vec4<u32>, 9>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> w0: array<u32>;
+@group(0) @binding(2) var<storage, read> w1: array<u32>;
+@group(0) @binding(3) var<storage, read> w2: array<u32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y0: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y2: array<f32>;
 
 const TOK: u32 = 4u;
+const MODE_ADD: u32 = 1u;
+const MODE_SWIGLU: u32 = 2u;
+
+// y_m[i] = v, or += v.
+fn put(m: u32, i: u32, v: f32, add: bool) {
+    switch m {
+        case 0u: {
+            if add {
+                y0[i] += v;
+            } else {
+                y0[i] = v;
+            }
+        }
+        case 1u: {
+            if add {
+                y1[i] += v;
+            } else {
+                y1[i] = v;
+            }
+        }
+        default: {
+            if add {
+                y2[i] += v;
+            } else {
+                y2[i] = v;
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
-    if r >= p.rows {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    var m = 0u;
+    if wid.x >= p.parts[3u].w {
+        m = 1u;
+    }
+    if wid.x >= p.parts[6u].w {
+        m = 2u;
+    }
+    let part = p.parts[3u * m];
+    let r = (wid.x - part.w) * 64u + lid.x;
+    if r >= part.x {
         return;
     }
-    let wv = WeightView(p.dtype, p.cols, p.group, p.scales, p.mins);
-    let t0 = gid.y * TOK;
-    let nt = min(TOK, p.n - t0);
+    let mode = p.head.z;
+    let scale = bitcast<f32>(p.head.w);
+    let t0 = wid.y * TOK;
+    let nt = min(TOK, p.head.x - t0);
+    var acc: array<f32, TOK>;
+    switch m {
+        case 0u: {
+            acc = row_dot0(r, t0, nt);
+        }
+        case 1u: {
+            acc = row_dot1(r, t0, nt);
+        }
+        default: {
+            acc = row_dot2(r, t0, nt);
+        }
+    }
+    var up = array<f32, TOK>(0.0, 0.0, 0.0, 0.0);
+    if mode == MODE_SWIGLU {
+        up = row_dot1(r, t0, nt);
+    }
+    for (var t = 0u; t < nt; t++) {
+        let i = (t0 + t) * part.z + part.y + r;
+        let v = acc[t] * scale;
+        if mode == MODE_SWIGLU {
+            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * scale), false);
+        } else {
+            put(m, i, v, mode == MODE_ADD);
+        }
+    }
+}
+
+// PER MATRIX
+// The rest of the file is written once per bound matrix, `#` its index. (Choosing the matrix at each word read, a `switch` in one `word`, made lavapipe's
+// decode 1.5x slower.)
+
+fn word#(i: u32) -> u32 {
+    return w#[i];
+}
+
+// Row r of part # times tokens t0 .. t0 + nt.
+fn row_dot#(r: u32, t0: u32, nt: u32) -> array<f32, TOK> {
+    let a = p.parts[3u * # + 1u];
+    let wv = WeightView(a.x, a.y, a.z, a.w, p.parts[3u * # + 2u].x);
+    let x_stride = p.head.y;
     var acc = array<f32, TOK>(0.0, 0.0, 0.0, 0.0);
     var blk: array<f32, 32>;
-    let nb = (p.cols + 31u) / 32u;
+    let nb = (wv.cols + 31u) / 32u;
     for (var b = 0u; b < nb; b++) {
-        let len = min(32u, p.cols - 32u * b);
-        load_block(wv, r * p.cols + 32u * b, len, &blk);
+        let len = min(32u, wv.cols - 32u * b);
+        load_block#(wv, r * wv.cols + 32u * b, len, &blk);
         for (var t = 0u; t < nt; t++) {
-            let xb = (t0 + t) * p.x_stride + 32u * b;
+            let xb = (t0 + t) * x_stride + 32u * b;
             var s = 0.0;
             for (var j = 0u; j < len; j++) {
                 s += blk[j] * x[xb + j];
@@ -47,7 +131,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             acc[t] += s;
         }
     }
-    for (var t = 0u; t < nt; t++) {
-        y[(t0 + t) * p.out_stride + p.out_row0 + r] = acc[t] * p.scale;
-    }
+    return acc;
 }
