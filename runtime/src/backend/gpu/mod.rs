@@ -334,7 +334,7 @@ impl GpuBackend {
     /// V): rotated when the range starts at a Q head, stored into `cache` when given.
     fn rope_kv(
         &self,
-        cache: Option<&mut GpuCache>,
+        cache: Option<&GpuCache>,
         layer: usize,
         s: &mut GpuScratch,
         n: usize,
@@ -818,14 +818,14 @@ impl Backend for GpuBackend {
     fn append_kv(&self, cache: &mut GpuCache, layer: usize, s: &mut GpuScratch, n: usize) {
         let at = s.shape.attn;
         let heads = (at.n_heads, at.n_heads + 2 * at.n_kv_heads);
-        self.rope_kv(Some(cache), layer, s, n, heads);
+        self.rope_kv(Some(&*cache), layer, s, n, heads);
     }
 
     /// One dispatch instead of two (`rope_kv.wgsl` both rotates and stores).
     fn rope_append_kv(&self, cache: &mut GpuCache, layer: usize, s: &mut GpuScratch, n: usize) {
         let at = s.shape.attn;
         let heads = (0, at.n_heads + 2 * at.n_kv_heads);
-        self.rope_kv(Some(cache), layer, s, n, heads);
+        self.rope_kv(Some(&*cache), layer, s, n, heads);
     }
 
     fn attention(&self, cache: &GpuCache, layer: usize, s: &mut GpuScratch, n: usize) {
