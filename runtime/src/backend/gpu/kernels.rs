@@ -1,4 +1,4 @@
-//! The WGSL kernels (`wgsl/`), compiled once per device, and the recorder that puts
+//! The WGSL kernels (`wgsl/`), compiled once per device (`start.rs`), and the recorder that puts
 //! their dispatches into one compute pass and submits it when results are read back.
 
 use wgpu::util::DeviceExt;
@@ -19,7 +19,13 @@ pub(super) struct Kernel {
 }
 
 impl Kernel {
-    fn new(device: &wgpu::Device, name: &str, source: &str, slots: &[Slot]) -> Self {
+    fn new(
+        device: &wgpu::Device,
+        cache: Option<&wgpu::PipelineCache>,
+        name: &str,
+        source: &str,
+        slots: &[Slot],
+    ) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -63,7 +69,7 @@ impl Kernel {
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions::default(),
-            cache: None,
+            cache,
         });
         Self { pipeline, layout }
     }
@@ -82,55 +88,51 @@ pub(super) struct Kernels {
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Compiles every kernel on `device`, through `cache` if given.
+    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
         use Slot::*;
+        let kernel = |name: &str, source: &str, slots: &[Slot]| {
+            Kernel::new(device, cache, name, source, slots)
+        };
         let weight = include_str!("wgsl/weight.wgsl");
         let with_weight = |s: &str| format!("{weight}\n{s}");
         Self {
-            matvec: Kernel::new(
-                device,
+            matvec: kernel(
                 "matvec",
                 &with_weight(include_str!("wgsl/matvec.wgsl")),
                 &[Read, Read, ReadWrite],
             ),
-            embed: Kernel::new(
-                device,
+            embed: kernel(
                 "embed",
                 &with_weight(include_str!("wgsl/embed.wgsl")),
                 &[Read, Read, ReadWrite],
             ),
-            rms_norm: Kernel::new(
-                device,
+            rms_norm: kernel(
                 "rms_norm",
                 include_str!("wgsl/rmsnorm.wgsl"),
                 &[Read, Read, ReadWrite],
             ),
-            rope: Kernel::new(
-                device,
+            rope: kernel(
                 "rope",
                 include_str!("wgsl/rope.wgsl"),
                 &[Read, ReadWrite, ReadWrite],
             ),
-            kv_append: Kernel::new(
-                device,
+            kv_append: kernel(
                 "kv_append",
                 include_str!("wgsl/kv_append.wgsl"),
                 &[Read, Read, ReadWrite, ReadWrite],
             ),
-            attention: Kernel::new(
-                device,
+            attention: kernel(
                 "attention",
                 include_str!("wgsl/attention.wgsl"),
                 &[Read, Read, Read, ReadWrite, ReadWrite],
             ),
-            elementwise: Kernel::new(
-                device,
+            elementwise: kernel(
                 "elementwise",
                 include_str!("wgsl/elementwise.wgsl"),
                 &[ReadWrite, Read],
             ),
-            argmax: Kernel::new(
-                device,
+            argmax: kernel(
                 "argmax",
                 include_str!("wgsl/argmax.wgsl"),
                 &[Read, ReadWrite],

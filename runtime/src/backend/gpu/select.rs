@@ -35,7 +35,7 @@ pub struct AdapterReport {
 }
 
 impl AdapterReport {
-    fn new(a: &wgpu::Adapter) -> Self {
+    pub(super) fn new(a: &wgpu::Adapter) -> Self {
         let (i, l) = (a.get_info(), a.limits());
         Self {
             name: i.name,
