@@ -100,7 +100,7 @@ pub(super) fn pick(name: Option<&str>) -> Result<wgpu::Adapter, BackendError> {
         }
     };
     chosen.ok_or_else(|| {
-        BackendError::Unsupported(match name {
+        BackendError::NoGpu(match name {
             Some(n) if !names.is_empty() => {
                 format!("no adapter named like {n:?} among {names:?}")
             }
