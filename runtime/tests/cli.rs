@@ -218,7 +218,10 @@ fn assert_time_to_first_token(j: &serde_json::Value) {
     let parts = ["backend_start_ms", "load_ms", "first_call_ms"].map(part);
     assert!(parts.iter().all(|p| *p >= 0.0) && parts[2] > 0.0, "{j}");
     let sum: f64 = parts.iter().sum();
-    assert!((part("time_to_first_token_ms") - sum).abs() < 1e-6 * sum, "{j}");
+    assert!(
+        (part("time_to_first_token_ms") - sum).abs() < 1e-6 * sum,
+        "{j}"
+    );
 }
 
 /// `glint bench --backend gpu --json` (lavapipe in CI) reports its start, and keeps the
@@ -230,7 +233,18 @@ fn gpu_bench_reports_its_start_and_keeps_the_pipeline_cache() {
     let bench = || {
         let o = Command::new(env!("CARGO_BIN_EXE_glint"))
             .env("GLINT_CACHE", cache.path())
-            .args(["bench", "--backend", "gpu", "-p", "2", "-n", "1", "-r", "1", "--json"])
+            .args([
+                "bench",
+                "--backend",
+                "gpu",
+                "-p",
+                "2",
+                "-n",
+                "1",
+                "-r",
+                "1",
+                "--json",
+            ])
             .arg("-m")
             .arg(model_path())
             .output()
