@@ -187,11 +187,12 @@ enum HostEngine {
     Gpu(Engine<GpuBackend>),
 }
 
-/// A session's engine state, on its model's backend.
+/// A session's engine state, on its model's backend (boxed: a GPU session is 1,264
+/// bytes, a CPU one 816).
 enum HostEngineSession {
-    Cpu(Session),
+    Cpu(Box<Session>),
     #[cfg(feature = "gpu")]
-    Gpu(Session<GpuBackend>),
+    Gpu(Box<Session<GpuBackend>>),
 }
 
 /// `$body` with `$x` bound to what the `$kind` (`HostEngine` or `HostEngineSession`)
@@ -344,9 +345,9 @@ pub fn session_new(model: usize, context: usize) -> Result<usize, HostError> {
         mem_budget: m.mem_budget,
     };
     let session = match &m.engine {
-        HostEngine::Cpu(e) => HostEngineSession::Cpu(e.session(opts)?),
+        HostEngine::Cpu(e) => HostEngineSession::Cpu(Box::new(e.session(opts)?)),
         #[cfg(feature = "gpu")]
-        HostEngine::Gpu(e) => HostEngineSession::Gpu(e.session(opts)?),
+        HostEngine::Gpu(e) => HostEngineSession::Gpu(Box::new(e.session(opts)?)),
     };
     SESSIONS
         .insert(HostSession {
