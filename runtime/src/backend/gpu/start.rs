@@ -94,8 +94,9 @@ pub(super) fn shared(
     Ok((s, report))
 }
 
-/// Largest cache file read: a real one is a few hundred KiB; anything far larger is
-/// not ours.
+/// Largest cache file read: a bound, not a measured size (lavapipe's holds 96 bytes,
+/// headers only; a real driver's holds the compiled code of the backend's few kernels),
+/// so a stray huge file at the path is never read into memory.
 const MAX_CACHE_FILE: u64 = 64 << 20;
 
 /// Creates a device on `adapter` and compiles every kernel, through the pipeline cache
