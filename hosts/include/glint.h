@@ -56,6 +56,9 @@ typedef enum glint_status {
   GLINT_STATUS_INTERNAL = 12,
   // The session does not fit in the memory budget (the message names each part).
   GLINT_STATUS_OVER_BUDGET = 13,
+  // The GPU was asked for and there is none: no adapter, or a library built without
+  // the `gpu` feature. The CPU (or `Auto`) still works.
+  GLINT_STATUS_NO_GPU = 14,
 } glint_status;
 
 // Activations of the matrix products (`glint_model_options.precision`).
@@ -80,10 +83,16 @@ typedef enum glint_kv_type {
 
 // The backend (`glint_model_options.backend`).
 typedef enum glint_backend {
-  // The best available (today the CPU). The default.
+  // The default. In a library built with the `gpu` feature: a hardware GPU that
+  // passed its self-test (run once per adapter and driver, the verdict kept in
+  // `glint_model_options.gpu_cache_dir`), else the CPU. Without it: the CPU.
   GLINT_BACKEND_AUTO = 0,
   // The CPU.
   GLINT_BACKEND_CPU = 1,
+  // The GPU (Vulkan; the first hardware adapter, else a software one such as
+  // Mesa's lavapipe), without a self-test. Needs the `gpu` feature; where there is
+  // no GPU or no such feature the load fails with `GLINT_STATUS_NO_GPU`.
+  GLINT_BACKEND_GPU = 2,
 } glint_backend;
 
 // Why a generation ended (`glint_stats.stop_reason`).
@@ -136,6 +145,11 @@ typedef struct glint_model_options {
   glint_progress_fn progress;
   // Passed to `progress`.
   void *progress_user;
+  // A folder private to the application (Android: the app's cache folder) where the
+  // GPU backend keeps its compiled kernels and `GLINT_BACKEND_AUTO` its GPU
+  // self-test verdicts, so later starts skip both; NULL: none (compiled and tested
+  // at every process start). Read during the load only.
+  const char *gpu_cache_dir;
 } glint_model_options;
 
 // Settings of one generation. NULL for the session's defaults, or start from

@@ -63,10 +63,16 @@ pub enum GlintKvType {
 /// The backend (`glint_model_options.backend`).
 #[repr(C)]
 pub enum GlintBackend {
-    /// The best available (today the CPU). The default.
+    /// The default. In a library built with the `gpu` feature: a hardware GPU that
+    /// passed its self-test (run once per adapter and driver, the verdict kept in
+    /// `glint_model_options.gpu_cache_dir`), else the CPU. Without it: the CPU.
     Auto = 0,
     /// The CPU.
     Cpu = 1,
+    /// The GPU (Vulkan; the first hardware adapter, else a software one such as
+    /// Mesa's lavapipe), without a self-test. Needs the `gpu` feature; where there is
+    /// no GPU or no such feature the load fails with `GLINT_STATUS_NO_GPU`.
+    Gpu = 2,
 }
 
 /// Why a generation ended (`glint_stats.stop_reason`).
@@ -112,6 +118,11 @@ pub struct GlintModelOptions {
     pub progress: GlintProgressFn,
     /// Passed to `progress`.
     pub progress_user: *mut c_void,
+    /// A folder private to the application (Android: the app's cache folder) where the
+    /// GPU backend keeps its compiled kernels and `GLINT_BACKEND_AUTO` its GPU
+    /// self-test verdicts, so later starts skip both; NULL: none (compiled and tested
+    /// at every process start). Read during the load only.
+    pub gpu_cache_dir: *const c_char,
 }
 
 /// Settings of one generation. NULL for the session's defaults, or start from
@@ -228,7 +239,8 @@ fn session_ptr(h: usize) -> *mut GlintSession {
 /// The options behind `opts` (NULL: the defaults), checked.
 ///
 /// # Safety
-/// `opts` is null or points to a readable `GlintModelOptions`.
+/// `opts` is null or points to a readable `GlintModelOptions` whose `gpu_cache_dir` is null
+/// or NUL-terminated.
 unsafe fn load_options(
     opts: *const GlintModelOptions,
 ) -> Result<(LoadOptions, GlintProgressFn, *mut c_void), HostError> {
@@ -254,14 +266,20 @@ unsafe fn load_options(
     let backend = match o.backend {
         0 => BackendChoice::Auto,
         1 => BackendChoice::Cpu,
+        2 => BackendChoice::Gpu,
         v => return Err(bad("backend", v)),
     };
+    // SAFETY: null or a NUL-terminated string by the caller's contract.
+    let gpu_cache_dir = (!o.gpu_cache_dir.is_null())
+        .then(|| unsafe { CStr::from_ptr(o.gpu_cache_dir) })
+        .map(|c| Path::new(OsStr::from_bytes(c.to_bytes())).to_path_buf());
     let opts = LoadOptions {
         threads: o.threads as usize,
         precision,
         kv,
         backend,
         mem_budget: o.mem_budget,
+        gpu_cache_dir,
     };
     Ok((opts, o.progress, o.progress_user))
 }
@@ -329,6 +347,7 @@ pub extern "C" fn glint_model_options_default() -> GlintModelOptions {
         mem_budget: 0,
         progress: None,
         progress_user: std::ptr::null_mut(),
+        gpu_cache_dir: std::ptr::null(),
     }
 }
 

@@ -9,10 +9,14 @@ use glint_runtime::engine::{
 };
 use glint_runtime::model::LoadError;
 use glint_runtime::sampler::SamplerConfig;
-use glint_runtime::{CancelToken, CpuOptions, Engine, KvType, ModelSource, Precision, Session};
-use glint_runtime::{SessionOptions, StopReason};
+use glint_runtime::{Backend, CancelToken, CpuOptions, Engine, KvType, ModelSource, Precision};
+use glint_runtime::{Session, SessionOptions, StopReason};
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, TryLockError};
+
+#[cfg(feature = "gpu")]
+use glint_runtime::backend::gpu::GpuBackend;
 
 /// Status of a call: 0 for success, one code per kind of failure. C: the
 /// `glint_status` constants; Java: `GlintException.code()`.
@@ -47,6 +51,9 @@ pub enum Status {
     Internal = 12,
     /// The session does not fit in the memory budget (the message names each part).
     OverBudget = 13,
+    /// The GPU was asked for and there is none: no adapter, or a library built without
+    /// the `gpu` feature. The CPU (or `Auto`) still works.
+    NoGpu = 14,
 }
 
 /// A failed call: the code and what happened.
@@ -92,6 +99,7 @@ impl From<BackendError> for HostError {
             BackendError::OutOfMemory { .. } => Status::OutOfMemory,
             BackendError::Unsupported(_) => Status::Unsupported,
             BackendError::TooManyThreads { .. } => Status::InvalidArgument,
+            BackendError::NoGpu(_) => Status::NoGpu,
         };
         Self::new(status, e.to_string())
     }
@@ -140,15 +148,20 @@ impl From<GenerateError> for HostError {
 /// Which backend runs a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// The best one available (today: the CPU).
+    /// With the `gpu` feature: a hardware GPU that passed its self-test (run once per
+    /// adapter and driver, the verdict kept in [`LoadOptions::gpu_cache_dir`]), else the
+    /// CPU. Without it: the CPU.
     #[default]
     Auto,
     /// The CPU.
     Cpu,
+    /// The GPU: the first hardware adapter, else a software one (lavapipe), without a
+    /// self-test. [`Status::NoGpu`] where there is none or without the `gpu` feature.
+    Gpu,
 }
 
 /// How a model is loaded (both bindings' options, as values).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// CPU threads in all; 0: one per core.
     pub threads: usize,
@@ -161,11 +174,42 @@ pub struct LoadOptions {
     /// Most bytes the model and each session on it may hold resident
     /// ([`SessionOptions::mem_budget`]); 0: no limit.
     pub mem_budget: u64,
+    /// A folder private to the application where the GPU backend keeps its compiled
+    /// kernels (one pipeline cache file per adapter) and `Auto` its self-test verdicts;
+    /// `None`: kernels compiled and (`Auto`) the self-test run at every process start.
+    pub gpu_cache_dir: Option<PathBuf>,
+}
+
+/// A model's engine, on the backend it was loaded on.
+enum HostEngine {
+    Cpu(Engine),
+    #[cfg(feature = "gpu")]
+    Gpu(Engine<GpuBackend>),
+}
+
+/// A session's engine state, on its model's backend (boxed: a GPU session is 1,264
+/// bytes, a CPU one 816).
+enum HostEngineSession {
+    Cpu(Box<Session>),
+    #[cfg(feature = "gpu")]
+    Gpu(Box<Session<GpuBackend>>),
+}
+
+/// `$body` with `$x` bound to what the `$kind` (`HostEngine` or `HostEngineSession`)
+/// value `$v` holds, whichever backend it is on.
+macro_rules! on_backend {
+    ($kind:ident, $v:expr, |$x:ident| $body:expr) => {
+        match $v {
+            $kind::Cpu($x) => $body,
+            #[cfg(feature = "gpu")]
+            $kind::Gpu($x) => $body,
+        }
+    };
 }
 
 /// A loaded model and the session settings it hands on.
 pub struct HostModel {
-    engine: Engine,
+    engine: HostEngine,
     kv: KvType,
     mem_budget: Option<u64>,
 }
@@ -173,7 +217,7 @@ pub struct HostModel {
 /// A session: its engine state behind a lock (one generation at a time) and the
 /// cancel flag, which any thread may set without the lock.
 pub struct HostSession {
-    session: Mutex<Session>,
+    session: Mutex<HostEngineSession>,
     cancel: CancelToken,
     defaults: GenerateParams,
 }
@@ -209,7 +253,7 @@ pub fn load(
             "loading stopped by the progress callback",
         ));
     }
-    let engine = Engine::load(source, cpu)?;
+    let engine = engine(source, cpu, opts)?;
     if progress(1.0).is_break() {
         return Err(HostError::new(
             Status::Callback,
@@ -225,15 +269,56 @@ pub fn load(
         .ok_or_else(|| HostError::new(Status::OutOfMemory, "too many live models"))
 }
 
+/// The engine of `source` on the backend `opts` chooses.
+fn engine(
+    source: ModelSource,
+    cpu: CpuOptions,
+    opts: &LoadOptions,
+) -> Result<HostEngine, HostError> {
+    #[cfg(feature = "gpu")]
+    {
+        use glint_runtime::backend::gpu::{AutoChoice, AutoOptions, GpuOptions, auto};
+        let gpu = GpuOptions {
+            pipeline_cache_dir: opts.gpu_cache_dir.clone(),
+            ..GpuOptions::default()
+        };
+        let backend = match opts.backend {
+            BackendChoice::Cpu => None,
+            BackendChoice::Gpu => Some(GpuBackend::new(&gpu)?),
+            BackendChoice::Auto => match auto(&AutoOptions {
+                gpu,
+                verdicts: opts
+                    .gpu_cache_dir
+                    .as_ref()
+                    .map(|d| d.join("gpu-selftest.json")),
+                allow_software: false,
+            }) {
+                AutoChoice::Gpu(b, _) => Some(*b),
+                AutoChoice::Cpu(_) => None,
+            },
+        };
+        if let Some(b) = backend {
+            return Ok(HostEngine::Gpu(Engine::with_backend(source, b)?));
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    if opts.backend == BackendChoice::Gpu {
+        return Err(
+            BackendError::NoGpu("this library was built without the `gpu` feature".into()).into(),
+        );
+    }
+    Ok(HostEngine::Cpu(Engine::load(source, cpu)?))
+}
+
 /// The generation settings a model recommends (its sampling, 512 tokens at most).
 pub fn model_defaults(model: usize) -> Result<GenerateParams, HostError> {
     let m = MODELS
         .get(model)
         .ok_or_else(|| HostError::handle("model"))?;
-    Ok(defaults_of(&m.engine))
+    Ok(on_backend!(HostEngine, &m.engine, |e| defaults_of(e)))
 }
 
-fn defaults_of(engine: &Engine) -> GenerateParams {
+fn defaults_of<B: Backend>(engine: &Engine<B>) -> GenerateParams {
     GenerateParams {
         sampler: SamplerConfig::for_model(engine.model().config().sampling),
         ..GenerateParams::default()
@@ -254,16 +339,21 @@ pub fn session_new(model: usize, context: usize) -> Result<usize, HostError> {
     let m = MODELS
         .get(model)
         .ok_or_else(|| HostError::handle("model"))?;
-    let session = m.engine.session(SessionOptions {
+    let opts = SessionOptions {
         context,
         kv: m.kv,
         mem_budget: m.mem_budget,
-    })?;
+    };
+    let session = match &m.engine {
+        HostEngine::Cpu(e) => HostEngineSession::Cpu(Box::new(e.session(opts)?)),
+        #[cfg(feature = "gpu")]
+        HostEngine::Gpu(e) => HostEngineSession::Gpu(Box::new(e.session(opts)?)),
+    };
     SESSIONS
         .insert(HostSession {
             session: Mutex::new(session),
             cancel: CancelToken::new(),
-            defaults: defaults_of(&m.engine),
+            defaults: on_backend!(HostEngine, &m.engine, |e| defaults_of(e)),
         })
         .ok_or_else(|| HostError::new(Status::OutOfMemory, "too many live sessions"))
 }
@@ -296,7 +386,7 @@ pub fn session_defaults(session: usize) -> Result<GenerateParams, HostError> {
 }
 
 /// The session's engine state, locked for one call; `Busy` while another thread holds it.
-fn lock(s: &HostSession) -> Result<MutexGuard<'_, Session>, HostError> {
+fn lock(s: &HostSession) -> Result<MutexGuard<'_, HostEngineSession>, HostError> {
     match s.session.try_lock() {
         Ok(g) => Ok(g),
         // A panic inside a call was caught and reported; the session is still
@@ -314,7 +404,7 @@ pub fn reset(session: usize) -> Result<(), HostError> {
     let s = SESSIONS
         .get(session)
         .ok_or_else(|| HostError::handle("session"))?;
-    lock(&s)?.reset();
+    on_backend!(HostEngineSession, &mut *lock(&s)?, |x| x.reset());
     Ok(())
 }
 
@@ -339,10 +429,10 @@ pub fn generate(
         true => ControlFlow::Continue(()),
         false => on_text(ev.text),
     };
-    let result = match kind {
-        PromptKind::Plain => session.generate(prompt, &params, &mut stream),
-        PromptKind::Chat => session.chat(prompt, &params, &mut stream).map(|(_, st)| st),
-    };
+    let result = on_backend!(HostEngineSession, &mut *session, |x| match kind {
+        PromptKind::Plain => x.generate(prompt, &params, &mut stream),
+        PromptKind::Chat => x.chat(prompt, &params, &mut stream).map(|(_, st)| st),
+    });
     // A cancel is for the generation it found (or the next one): not the one after.
     s.cancel.reset();
     Ok(result?)

@@ -79,6 +79,14 @@ fn null(what: &str) -> HostError {
     HostError::new(Status::NullArgument, format!("{what} is null"))
 }
 
+/// A Java string argument that may be null.
+fn optional_string(env: &Env<'_>, s: &JString<'_>) -> Result<Option<String>, HostError> {
+    match s.is_null() {
+        true => Ok(None),
+        false => Ok(Some(s.try_to_string(env)?)),
+    }
+}
+
 /// A Java string argument as a Rust string.
 fn string(env: &Env<'_>, s: &JString<'_>, what: &str) -> Result<String, HostError> {
     if s.is_null() {
@@ -94,6 +102,7 @@ fn load_options(
     kv: jint,
     backend: jint,
     mem_budget: jlong,
+    gpu_cache_dir: Option<String>,
 ) -> Result<LoadOptions, HostError> {
     let bad = |what: &str, v: i64| HostError::new(Status::InvalidArgument, format!("{what} {v}"));
     Ok(LoadOptions {
@@ -113,9 +122,11 @@ fn load_options(
         backend: match backend {
             0 => BackendChoice::Auto,
             1 => BackendChoice::Cpu,
+            2 => BackendChoice::Gpu,
             v => return Err(bad("backend", v.into())),
         },
         mem_budget: u64::try_from(mem_budget).map_err(|_| bad("memory budget", mem_budget))?,
+        gpu_cache_dir: gpu_cache_dir.map(Into::into),
     })
 }
 
@@ -148,7 +159,7 @@ fn load(
     Ok(handle as jlong)
 }
 
-/// `Native.loadPath(String, int, int, int, int, long, ProgressListener)`.
+/// `Native.loadPath(String, int, int, int, int, long, String, ProgressListener)`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_com_glint_Native_loadPath<'local>(
     mut env: EnvUnowned<'local>,
@@ -159,11 +170,13 @@ pub extern "system" fn Java_com_glint_Native_loadPath<'local>(
     kv: jint,
     backend: jint,
     mem_budget: jlong,
+    gpu_cache_dir: JString<'local>,
     listener: JObject<'local>,
 ) -> jlong {
     env.with_env(|env| -> Result<jlong, HostError> {
         let path = string(env, &path, "path")?;
-        let opts = load_options(threads, precision, kv, backend, mem_budget)?;
+        let dir = optional_string(env, &gpu_cache_dir)?;
+        let opts = load_options(threads, precision, kv, backend, mem_budget, dir)?;
         load(env, ModelSource::Path(path.into()), opts, &listener)
     })
     .resolve::<ThrowGlint>()
@@ -188,7 +201,8 @@ fn raw_fd(env: &mut Env<'_>, fd: &JObject<'_>) -> Result<i32, HostError> {
     ))
 }
 
-/// `Native.loadFd(FileDescriptor, long, long, int, int, int, int, long, ProgressListener)`.
+/// `Native.loadFd(FileDescriptor, long, long, int, int, int, int, long, String,
+/// ProgressListener)`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_com_glint_Native_loadFd<'local>(
     mut env: EnvUnowned<'local>,
@@ -201,6 +215,7 @@ pub extern "system" fn Java_com_glint_Native_loadFd<'local>(
     kv: jint,
     backend: jint,
     mem_budget: jlong,
+    gpu_cache_dir: JString<'local>,
     listener: JObject<'local>,
 ) -> jlong {
     env.with_env(|env| -> Result<jlong, HostError> {
@@ -221,7 +236,8 @@ pub extern "system" fn Java_com_glint_Native_loadFd<'local>(
                     HostError::new(Status::Io, format!("cannot duplicate fd {raw}: {e}"))
                 })?,
         );
-        let opts = load_options(threads, precision, kv, backend, mem_budget)?;
+        let dir = optional_string(env, &gpu_cache_dir)?;
+        let opts = load_options(threads, precision, kv, backend, mem_budget, dir)?;
         load(
             env,
             ModelSource::FileRange { file, offset, len },

@@ -44,6 +44,8 @@ fn java(classes: &Path, main: &str, args: &[&std::ffi::OsStr]) -> Output {
             "-Djava.library.path={}",
             native_lib_dir().display()
         ))
+        // The library's GPU choice works only with the `gpu` feature.
+        .arg(format!("-Dglint.gpu={}", cfg!(feature = "gpu")))
         .arg("-cp")
         .arg(classes)
         .arg(main)

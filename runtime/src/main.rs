@@ -24,7 +24,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[cfg(feature = "gpu")]
-use glint_runtime::backend::gpu::{AutoChoice, AutoOptions, GpuBackend, GpuOptions};
+use glint_runtime::backend::gpu::{
+    AutoChoice, AutoOptions, GpuBackend, GpuOptions, PipelineCacheUse,
+};
 
 /// Exit status when the model file changed while mapped (a `SIGBUS` on its pages).
 const EXIT_MODEL_CHANGED: i32 = 3;
@@ -102,8 +104,10 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 /// The backend `--backend` resolved to.
 enum Chosen {
     Cpu(CpuOptions),
+    /// The backend, and how long choosing and starting it took (the self-test of
+    /// `auto` included).
     #[cfg(feature = "gpu")]
-    Gpu(Box<GpuBackend>),
+    Gpu(Box<GpuBackend>, std::time::Duration),
 }
 
 /// The file where GPU self-test verdicts are kept, next to the model cache.
@@ -112,30 +116,58 @@ fn verdicts_path() -> PathBuf {
     glint_pack::fetch::cache_dir().join("gpu-selftest.json")
 }
 
+/// The GPU pipeline cache's folder, next to the model cache.
+#[cfg(feature = "gpu")]
+fn pipeline_cache_dir() -> PathBuf {
+    glint_pack::fetch::cache_dir().join("gpu-pipelines")
+}
+
 #[cfg(feature = "gpu")]
 fn gpu_options(m: &ModelArgs) -> GpuOptions {
     GpuOptions {
         adapter: m.gpu_adapter.clone(),
+        pipeline_cache_dir: Some(pipeline_cache_dir()),
         ..GpuOptions::default()
     }
 }
 
+/// How long the model took to start: the backend (a GPU's device and kernels), then
+/// the model's load (on a GPU: the weights' upload).
+#[derive(Clone, Copy)]
+struct Startup {
+    backend: std::time::Duration,
+    load: std::time::Duration,
+}
+
 /// Runs `$body` with `$e` bound to the engine of `$m`'s model on the backend `$m` asks
-/// for and `$p` to the model's path (the body is compiled once per backend type).
+/// for, `$p` to the model's path and `$s` to its [`Startup`] (the body is compiled once
+/// per backend type).
 macro_rules! with_engine {
-    ($m:expr, |$e:ident, $p:ident| $body:expr) => {{
+    ($m:expr, |$e:ident, $p:ident, $s:ident| $body:expr) => {{
         let m: &ModelArgs = $m;
         let $p = model_path(&m.model)?;
         let source = m.source(&$p);
         let loading = || format!("loading {}", $p.display());
+        let t = Instant::now();
         match m.chosen()? {
             Chosen::Cpu(opts) => {
-                let $e = Engine::load(source, opts).with_context(loading)?;
+                let backend = CpuBackend::new(opts).with_context(loading)?;
+                let started = t.elapsed();
+                let $e = Engine::with_backend(source, backend).with_context(loading)?;
+                let $s = Startup {
+                    backend: started,
+                    load: t.elapsed() - started,
+                };
                 $body
             }
             #[cfg(feature = "gpu")]
-            Chosen::Gpu(b) => {
+            Chosen::Gpu(b, started) => {
+                let t = Instant::now();
                 let $e = Engine::with_backend(source, *b).with_context(loading)?;
+                let $s = Startup {
+                    backend: started,
+                    load: t.elapsed(),
+                };
                 $body
             }
         }
@@ -206,6 +238,8 @@ impl ModelArgs {
     }
 
     fn chosen(&self) -> Result<Chosen> {
+        #[cfg(feature = "gpu")]
+        let t = Instant::now();
         #[cfg(not(feature = "gpu"))]
         if self.gpu_adapter.is_some() {
             anyhow::bail!("--gpu-adapter: this glint was built without the `gpu` feature");
@@ -213,7 +247,10 @@ impl ModelArgs {
         match self.backend {
             BackendKind::Cpu => Ok(Chosen::Cpu(self.cpu_options())),
             #[cfg(feature = "gpu")]
-            BackendKind::Gpu => Ok(Chosen::Gpu(Box::new(GpuBackend::new(&gpu_options(self))?))),
+            BackendKind::Gpu => Ok(Chosen::Gpu(
+                Box::new(GpuBackend::new(&gpu_options(self))?),
+                t.elapsed(),
+            )),
             #[cfg(feature = "gpu")]
             BackendKind::Auto => {
                 let opts = AutoOptions {
@@ -222,7 +259,7 @@ impl ModelArgs {
                     allow_software: false,
                 };
                 match glint_runtime::backend::gpu::auto(&opts) {
-                    AutoChoice::Gpu(b, _) => Ok(Chosen::Gpu(b)),
+                    AutoChoice::Gpu(b, _) => Ok(Chosen::Gpu(b, t.elapsed())),
                     AutoChoice::Cpu(reason) => {
                         eprintln!("[backend auto: cpu, because {reason}]");
                         Ok(Chosen::Cpu(self.cpu_options()))
@@ -474,6 +511,7 @@ fn gpu_report(out: &mut impl Write) -> Result<()> {
         writeln!(out, "  features: {}", a.features)?;
         let opts = GpuOptions {
             adapter: Some(a.name.clone()),
+            pipeline_cache_dir: Some(pipeline_cache_dir()),
             ..GpuOptions::default()
         };
         let verdict =
@@ -824,7 +862,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 (None, Some(f)) => read_text(&f)?,
                 (None, None) => bail!("a prompt is needed: -p TEXT or -f FILE"),
             };
-            with_engine!(&model, |engine, _path| {
+            with_engine!(&model, |engine, _path, _start| {
                 let opts = model.session_options(sample.ctx);
                 let plan = engine.memory_plan(&opts)?;
                 let mut session = engine.session(opts)?;
@@ -881,7 +919,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             model,
             sample,
             system,
-        } => with_engine!(&model, |engine, _path| chat(
+        } => with_engine!(&model, |engine, _path, _start| chat(
             &mut stdout,
             &engine,
             &model,
@@ -919,7 +957,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             let text = read_text(&file)?;
             let items = glint_runtime::eval::parse_qa(&text)
                 .with_context(|| format!("reading {}", file.display()))?;
-            with_engine!(&model, |engine, _path| {
+            with_engine!(&model, |engine, _path, _start| {
                 let mut speeds = Vec::new();
                 let mut correct = 0;
                 for seed in 0..seeds {
@@ -954,7 +992,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
         }
         Command::Perplexity { model, file, ctx } => {
             let text = read_text(&file)?;
-            with_engine!(&model, |engine, _path| {
+            with_engine!(&model, |engine, _path, _start| {
                 let mut err = stderr();
                 let mut progress = Ok(());
                 let ppl = glint_runtime::eval::perplexity(
@@ -985,12 +1023,13 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
                 n_gen,
                 reps,
             };
-            with_engine!(&model, |engine, path| bench(
+            with_engine!(&model, |engine, path, start| bench(
                 &mut stdout,
                 &engine,
                 &path,
                 &model,
                 test,
+                start,
                 json
             )?)
         }
@@ -1000,7 +1039,7 @@ fn run(cli: Cli, process_start: Instant) -> Result<()> {
             ctx,
             gpu,
         } => {
-            with_engine!(&model, |engine, _path| {
+            with_engine!(&model, |engine, _path, _start| {
                 write!(
                     stdout,
                     "{}",
@@ -1043,6 +1082,8 @@ trait BenchBackend: Backend {
     fn fields(&self) -> serde_json::Value;
     /// Dispatches and submits so far, where counted.
     fn work(&self) -> Option<(u64, u64)>;
+    /// How the backend started, for the table: `None` for the CPU (a thread pool).
+    fn start_line(&self) -> Option<String>;
 }
 
 impl BenchBackend for CpuBackend {
@@ -1062,6 +1103,9 @@ impl BenchBackend for CpuBackend {
     fn work(&self) -> Option<(u64, u64)> {
         None
     }
+    fn start_line(&self) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(feature = "gpu")]
@@ -1074,16 +1118,66 @@ impl BenchBackend for GpuBackend {
     }
     fn fields(&self) -> serde_json::Value {
         let i = self.adapter_info();
+        let s = self.start_report();
+        let (read, written) = match &s.cache {
+            PipelineCacheUse::File { read, written, .. } => (*read, *written),
+            _ => (0, 0),
+        };
         serde_json::json!({
             "adapter": i.name,
             "driver": format!("{} {}", i.driver, i.driver_info),
             "precision": "exact",
+            "device_ms": ms(s.device),
+            "pipelines_ms": ms(s.pipelines),
+            "pipeline_cache": cache_state(&s.cache),
+            "pipeline_cache_read_bytes": read,
+            "pipeline_cache_written_bytes": written,
         })
     }
     fn work(&self) -> Option<(u64, u64)> {
         let w = self.work_counts();
         Some((w.dispatches, w.submits))
     }
+    fn start_line(&self) -> Option<String> {
+        let s = self.start_report();
+        let cache = match &s.cache {
+            PipelineCacheUse::File {
+                path,
+                read,
+                written,
+                write_error,
+            } => format!(
+                "{} ({read} bytes read, {written} written{})",
+                path.display(),
+                write_error
+                    .as_ref()
+                    .map(|e| format!("; not written: {e}"))
+                    .unwrap_or_default()
+            ),
+            c => cache_state(c).to_string(),
+        };
+        Some(format!(
+            "gpu start: device {:.1} ms, pipelines {:.1} ms; pipeline cache: {cache}",
+            ms(s.device),
+            ms(s.pipelines)
+        ))
+    }
+}
+
+/// The pipeline cache's state in one word: `off`, `unsupported`, `cold` (no usable
+/// file was there) or `warm` (a file was read).
+#[cfg(feature = "gpu")]
+fn cache_state(c: &PipelineCacheUse) -> &'static str {
+    match c {
+        PipelineCacheUse::Off => "off",
+        PipelineCacheUse::Unsupported => "unsupported",
+        PipelineCacheUse::File { read: 0, .. } => "cold",
+        PipelineCacheUse::File { .. } => "warm",
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn bench<B: BenchBackend>(
@@ -1092,6 +1186,7 @@ fn bench<B: BenchBackend>(
     path: &std::path::Path,
     m: &ModelArgs,
     test: BenchTest,
+    start: Startup,
     json: bool,
 ) -> Result<()> {
     let BenchTest {
@@ -1120,12 +1215,18 @@ fn bench<B: BenchBackend>(
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     let mut work_per_token = None;
+    // The process's first token: the warm-up's prompt (the pp test's, else the start
+    // token) and one generated token, in a session never run before.
+    let mut first_call = None;
     for _ in 0..reps + 1 {
         if n_prompt > 0 {
             session.reset();
             let t = Instant::now();
-            session.generate_tokens(&prompt, &params(0), |_| ControlFlow::Continue(()))?;
+            let max = usize::from(first_call.is_none());
+            let s =
+                session.generate_tokens(&prompt, &params(max), |_| ControlFlow::Continue(()))?;
             pp.push(rate(n_prompt, t.elapsed()));
+            first_call.get_or_insert(s.time_to_first_token);
         }
         session.reset();
         let start = [c.bos.unwrap_or(0)];
@@ -1133,6 +1234,7 @@ fn bench<B: BenchBackend>(
         let s =
             session.generate_tokens(&start, &params(n_gen + 1), |_| ControlFlow::Continue(()))?;
         tg.push(s.decode_tok_s);
+        first_call.get_or_insert(s.time_to_first_token);
         // Dispatches and submits per generated token (the start token's prefill included).
         if let (Some(a), Some(b)) = (before, model.backend().work()) {
             let tokens = s.generated_tokens.max(1) as f64;
@@ -1149,6 +1251,8 @@ fn bench<B: BenchBackend>(
     let rss = peak_rss_bytes().unwrap_or(0);
     let bytes = model.weight_bytes_per_token();
     let backend = model.backend();
+    let first_call = first_call.unwrap_or_default();
+    let ttft = start.backend + start.load + first_call;
     if json {
         let mut j = serde_json::json!({
             "model": path.display().to_string(),
@@ -1163,6 +1267,10 @@ fn bench<B: BenchBackend>(
             "weight_bytes_per_token": bytes,
             "decode_weight_gb_s": tg * bytes as f64 / 1e9,
             "peak_rss_bytes": rss,
+            "backend_start_ms": ms(start.backend),
+            "load_ms": ms(start.load),
+            "first_call_ms": ms(first_call),
+            "time_to_first_token_ms": ms(ttft),
         });
         if let (Some(o), serde_json::Value::Object(f)) = (j.as_object_mut(), backend.fields()) {
             o.extend(f);
@@ -1199,6 +1307,17 @@ fn bench<B: BenchBackend>(
                 out,
                 "per generated token: {d:.1} dispatches, {s:.2} submits"
             )?;
+        }
+        writeln!(
+            out,
+            "time to first token {:.1} ms: backend start {:.1} ms, load {:.1} ms, first call {:.1} ms (the first prompt and one token)",
+            ms(ttft),
+            ms(start.backend),
+            ms(start.load),
+            ms(first_call)
+        )?;
+        if let Some(line) = backend.start_line() {
+            writeln!(out, "{line}")?;
         }
     }
     Ok(())

@@ -209,6 +209,65 @@ fn bench_json_is_one_object_with_the_figures() {
     assert_eq!(j["n_prompt"], 16);
     assert_eq!(j["n_gen"], 8);
     assert!(j["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{j}");
+    assert_time_to_first_token(&j);
+}
+
+/// `time_to_first_token_ms` is the backend's start, the load and the first call.
+fn assert_time_to_first_token(j: &serde_json::Value) {
+    let part = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
+    let parts = ["backend_start_ms", "load_ms", "first_call_ms"].map(part);
+    assert!(parts.iter().all(|p| *p >= 0.0) && parts[2] > 0.0, "{j}");
+    let sum: f64 = parts.iter().sum();
+    assert!(
+        (part("time_to_first_token_ms") - sum).abs() < 1e-6 * sum,
+        "{j}"
+    );
+}
+
+/// `glint bench --backend gpu --json` (lavapipe in CI) reports its start, and keeps the
+/// pipeline cache in the cache folder: written at the first run, read at the next.
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_bench_reports_its_start_and_keeps_the_pipeline_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let bench = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_glint"))
+            .env("GLINT_CACHE", cache.path())
+            .args([
+                "bench",
+                "--backend",
+                "gpu",
+                "-p",
+                "2",
+                "-n",
+                "1",
+                "-r",
+                "1",
+                "--json",
+            ])
+            .arg("-m")
+            .arg(model_path())
+            .output()
+            .expect("start glint");
+        let j: serde_json::Value = serde_json::from_str(ok(&o).trim()).expect("a JSON object");
+        assert_eq!(j["backend"], "gpu", "{j}");
+        assert_time_to_first_token(&j);
+        for k in ["device_ms", "pipelines_ms"] {
+            assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
+        }
+        j
+    };
+    let cold = bench();
+    assert_eq!(cold["pipeline_cache"], "cold", "{cold}");
+    let written = cold["pipeline_cache_written_bytes"].as_u64().unwrap();
+    let files: Vec<_> = std::fs::read_dir(cache.path().join("gpu-pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert_eq!(files, [written]);
+    let warm = bench();
+    assert_eq!(warm["pipeline_cache"], "warm", "{warm}");
+    assert_eq!(warm["pipeline_cache_read_bytes"], written, "{warm}");
 }
 
 /// `-t` beyond the cores this process may run on (any value a `usize` holds) is capped

@@ -191,6 +191,15 @@ public final class GlintTest {
             throwsGlint(GlintException.OVER_BUDGET, "over budget", () -> m.session(0));
         }
 
+        // The GPU choice in a library without the `gpu` feature (hosts/tests/gpu.rs runs
+        // it in one with the feature).
+        if (!Boolean.getBoolean("glint.gpu")) {
+            Glint.Options gpu = new Glint.Options();
+            gpu.backend = Glint.Backend.GPU;
+            gpu.gpuCacheDir = System.getProperty("java.io.tmpdir");
+            throwsGlint(GlintException.NO_GPU, "GPU", () -> Glint.load(modelPath, gpu));
+        }
+
         // A model from a FileDescriptor.
         try (FileInputStream in = new FileInputStream(modelPath)) {
             long size = in.getChannel().size();

@@ -305,6 +305,10 @@ pub enum BackendError {
         /// The most accepted.
         max: usize,
     },
+    /// No GPU adapter (of the name asked for) exists, or none is built in (a build
+    /// without the `gpu` feature): the caller may run on the CPU instead.
+    #[error("no GPU: {0}")]
+    NoGpu(String),
     /// An allocation failed.
     #[error("out of memory: {what} needs {bytes} bytes")]
     OutOfMemory {

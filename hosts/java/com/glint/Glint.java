@@ -36,10 +36,19 @@ public final class Glint {
 
     /** Which backend runs the model. */
     public enum Backend {
-        /** The best available (today the CPU). */
+        /**
+         * In a library built with the {@code gpu} feature: a hardware GPU that passed its
+         * self-test (run once per adapter and driver, the verdict kept in
+         * {@link Options#gpuCacheDir}), else the CPU. Without it: the CPU.
+         */
         AUTO,
         /** The CPU. */
-        CPU
+        CPU,
+        /**
+         * The GPU (Vulkan), without a self-test; {@link GlintException#NO_GPU} where there is
+         * none or the library was built without the {@code gpu} feature.
+         */
+        GPU
     }
 
     /** How a model is loaded; the defaults are good. */
@@ -57,6 +66,11 @@ public final class Glint {
          * activations), checked by {@link Model#session}; 0: no limit.
          */
         public long memBudget = 0;
+        /**
+         * A folder private to the app (e.g. {@code context.getCacheDir()}) where the GPU
+         * backend keeps its compiled kernels and AUTO its self-test verdicts; null: none.
+         */
+        public String gpuCacheDir = null;
         /** Told the fraction loaded, on the loading thread; may be null. */
         public ProgressListener progress = null;
     }
@@ -75,7 +89,7 @@ public final class Glint {
     public static Model load(String path, Options options) {
         Options o = options != null ? options : new Options();
         return new Model(Native.loadPath(path, o.threads, o.precision.ordinal(),
-                o.kvType.ordinal(), o.backend.ordinal(), o.memBudget, o.progress));
+                o.kvType.ordinal(), o.backend.ordinal(), o.memBudget, o.gpuCacheDir, o.progress));
     }
 
     /**
@@ -86,6 +100,6 @@ public final class Glint {
     public static Model load(FileDescriptor fd, long offset, long length, Options options) {
         Options o = options != null ? options : new Options();
         return new Model(Native.loadFd(fd, offset, length, o.threads, o.precision.ordinal(),
-                o.kvType.ordinal(), o.backend.ordinal(), o.memBudget, o.progress));
+                o.kvType.ordinal(), o.backend.ordinal(), o.memBudget, o.gpuCacheDir, o.progress));
     }
 }

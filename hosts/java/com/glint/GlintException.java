@@ -33,6 +33,8 @@ public class GlintException extends RuntimeException {
     public static final int INTERNAL = 12;
     /** The session does not fit in the memory budget. */
     public static final int OVER_BUDGET = 13;
+    /** The GPU was asked for and there is none (or the library has no GPU support). */
+    public static final int NO_GPU = 14;
 
     private final int code;
 

@@ -13,10 +13,11 @@ final class Native {
     static native String version();
 
     static native long loadPath(String path, int threads, int precision, int kv, int backend,
-            long memBudget, ProgressListener listener);
+            long memBudget, String gpuCacheDir, ProgressListener listener);
 
     static native long loadFd(FileDescriptor fd, long offset, long length, int threads,
-            int precision, int kv, int backend, long memBudget, ProgressListener listener);
+            int precision, int kv, int backend, long memBudget, String gpuCacheDir,
+            ProgressListener listener);
 
     static native void modelFree(long model);
 

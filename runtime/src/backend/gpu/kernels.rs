@@ -1,4 +1,4 @@
-//! The WGSL kernels (`wgsl/`), compiled once per device, and the recorder that puts
+//! The WGSL kernels (`wgsl/`), compiled once per device (`start.rs`), and the recorder that puts
 //! their dispatches into one compute pass and submits it when results are read back.
 
 use wgpu::util::DeviceExt;
@@ -19,7 +19,13 @@ pub(super) struct Kernel {
 }
 
 impl Kernel {
-    fn new(device: &wgpu::Device, name: &str, source: &str, slots: &[Slot]) -> Self {
+    fn new(
+        device: &wgpu::Device,
+        cache: Option<&wgpu::PipelineCache>,
+        name: &str,
+        source: &str,
+        slots: &[Slot],
+    ) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -63,7 +69,7 @@ impl Kernel {
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions::default(),
-            cache: None,
+            cache,
         });
         Self { pipeline, layout }
     }
@@ -81,17 +87,19 @@ pub(super) struct Kernels {
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Compiles every kernel on `device`, through `cache` if given.
+    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
         use Slot::*;
+        let kernel = |name: &str, source: &str, slots: &[Slot]| {
+            Kernel::new(device, cache, name, source, slots)
+        };
         Self {
-            matvec: Kernel::new(
-                device,
+            matvec: kernel(
                 "matvec",
                 &matvec_source(),
                 &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             ),
-            embed: Kernel::new(
-                device,
+            embed: kernel(
                 "embed",
                 &format!(
                     "{}\n{}",
@@ -100,32 +108,27 @@ impl Kernels {
                 ),
                 &[Read, Read, ReadWrite],
             ),
-            rms_norm: Kernel::new(
-                device,
+            rms_norm: kernel(
                 "rms_norm",
                 include_str!("wgsl/rmsnorm.wgsl"),
                 &[Read, Read, ReadWrite],
             ),
-            rope_kv: Kernel::new(
-                device,
+            rope_kv: kernel(
                 "rope_kv",
                 include_str!("wgsl/rope_kv.wgsl"),
                 &[Read, ReadWrite, ReadWrite, Read, ReadWrite, ReadWrite],
             ),
-            attention: Kernel::new(
-                device,
+            attention: kernel(
                 "attention",
                 include_str!("wgsl/attention.wgsl"),
                 &[Read, Read, Read, ReadWrite, ReadWrite],
             ),
-            elementwise: Kernel::new(
-                device,
+            elementwise: kernel(
                 "elementwise",
                 include_str!("wgsl/elementwise.wgsl"),
                 &[ReadWrite, Read],
             ),
-            argmax: Kernel::new(
-                device,
+            argmax: kernel(
                 "argmax",
                 include_str!("wgsl/argmax.wgsl"),
                 &[Read, ReadWrite],

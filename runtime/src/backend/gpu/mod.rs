@@ -18,6 +18,7 @@
 mod kernels;
 pub mod select;
 pub mod selftest;
+mod start;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 pub use select::{AdapterReport, adapters};
 pub use selftest::{AutoChoice, AutoOptions, SelfTest, auto, cached_self_test, self_test};
+pub use start::{PipelineCacheUse, StartReport};
 
 /// How the GPU backend starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +47,13 @@ pub struct GpuOptions {
     /// Scales every projection's output by 1.5: a deliberately wrong kernel, so tests
     /// can show the self-test failing and `auto` falling back to the CPU.
     pub inject_fault: bool,
+    /// A directory for compiled kernels (wgpu's `PipelineCache`, one file per adapter;
+    /// Vulkan only): read when the device starts, written back (atomically) when
+    /// compiling changed it. A missing, corrupt or foreign file is ignored. Keep it
+    /// private to the application: a file forged with valid headers goes to the driver.
+    /// `None`: compile every start. Kernels are compiled once per process and adapter,
+    /// so only the first backend on an adapter uses it.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Dispatches and queue submits a backend made.
@@ -61,15 +70,18 @@ pub struct GpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
-    kernels: Kernels,
+    /// Compiled once per process and adapter (`start.rs`), shared.
+    kernels: Arc<Kernels>,
     /// Largest weight chunk.
     max_chunk: u64,
     /// Largest buffer the device binds.
     max_binding: u64,
     fault: bool,
     counts: Counters,
-    /// The first error the device reported outside an error scope.
+    /// The first error the device (shared by this process's backends on the adapter)
+    /// reported outside an error scope.
     device_error: Arc<Mutex<Option<String>>>,
+    start: StartReport,
 }
 
 #[derive(Default)]
@@ -79,34 +91,18 @@ struct Counters {
 }
 
 impl GpuBackend {
-    /// A backend on the adapter `opts` names (see [`GpuOptions::adapter`]): creates the
-    /// device and compiles every kernel. `Err` when no adapter matches or the device
-    /// cannot be created.
+    /// A backend on the adapter `opts` names (see [`GpuOptions::adapter`]): the device
+    /// and kernels this process started on that adapter, else a new device with every
+    /// kernel compiled. `Err` when no adapter matches or the device cannot be created.
     pub fn new(opts: &GpuOptions) -> Result<Self, BackendError> {
         let adapter = select::pick(opts.adapter.as_deref())?;
-        let info = adapter.get_info();
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("glint"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| BackendError::Unsupported(format!("{}: {e}", info.name)))?;
-        let device_error = Arc::new(Mutex::new(None));
-        let sink = Arc::clone(&device_error);
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| e.to_string());
-        }));
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels = Kernels::new(&device);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(BackendError::Unsupported(format!(
-                "{}: a kernel does not compile: {e}",
-                info.name
-            )));
-        }
+        let (started, start) = start::shared(adapter, opts.pipeline_cache_dir.as_deref())?;
+        Ok(Self::on(&started, start, opts))
+    }
+
+    /// A backend on a started device.
+    fn on(started: &start::Started, start: StartReport, opts: &GpuOptions) -> Self {
+        let limits = &started.limits;
         let device_max = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -114,17 +110,23 @@ impl GpuBackend {
             0 => device_max,
             m => m.min(device_max),
         };
-        Ok(Self {
-            device,
-            queue,
-            info,
-            kernels,
+        Self {
+            device: started.device.clone(),
+            queue: started.queue.clone(),
+            info: started.info.clone(),
+            kernels: Arc::clone(&started.kernels),
             max_chunk,
             max_binding: device_max,
             fault: opts.inject_fault,
             counts: Counters::default(),
-            device_error,
-        })
+            device_error: Arc::clone(&started.device_error),
+            start,
+        }
+    }
+
+    /// How this backend started: device and pipeline times, the pipeline cache.
+    pub fn start_report(&self) -> &StartReport {
+        &self.start
     }
 
     /// The adapter's name, driver and driver version.

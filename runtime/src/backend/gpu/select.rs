@@ -35,7 +35,7 @@ pub struct AdapterReport {
 }
 
 impl AdapterReport {
-    fn new(a: &wgpu::Adapter) -> Self {
+    pub(super) fn new(a: &wgpu::Adapter) -> Self {
         let (i, l) = (a.get_info(), a.limits());
         Self {
             name: i.name,
@@ -100,7 +100,7 @@ pub(super) fn pick(name: Option<&str>) -> Result<wgpu::Adapter, BackendError> {
         }
     };
     chosen.ok_or_else(|| {
-        BackendError::Unsupported(match name {
+        BackendError::NoGpu(match name {
             Some(n) if !names.is_empty() => {
                 format!("no adapter named like {n:?} among {names:?}")
             }

@@ -159,7 +159,11 @@ impl SelfTest {
 /// Runs the self-test on the adapter `opts` picks: the synthetic model's logits after
 /// an 8-token prompt and 2 decoded tokens, GPU against the CPU's scalar reference.
 pub fn self_test(opts: &GpuOptions) -> Result<SelfTest, BackendError> {
-    let gpu = GpuBackend::new(opts)?;
+    check(GpuBackend::new(opts)?)
+}
+
+/// The self-test on `gpu`.
+pub(super) fn check(gpu: GpuBackend) -> Result<SelfTest, BackendError> {
     let key = adapters()
         .into_iter()
         .find(|a| a.name == gpu.info.name)

@@ -11,6 +11,7 @@ use crate::backend::cpu::{CpuBackend, CpuOptions, CpuScratch};
 use crate::model::Model;
 use glint_format::quant::test_values;
 use glint_format::*;
+use std::time::Duration;
 
 fn gpu(opts: &GpuOptions) -> GpuBackend {
     GpuBackend::new(opts).unwrap_or_else(|e| {
@@ -452,4 +453,104 @@ fn activations_out_of_range_are_refused() {
     t.gpu.write_act(&mut t.gs, Act::X, &vec![1.5; n]).unwrap();
     t.gpu.read_act(&mut t.gs, Act::X, n, &mut out).unwrap();
     assert_eq!(out, vec![1.5; n]);
+}
+
+/// Backends on one adapter share the device and the kernels: a second backend (other
+/// options, as a second engine would have) compiles nothing.
+#[test]
+fn kernels_are_compiled_once_per_process() {
+    let a = gpu(&GpuOptions::default());
+    let b = gpu(&GpuOptions {
+        max_chunk_bytes: 4096,
+        ..GpuOptions::default()
+    });
+    assert!(Arc::ptr_eq(&a.kernels, &b.kernels));
+    let r = b.start_report();
+    assert!(r.reused, "{r:?}");
+    assert_eq!((r.device, r.pipelines), (Duration::ZERO, Duration::ZERO));
+}
+
+/// A fresh device (not the process's shared one) on the first adapter, its kernels
+/// compiled through the pipeline cache in `dir`.
+fn fresh(dir: &std::path::Path) -> (GpuBackend, PipelineCacheUse) {
+    let adapter = select::pick(None).unwrap();
+    let started = start::start(adapter, Some(dir)).unwrap();
+    let report = started.report.clone();
+    let cache = report.cache.clone();
+    (
+        GpuBackend::on(&started, report, &GpuOptions::default()),
+        cache,
+    )
+}
+
+/// Bytes read from and written to the cache file, and the file.
+fn file_use(u: &PipelineCacheUse) -> (u64, u64, std::path::PathBuf) {
+    match u {
+        PipelineCacheUse::File {
+            path,
+            read,
+            written,
+            write_error: None,
+        } => (*read, *written, path.clone()),
+        other => panic!("the pipeline cache was not used: {other:?}"),
+    }
+}
+
+/// wgpu's pipeline cache header starts so (`wgpu-core`'s `pipeline_cache.rs`).
+const CACHE_MAGIC: &[u8] = b"WGPUPLCH";
+
+/// The cache file is written at the first start and read at the next; a garbage,
+/// truncated or foreign (another adapter's) file is ignored: the device starts, the
+/// kernels agree with the CPU, and the file is rewritten whole.
+#[test]
+fn pipeline_cache_is_persisted_and_a_bad_file_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cold) = fresh(dir.path());
+    let (read, written, path) = file_use(&cold);
+    let good = std::fs::read(&path).unwrap();
+    assert_eq!((read, written), (0, good.len() as u64));
+    assert!(good.starts_with(CACHE_MAGIC), "{good:?}");
+    let (_, warm) = fresh(dir.path());
+    assert_eq!(file_use(&warm).0, good.len() as u64);
+
+    // The adapter key sits after the magic, header version, ABI and backend bytes.
+    let mut foreign = good.clone();
+    foreign[17..32].iter_mut().for_each(|b| *b ^= 0x5a);
+    let garbage: Vec<u8> = (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    for (what, bad) in [
+        ("garbage", garbage),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("foreign", foreign),
+    ] {
+        std::fs::write(&path, &bad).unwrap();
+        let (g, u) = fresh(dir.path());
+        assert_eq!(file_use(&u).0, bad.len() as u64, "{what}");
+        let t = selftest::check(g).unwrap();
+        assert!(t.passed(), "{what}: {}", t.verdict());
+        let now = std::fs::read(&path).unwrap();
+        assert!(
+            now.starts_with(CACHE_MAGIC) && now != bad,
+            "{what}: not rewritten"
+        );
+    }
+}
+
+/// A cache folder that cannot be made: the device starts and the report says why the
+/// cache was not written.
+#[test]
+fn an_unwritable_pipeline_cache_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let started = start::start(select::pick(None).unwrap(), Some(&file.join("cache"))).unwrap();
+    match &started.report.cache {
+        PipelineCacheUse::File {
+            read: 0,
+            written: 0,
+            write_error: Some(_),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(started.device_error.lock().unwrap().is_none());
 }
