@@ -244,13 +244,25 @@ impl ModelArgs {
         if self.gpu_adapter.is_some() {
             anyhow::bail!("--gpu-adapter: this glint was built without the `gpu` feature");
         }
+        // The GPU's matrix products take f32 activations only (int8 ones are not
+        // written yet): say so rather than run another precision than asked in silence.
+        #[cfg(feature = "gpu")]
+        let exact_note = || {
+            if self.precision != Precision::Exact {
+                eprintln!(
+                    "[gpu: matrix products run exact (f32 activations); --precision {} is the CPU's]",
+                    self.precision.name()
+                );
+            }
+        };
         match self.backend {
             BackendKind::Cpu => Ok(Chosen::Cpu(self.cpu_options())),
             #[cfg(feature = "gpu")]
-            BackendKind::Gpu => Ok(Chosen::Gpu(
-                Box::new(GpuBackend::new(&gpu_options(self))?),
-                t.elapsed(),
-            )),
+            BackendKind::Gpu => {
+                let backend = GpuBackend::new(&gpu_options(self))?;
+                exact_note();
+                Ok(Chosen::Gpu(Box::new(backend), t.elapsed()))
+            }
             #[cfg(feature = "gpu")]
             BackendKind::Auto => {
                 let opts = AutoOptions {
@@ -259,7 +271,10 @@ impl ModelArgs {
                     allow_software: false,
                 };
                 match glint_runtime::backend::gpu::auto(&opts) {
-                    AutoChoice::Gpu(b, _) => Ok(Chosen::Gpu(b, t.elapsed())),
+                    AutoChoice::Gpu(b, _) => {
+                        exact_note();
+                        Ok(Chosen::Gpu(b, t.elapsed()))
+                    }
                     AutoChoice::Cpu(reason) => {
                         eprintln!("[backend auto: cpu, because {reason}]");
                         Ok(Chosen::Cpu(self.cpu_options()))
