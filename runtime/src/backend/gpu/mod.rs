@@ -231,11 +231,18 @@ impl GpuBackend {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.is_ok());
         });
-        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
-        let ok = done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or(false);
+        // The device is shared by every backend on the adapter: another thread's poll may
+        // be the one running this callback when ours returns, so wait for the callback
+        // itself (wgpu always calls it, with an error on a lost device). Reading the flag
+        // right after our poll returned zeros under concurrent sessions: greedy ids and
+        // perplexity (49.7 vs 18.2) went wrong in the lavapipe gates.
+        let ok = loop {
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+            if let Some(ok) = *done.lock().unwrap_or_else(|p| p.into_inner()) {
+                break ok;
+            }
+            std::thread::yield_now();
+        };
         if !ok {
             // A lost device or failed map: zeros, and `device_error` says why.
             let mut slot = self.device_error.lock().unwrap_or_else(|p| p.into_inner());
