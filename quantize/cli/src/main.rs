@@ -148,8 +148,7 @@ struct CalibrationArgs {
 }
 
 fn dtype(name: &str) -> Result<glint_format::DType> {
-    use glint_format::DType::*;
-    let all = [F32, F16, Q4G32A, Q4G32, Q4G64, Q4G128, Q8G32];
+    let all = glint_format::DType::ALL;
     all.into_iter().find(|d| d.name() == name).with_context(|| {
         let names: Vec<&str> = all.iter().map(|d| d.name()).collect();
         format!("unknown dtype {name:?} (one of: {})", names.join(", "))

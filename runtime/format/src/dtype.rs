@@ -33,6 +33,17 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every dtype, in code order.
+    pub const ALL: [DType; 7] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4G32A,
+        Self::Q4G32,
+        Self::Q4G64,
+        Self::Q4G128,
+        Self::Q8G32,
+    ];
+
     /// Decodes the on-disk code.
     pub fn from_code(code: u32) -> Result<Self, FormatError> {
         Ok(match code {

@@ -124,15 +124,7 @@ fn assert_close(g: &[f32], c: &[f32], tol: f32, what: &str) {
     );
 }
 
-const ALL_DTYPES: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::Q4G32A,
-    DType::Q4G32,
-    DType::Q4G64,
-    DType::Q4G128,
-    DType::Q8G32,
-];
+const ALL_DTYPES: [DType; 7] = DType::ALL;
 
 #[test]
 fn project_matches_cpu_in_every_dtype_whole_and_split() {

@@ -1,15 +1,7 @@
 use super::*;
 use glint_format::quant::{dequantize_row, quantize};
 
-const DTYPES: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::Q4G32A,
-    DType::Q4G32,
-    DType::Q4G64,
-    DType::Q4G128,
-    DType::Q8G32,
-];
+const DTYPES: [DType; 7] = DType::ALL;
 
 /// Deterministic pseudo-random values in [-1, 1).
 use glint_format::quant::test_values as sample;
