@@ -8,8 +8,8 @@
 //! tokens go through in batches ([`Model::prefill`]); decoding is the batch of one.
 
 use crate::backend::{
-    Act, Backend, BackendError, CpuBackend, KvStore, KvType, ModelShape, ScratchInfo, ScratchSize,
-    WeightSource,
+    Act, Backend, BackendError, CpuBackend, KvStore, KvType, ModelShape, NormInput, Projection,
+    ScratchInfo, ScratchSize, WeightSource,
 };
 use glint_format::{BlockTensor, GlintFile, LlamaTensor, LoadedGlint, ModelConfig, OpenError};
 use std::fs::File;
@@ -413,23 +413,24 @@ impl<B: Backend> Model<B> {
     ) -> Result<(), ForwardError> {
         self.check(tokens, cache, s)?;
         let (b, w, n) = (&self.backend, &self.weights, tokens.len());
-        let sh = &self.shape;
-        let mut tap =
-            |s: &mut B::Scratch, tap: Tap, act: Act, rows: usize, width: usize| match probe
-                .wants(tap)
-            {
-                true => self.visit(probe, s, tap, act, rows * width, width),
-                false => Ok(()),
-            };
         b.embed(s, &w.token_embd, tokens);
         b.rope_angles(s, &w.inv_freq, cache.len(), n);
         for (layer, blk) in w.blocks.iter().enumerate() {
-            tap(s, Tap::Residual(layer), Act::X, n, sh.dim)?;
+            self.tap(probe, s, Tap::Residual(layer), Act::X, n)?;
             // Attention: x += Wo attend(rope(Wq xn), rope(Wk xn), Wv xn), xn = norm(x).
-            b.rms_norm(s, Act::X, 0..n, &blk.attn_norm, Act::Xn);
-            tap(s, Tap::AttnInput(layer), Act::Xn, n, sh.dim)?;
             let qkv = [(&blk.q, Act::Q), (&blk.k, Act::K), (&blk.v, Act::V)];
-            b.project(s, Act::Xn, n, &qkv);
+            let attn_in = NormInput {
+                input: Act::X,
+                rows: 0..n,
+                weight: &blk.attn_norm,
+            };
+            self.norm_project(
+                probe,
+                s,
+                Tap::AttnInput(layer),
+                attn_in,
+                Projection::Into(&qkv),
+            )?;
             if let Some([bq, bk, bv]) = &blk.qkv_bias {
                 b.add_bias(s, Act::Q, n, bq);
                 b.add_bias(s, Act::K, n, bk);
@@ -437,36 +438,78 @@ impl<B: Backend> Model<B> {
             }
             b.rope_append_kv(cache, layer, s, n);
             b.attention(cache, layer, s, n);
-            tap(s, Tap::AttnOutput(layer), Act::Att, n, sh.attn.q_dim)?;
+            self.tap(probe, s, Tap::AttnOutput(layer), Act::Att, n)?;
             b.project_residual(s, Act::Att, n, &blk.o);
             // Feed-forward: x += Wdown (silu(Wgate xn) * Wup xn), xn = norm(x).
-            b.rms_norm(s, Act::X, 0..n, &blk.ffn_norm, Act::Xn);
-            tap(s, Tap::FfnInput(layer), Act::Xn, n, sh.dim)?;
-            b.project_swiglu(s, Act::Xn, n, &blk.gate, &blk.up);
-            tap(s, Tap::DownInput(layer), Act::Gate, n, sh.ffn_dim)?;
+            let ffn_in = NormInput {
+                input: Act::X,
+                rows: 0..n,
+                weight: &blk.ffn_norm,
+            };
+            let swiglu = Projection::Swiglu {
+                gate: &blk.gate,
+                up: &blk.up,
+            };
+            self.norm_project(probe, s, Tap::FfnInput(layer), ffn_in, swiglu)?;
+            self.tap(probe, s, Tap::DownInput(layer), Act::Gate, n)?;
             b.project_residual(s, Act::Gate, n, &blk.down);
         }
-        tap(s, Tap::Residual(w.blocks.len()), Act::X, n, sh.dim)?;
+        self.tap(probe, s, Tap::Residual(w.blocks.len()), Act::X, n)?;
         cache.commit(n);
         // Logits: of every token, or of the last only (one row of the head, not n).
         let rows: Range<usize> = if s.size().all_logits { 0..n } else { n - 1..n };
-        let head = w.output.as_ref().unwrap_or(&w.token_embd);
-        b.rms_norm(s, Act::X, rows.clone(), &w.output_norm, Act::Xn);
-        tap(s, Tap::HeadInput, Act::Xn, rows.len(), sh.dim)?;
-        b.project(s, Act::Xn, rows.len(), &[(head, Act::Logits)]);
+        let head = [(w.output.as_ref().unwrap_or(&w.token_embd), Act::Logits)];
+        let head_in = NormInput {
+            input: Act::X,
+            rows,
+            weight: &w.output_norm,
+        };
+        self.norm_project(probe, s, Tap::HeadInput, head_in, Projection::Into(&head))
+    }
+
+    /// `norm`'s rows normalised, then projected by `p`: one backend operation
+    /// ([`Backend::norm_project`], fused on a GPU), unless `probe` wants to see (or
+    /// replace) the normalised rows at `tap` in between.
+    fn norm_project(
+        &self,
+        probe: &mut dyn Probe,
+        s: &mut B::Scratch,
+        tap: Tap,
+        norm: NormInput<'_, B::Vector>,
+        p: Projection<'_, B::Weight>,
+    ) -> Result<(), ForwardError> {
+        let b = &self.backend;
+        if !probe.wants(tap) {
+            b.norm_project(s, norm, p);
+            return Ok(());
+        }
+        let n = norm.rows.len();
+        b.rms_norm(s, norm.input, norm.rows, norm.weight, Act::Xn);
+        self.tap(probe, s, tap, Act::Xn, n)?;
+        p.run(b, s, Act::Xn, n);
         Ok(())
     }
 
-    /// Shows `probe` the first `len` elements of `act` and writes back what it changed.
-    fn visit(
+    /// Shows `probe` the first `rows` rows of `act` at `tap`, if it wants them, and
+    /// writes back what it changed.
+    fn tap(
         &self,
         probe: &mut dyn Probe,
         s: &mut B::Scratch,
         tap: Tap,
         act: Act,
-        len: usize,
-        width: usize,
+        rows: usize,
     ) -> Result<(), ForwardError> {
+        if !probe.wants(tap) {
+            return Ok(());
+        }
+        let sh = &self.shape;
+        let width = match tap {
+            Tap::AttnOutput(_) => sh.attn.q_dim,
+            Tap::DownInput(_) => sh.ffn_dim,
+            Tap::Residual(_) | Tap::AttnInput(_) | Tap::FfnInput(_) | Tap::HeadInput => sh.dim,
+        };
+        let len = rows * width;
         let mut rows = Vec::with_capacity(len);
         self.backend
             .read_act(s, act, len, &mut rows)

@@ -250,6 +250,41 @@ pub struct ScratchSize {
     pub all_logits: bool,
 }
 
+/// The RMSNorm in front of a projection ([`Backend::norm_project`]): rows `rows` of
+/// `input`, normalised and scaled by `weight`.
+pub struct NormInput<'a, V> {
+    /// The activation normalised (the residual stream).
+    pub input: Act,
+    /// Its rows; the projection runs over `rows.len()` rows.
+    pub rows: Range<usize>,
+    /// The norm's weights.
+    pub weight: &'a V,
+}
+
+/// What a projection computes from its input rows `x`.
+#[derive(Clone, Copy)]
+pub enum Projection<'a, W> {
+    /// `out_j = W_j x` for each `(W_j, out_j)`: [`Backend::project`].
+    Into(&'a [(&'a W, Act)]),
+    /// `Gate = silu(W_gate x) * W_up x`: [`Backend::project_swiglu`].
+    Swiglu {
+        /// The gate matrix.
+        gate: &'a W,
+        /// The up matrix.
+        up: &'a W,
+    },
+}
+
+impl<W> Projection<'_, W> {
+    /// Runs it on `b` over `n` rows of `input`.
+    pub fn run<B: Backend<Weight = W>>(self, b: &B, s: &mut B::Scratch, input: Act, n: usize) {
+        match self {
+            Projection::Into(outs) => b.project(s, input, n, outs),
+            Projection::Swiglu { gate, up } => b.project_swiglu(s, input, n, gate, up),
+        }
+    }
+}
+
 /// One weight matrix of the file, as a backend receives it at load: the planes,
 /// borrowed from the model's bytes, and those bytes, for a backend that keeps using
 /// them in place.
@@ -445,6 +480,20 @@ pub trait Backend: Send + Sync + Sized {
     fn project_residual(&self, s: &mut Self::Scratch, input: Act, n: usize, w: &Self::Weight) {
         self.project(s, input, n, &[(w, Act::Xn)]);
         self.add(s, Act::X, Act::Xn, n);
+    }
+    /// [`Backend::rms_norm`] of `norm`'s rows into `Xn`, then `p` over them: the
+    /// normalised input of a block's attention or feed-forward, or of the head. One
+    /// operation, so a GPU can normalise as it reads (no dispatch, no `Xn` written);
+    /// afterwards `Xn` holds the normalised rows or what it held before.
+    fn norm_project(
+        &self,
+        s: &mut Self::Scratch,
+        norm: NormInput<'_, Self::Vector>,
+        p: Projection<'_, Self::Weight>,
+    ) {
+        let n = norm.rows.len();
+        self.rms_norm(s, norm.input, norm.rows, norm.weight, Act::Xn);
+        p.run(self, s, Act::Xn, n);
     }
     /// The logits written by the last forward pass: `[rows][vocab]`.
     fn logits<'s>(&self, s: &'s mut Self::Scratch) -> &'s [f32];

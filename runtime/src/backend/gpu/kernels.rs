@@ -97,7 +97,9 @@ impl Kernels {
             matvec: kernel(
                 "matvec",
                 &matvec_source(),
-                &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+                &[
+                    Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read,
+                ],
             ),
             embed: kernel(
                 "embed",

@@ -23,7 +23,8 @@ mod start;
 mod tests;
 
 use super::{
-    Act, Backend, BackendError, KvStore, KvType, ModelShape, ScratchInfo, ScratchSize, WeightSource,
+    Act, Backend, BackendError, KvStore, KvType, ModelShape, NormInput, Projection, ScratchInfo,
+    ScratchSize, WeightSource,
 };
 use glint_format::{DType, Matrix, RopeStyle, TENSOR_ALIGN};
 use kernels::{Bind, Kernels, Recorder, grid, upload};
@@ -276,16 +277,36 @@ enum MatvecMode {
     Swiglu,
 }
 
+/// A `matvec.wgsl` dispatch's input: `n` rows of `act`, or, with a norm, the RMSNorm of
+/// its rows `row0 .. row0 + n` scaled by `norm`.
+struct MatvecInput<'a> {
+    act: Act,
+    n: usize,
+    row0: usize,
+    norm: Option<&'a GpuVector>,
+}
+
+impl MatvecInput<'_> {
+    fn plain(act: Act, n: usize) -> Self {
+        Self {
+            act,
+            n,
+            row0: 0,
+            norm: None,
+        }
+    }
+}
+
 impl GpuBackend {
     /// One `matvec.wgsl` dispatch over up to three `parts` with the same columns.
     fn matvec(
         &self,
         s: &mut GpuScratch,
-        input: Act,
-        n: usize,
+        x: &MatvecInput<'_>,
         parts: &[Part<'_>],
         mode: MatvecMode,
     ) {
+        let (input, n) = (x.act, x.n);
         assert!((1..=3).contains(&parts.len()), "one to three parts");
         let cols = parts[0].w.cols;
         assert!(
@@ -319,6 +340,12 @@ impl GpuBackend {
             params.extend(p.w.view(p.chunk));
             params.extend([0; 3]);
         }
+        params.extend([
+            u32::from(x.norm.is_some()),
+            x.row0 as u32,
+            s.shape.norm_eps.to_bits(),
+            0,
+        ]);
         // Absent parts: the first part's buffers, never read or written.
         let part = |m: usize| parts.get(m).unwrap_or(&parts[0]);
         let GpuScratch { rec, acts, .. } = s;
@@ -334,9 +361,62 @@ impl GpuBackend {
                 Bind::all(&acts[part(0).out as usize]),
                 Bind::all(&acts[part(1).out as usize]),
                 Bind::all(&acts[part(2).out as usize]),
+                Bind::all(x.norm.map_or(&acts[input as usize], |v| &v.buffer)),
             ],
             (groups, n.div_ceil(4) as u32, 1),
         );
+    }
+
+    /// [`Backend::project`] of `x`: each output's chunks, three to a dispatch.
+    fn project_from(&self, s: &mut GpuScratch, x: &MatvecInput<'_>, outs: &[(&GpuWeight, Act)]) {
+        if outs.iter().any(|(_, a)| *a == Act::Logits) {
+            s.logit_rows = x.n;
+        }
+        for (j, (_, a)) in outs.iter().enumerate() {
+            assert!(
+                *a != x.act && outs[..j].iter().all(|(_, b)| b != a),
+                "outputs distinct from each other and from the input"
+            );
+        }
+        let parts: Vec<Part<'_>> = outs
+            .iter()
+            .flat_map(|&(w, out)| w.chunks.iter().map(move |chunk| Part { w, chunk, out }))
+            .collect();
+        for group in parts.chunks(3) {
+            self.matvec(s, x, group, MatvecMode::Store);
+        }
+    }
+
+    /// [`Backend::project_swiglu`] of `x`: one dispatch when gate and up are one chunk
+    /// each, else the projections, then [`Backend::swiglu`].
+    fn swiglu_from(
+        &self,
+        s: &mut GpuScratch,
+        x: &MatvecInput<'_>,
+        gate: &GpuWeight,
+        up: &GpuWeight,
+    ) {
+        match (&gate.chunks[..], &up.chunks[..]) {
+            ([g], [u]) if g.rows == u.rows => {
+                let parts = [
+                    Part {
+                        w: gate,
+                        chunk: g,
+                        out: Act::Gate,
+                    },
+                    Part {
+                        w: up,
+                        chunk: u,
+                        out: Act::Up,
+                    },
+                ];
+                self.matvec(s, x, &parts, MatvecMode::Swiglu);
+            }
+            _ => {
+                self.project_from(s, x, &[(gate, Act::Gate), (up, Act::Up)]);
+                self.swiglu(s, x.n);
+            }
+        }
     }
 
     /// One `rope_kv.wgsl` dispatch over heads `heads.0 .. heads.1` (Q heads, then K, then
@@ -788,22 +868,7 @@ impl Backend for GpuBackend {
     /// Each output's chunks, three to a dispatch (Q, K and V together; a split head
     /// in one).
     fn project(&self, s: &mut GpuScratch, input: Act, n: usize, outs: &[(&GpuWeight, Act)]) {
-        if outs.iter().any(|(_, a)| *a == Act::Logits) {
-            s.logit_rows = n;
-        }
-        for (j, (_, a)) in outs.iter().enumerate() {
-            assert!(
-                *a != input && outs[..j].iter().all(|(_, b)| b != a),
-                "outputs distinct from each other and from the input"
-            );
-        }
-        let parts: Vec<Part<'_>> = outs
-            .iter()
-            .flat_map(|&(w, out)| w.chunks.iter().map(move |chunk| Part { w, chunk, out }))
-            .collect();
-        for group in parts.chunks(3) {
-            self.matvec(s, input, n, group, MatvecMode::Store);
-        }
+        self.project_from(s, &MatvecInput::plain(input, n), outs);
     }
 
     fn add_bias(&self, s: &mut GpuScratch, a: Act, n: usize, bias: &GpuVector) {
@@ -913,26 +978,25 @@ impl Backend for GpuBackend {
         gate: &GpuWeight,
         up: &GpuWeight,
     ) {
-        match (&gate.chunks[..], &up.chunks[..]) {
-            ([g], [u]) if g.rows == u.rows => {
-                let parts = [
-                    Part {
-                        w: gate,
-                        chunk: g,
-                        out: Act::Gate,
-                    },
-                    Part {
-                        w: up,
-                        chunk: u,
-                        out: Act::Up,
-                    },
-                ];
-                self.matvec(s, input, n, &parts, MatvecMode::Swiglu);
-            }
-            _ => {
-                self.project(s, input, n, &[(gate, Act::Gate), (up, Act::Up)]);
-                self.swiglu(s, n);
-            }
+        self.swiglu_from(s, &MatvecInput::plain(input, n), gate, up);
+    }
+
+    /// The norm computed by the projection's own dispatches as they read `X`.
+    fn norm_project(
+        &self,
+        s: &mut GpuScratch,
+        norm: NormInput<'_, GpuVector>,
+        p: Projection<'_, GpuWeight>,
+    ) {
+        let x = MatvecInput {
+            act: norm.input,
+            n: norm.rows.len(),
+            row0: norm.rows.start,
+            norm: Some(norm.weight),
+        };
+        match p {
+            Projection::Into(outs) => self.project_from(s, &x, outs),
+            Projection::Swiglu { gate, up } => self.swiglu_from(s, &x, gate, up),
         }
     }
 
@@ -948,7 +1012,7 @@ impl Backend for GpuBackend {
             })
             .collect();
         for group in parts.chunks(3) {
-            self.matvec(s, input, n, group, MatvecMode::Add);
+            self.matvec(s, &MatvecInput::plain(input, n), group, MatvecMode::Add);
         }
     }
 

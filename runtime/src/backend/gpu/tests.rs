@@ -208,6 +208,46 @@ fn fused_projections_match_cpu(t: &mut Twin, file: &Arc<LoadedGlint>, what: &str
         t.gpu.project_residual(&mut t.gs, Act::Gate, n, &down.0);
         t.cpu.project_residual(&mut t.cs, Act::Gate, n, &down.1);
         t.check(Act::X, n, 1e-5, &format!("{what} down + residual"));
+        // The norm computed by the projections as they read X (`norm_project`), over
+        // every row and over the last one (the head's rows).
+        let g: Vec<f32> = test_values(t.shape.dim, n as u32 + 23)
+            .iter()
+            .map(|v| 1.0 + v)
+            .collect();
+        let (gg, cg) = (t.gpu.vector(&g).unwrap(), t.cpu.vector(&g).unwrap());
+        t.fill(Act::X, n, n as u32 + 24);
+        for rows in [0..n, n - 1..n] {
+            let (m, what) = (rows.len(), format!("{what} norm rows {rows:?}"));
+            let gn = || NormInput {
+                input: Act::X,
+                rows: rows.clone(),
+                weight: &gg,
+            };
+            let cn = || NormInput {
+                input: Act::X,
+                rows: rows.clone(),
+                weight: &cg,
+            };
+            t.gpu
+                .norm_project(&mut t.gs, gn(), Projection::Into(&gpu_qkv));
+            t.cpu
+                .norm_project(&mut t.cs, cn(), Projection::Into(&cpu_qkv));
+            for a in [Act::Q, Act::K, Act::V] {
+                t.check(a, m, 1e-5, &format!("{what} {a:?}"));
+            }
+            let (gate, up) = ((&gate.0, &gate.1), (&up.0, &up.1));
+            let gpu_swiglu = Projection::Swiglu {
+                gate: gate.0,
+                up: up.0,
+            };
+            let cpu_swiglu = Projection::Swiglu {
+                gate: gate.1,
+                up: up.1,
+            };
+            t.gpu.norm_project(&mut t.gs, gn(), gpu_swiglu);
+            t.cpu.norm_project(&mut t.cs, cn(), cpu_swiglu);
+            t.check(Act::Gate, m, 1e-5, &format!("{what} swiglu"));
+        }
     }
 }
 
