@@ -78,6 +78,8 @@ impl Kernel {
 /// Every kernel of the backend.
 pub(super) struct Kernels {
     pub matvec: Kernel,
+    /// `matvec` reading the RMSNorm of its input rows (`matvec_xnorm.wgsl`).
+    pub matvec_norm: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
     pub rope_kv: Kernel,
@@ -93,13 +95,19 @@ impl Kernels {
         let kernel = |name: &str, source: &str, slots: &[Slot]| {
             Kernel::new(device, cache, name, source, slots)
         };
+        let matvec_slots = [
+            Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read,
+        ];
         Self {
             matvec: kernel(
                 "matvec",
-                &matvec_source(),
-                &[
-                    Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read,
-                ],
+                &matvec_source(include_str!("wgsl/matvec_x.wgsl")),
+                &matvec_slots,
+            ),
+            matvec_norm: kernel(
+                "matvec_norm",
+                &matvec_source(include_str!("wgsl/matvec_xnorm.wgsl")),
+                &matvec_slots,
             ),
             embed: kernel(
                 "embed",
@@ -145,9 +153,10 @@ const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
 /// The line after which `weight.wgsl` and `matvec.wgsl` hold per-matrix functions.
 const PER_MATRIX: &str = "// PER MATRIX";
 
-/// `matvec.wgsl` with `weight.wgsl`'s readers and its own per-matrix functions written
-/// once per bound matrix (`#` replaced by 0, 1, 2), so no word read chooses a binding.
-fn matvec_source() -> String {
+/// `matvec.wgsl` with `weight.wgsl`'s readers, its `input` reader (`matvec_x.wgsl` or
+/// `matvec_xnorm.wgsl`) and its own per-matrix functions written once per bound matrix
+/// (`#` replaced by 0, 1, 2), so no word read chooses a binding.
+fn matvec_source(input: &str) -> String {
     let matvec = include_str!("wgsl/matvec.wgsl");
     let (weight_head, readers) = WEIGHT.split_once(PER_MATRIX).expect("marked");
     let (matvec_head, per_matrix) = matvec.split_once(PER_MATRIX).expect("marked");
@@ -155,7 +164,7 @@ fn matvec_source() -> String {
     let copies: String = (0..3)
         .map(|m| template.replace('#', &m.to_string()))
         .collect();
-    format!("{weight_head}\n{matvec_head}\n{copies}")
+    format!("{weight_head}\n{matvec_head}\n{input}\n{copies}")
 }
 
 /// Bytes of one dispatch's parameter slot (the largest `min_uniform_buffer_offset_alignment`

@@ -8,7 +8,9 @@
 //! are read back. The fused operations cut a decoded token of SmolLM2-135M from 481 to
 //! 258 dispatches (8 a layer): Q, K and V in one dispatch, gate and up with SwiGLU in
 //! one, the output and down projections adding into the residual stream, RoPE with the
-//! KV append. Buffers are allocated once per session. Matrix products accumulate in
+//! KV append; and to 194 (6 a layer) where the projections also compute the RMSNorm of
+//! their input ([`GpuOptions::fuse_norm`]: hardware GPUs). Buffers are allocated once per
+//! session. Matrix products accumulate in
 //! f32 with f32 activations ([`Precision::Exact`]).
 //!
 //! A weight larger than the device's storage-binding limit is split by rows into chunks
@@ -55,6 +57,12 @@ pub struct GpuOptions {
     /// `None`: compile every start. Kernels are compiled once per process and adapter,
     /// so only the first backend on an adapter uses it.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// Whether a projection computes the RMSNorm of its input itself
+    /// ([`Backend::norm_project`]: two dispatches fewer a layer, the norm staged in
+    /// workgroup memory with barriers). `None`: on hardware GPUs, not on software ones:
+    /// on lavapipe, which is bound by its compute and runs barriers as coroutines, it
+    /// measured 0.93x decode and 0.89x prefill (`benches/README.md`).
+    pub fuse_norm: Option<bool>,
 }
 
 /// Dispatches and queue submits a backend made.
@@ -78,6 +86,8 @@ pub struct GpuBackend {
     /// Largest buffer the device binds.
     max_binding: u64,
     fault: bool,
+    /// [`GpuOptions::fuse_norm`], decided.
+    fuse_norm: bool,
     counts: Counters,
     /// The first error the device (shared by this process's backends on the adapter)
     /// reported outside an error scope.
@@ -119,6 +129,9 @@ impl GpuBackend {
             max_chunk,
             max_binding: device_max,
             fault: opts.inject_fault,
+            fuse_norm: opts
+                .fuse_norm
+                .unwrap_or(started.info.device_type != wgpu::DeviceType::Cpu),
             counts: Counters::default(),
             device_error: Arc::clone(&started.device_error),
             start,
@@ -277,6 +290,9 @@ enum MatvecMode {
     Swiglu,
 }
 
+/// Widest rows `matvec_xnorm.wgsl` stages: its workgroup memory holds 4 tokens of 1024.
+const NORM_STAGE_COLS: usize = 1024;
+
 /// A `matvec.wgsl` dispatch's input: `n` rows of `act`, or, with a norm, the RMSNorm of
 /// its rows `row0 .. row0 + n` scaled by `norm`.
 struct MatvecInput<'a> {
@@ -340,18 +356,17 @@ impl GpuBackend {
             params.extend(p.w.view(p.chunk));
             params.extend([0; 3]);
         }
-        params.extend([
-            u32::from(x.norm.is_some()),
-            x.row0 as u32,
-            s.shape.norm_eps.to_bits(),
-            0,
-        ]);
+        params.extend([x.row0 as u32, s.shape.norm_eps.to_bits(), 0, 0]);
+        let kernel = match x.norm {
+            Some(_) => &self.kernels.matvec_norm,
+            None => &self.kernels.matvec,
+        };
         // Absent parts: the first part's buffers, never read or written.
         let part = |m: usize| parts.get(m).unwrap_or(&parts[0]);
         let GpuScratch { rec, acts, .. } = s;
         self.dispatch(
             rec,
-            &self.kernels.matvec,
+            kernel,
             &params,
             &[
                 Bind::all(&part(0).chunk.buffer),
@@ -981,13 +996,21 @@ impl Backend for GpuBackend {
         self.swiglu_from(s, &MatvecInput::plain(input, n), gate, up);
     }
 
-    /// The norm computed by the projection's own dispatches as they read `X`.
+    /// The norm computed by the projection's own dispatches as they read `X` when
+    /// [`GpuOptions::fuse_norm`] (rows of at most [`NORM_STAGE_COLS`]; wider ones take a
+    /// separate RMSNorm).
     fn norm_project(
         &self,
         s: &mut GpuScratch,
         norm: NormInput<'_, GpuVector>,
         p: Projection<'_, GpuWeight>,
     ) {
+        if !self.fuse_norm || norm.weight.host.len() > NORM_STAGE_COLS {
+            let n = norm.rows.len();
+            self.rms_norm(s, norm.input, norm.rows, norm.weight, Act::Xn);
+            p.run(self, s, Act::Xn, n);
+            return;
+        }
         let x = MatvecInput {
             act: norm.input,
             n: norm.rows.len(),

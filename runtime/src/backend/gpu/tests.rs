@@ -140,6 +140,7 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
         for max_chunk_bytes in [0, 1024] {
             let opts = GpuOptions {
                 max_chunk_bytes,
+                fuse_norm: Some(true),
                 ..GpuOptions::default()
             };
             let mut t = Twin::new(&c, &opts, 9);
@@ -403,7 +404,12 @@ fn forward_matches_cpu_on_synthetic_models() {
     ] {
         for kv in [KvType::F16, KvType::F32] {
             let bytes: Arc<[u8]> = synthetic_model(c, dtype).into();
-            let gm = Model::load(bytes.clone(), gpu(&GpuOptions::default())).unwrap();
+            // The norm fused into the projections, and not.
+            let opts = GpuOptions {
+                fuse_norm: Some(kv == KvType::F32),
+                ..GpuOptions::default()
+            };
+            let gm = Model::load(bytes.clone(), gpu(&opts)).unwrap();
             let cm = Model::load(bytes, cpu()).unwrap();
             let (mut gc, mut cc) = (gm.cache(40, kv).unwrap(), cm.cache(40, kv).unwrap());
             let (mut gs, mut cs) = (

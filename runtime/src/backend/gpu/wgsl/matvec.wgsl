@@ -9,11 +9,10 @@
 // 2 (SwiGLU) computes row r of parts 0 (gate) and 1 (up) in the same thread and stores
 // silu(gate) * up into y0, so the up projection is never written.
 //
-// With a norm (`p.norm.x` = 1), x is the residual stream and the input is its RMSNorm
-// scaled by `g`, computed as it is read: the workgroup reduces its tokens' sums of
-// squares once (the only barriers), each weight block is scaled by `g`, and each dot by
-// the token's 1 / rms. One dispatch instead of an RMSNorm's and a projection's, and no
-// normalised copy is written. Token t's input row is `p.norm.y + t` (the head's rows).
+// The input x[t][c] is read through `x_at`, defined by one of two files prefixed to this
+// one (two pipelines): `matvec_x.wgsl` reads the activation; `matvec_xnorm.wgsl` stages
+// the RMSNorm of the residual stream's rows in workgroup memory first, so a norm and the
+// projection that reads it are one dispatch.
 
 struct Params {
     // n, x_stride (the matrices' columns), mode, scale (f32 bits: 1, or a deliberate
@@ -22,7 +21,7 @@ struct Params {
     // Part m: [3m] rows, out_row0, out_stride, first_group (u32 max: no such part);
     // [3m + 1] dtype, cols, group, scales; [3m + 2].x mins.
     parts: array<vec4<u32>, 9>,
-    // x: 1 when normalising, y: the first input row, z: eps (f32 bits).
+    // With a norm: x the first input row, y eps (f32 bits).
     norm: vec4<u32>,
 }
 
@@ -40,32 +39,6 @@ struct Params {
 const TOK: u32 = 4u;
 const MODE_ADD: u32 = 1u;
 const MODE_SWIGLU: u32 = 2u;
-
-var<workgroup> sumsq: array<vec4<f32>, 64>;
-
-// 1 / rms of tokens t0 .. t0 + nt of x's first `cols` columns (1 without a norm).
-fn inv_rms(t0: u32, nt: u32, lane: u32) -> vec4<f32> {
-    if p.norm.x == 0u {
-        return vec4<f32>(1.0);
-    }
-    let cols = p.parts[1u].y;
-    var part = vec4<f32>(0.0);
-    for (var t = 0u; t < nt; t++) {
-        let xb = (p.norm.y + t0 + t) * p.head.y;
-        for (var c = lane; c < cols; c += 64u) {
-            part[t] += x[xb + c] * x[xb + c];
-        }
-    }
-    sumsq[lane] = part;
-    workgroupBarrier();
-    for (var k = 32u; k > 0u; k >>= 1u) {
-        if lane < k {
-            sumsq[lane] += sumsq[lane + k];
-        }
-        workgroupBarrier();
-    }
-    return inverseSqrt(sumsq[0] / f32(cols) + bitcast<f32>(p.norm.z));
-}
 
 // y_m[i] = v, or += v.
 fn put(m: u32, i: u32, v: f32, add: bool) {
@@ -106,7 +79,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let part = p.parts[3u * m];
     let t0 = wid.y * TOK;
     let nt = min(TOK, p.head.x - t0);
-    let inv = inv_rms(t0, nt, lid.x);
+    stage(t0, nt, lid.x);
     let r = (wid.x - part.w) * 64u + lid.x;
     if r >= part.x {
         return;
@@ -131,9 +104,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     for (var t = 0u; t < nt; t++) {
         let i = (t0 + t) * part.z + part.y + r;
-        let v = acc[t] * inv[t] * scale;
+        let v = acc[t] * scale;
         if mode == MODE_SWIGLU {
-            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * inv[t] * scale), false);
+            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * scale), false);
         } else {
             put(m, i, v, mode == MODE_ADD);
         }
@@ -152,23 +125,16 @@ fn word#(i: u32) -> u32 {
 fn row_dot#(r: u32, t0: u32, nt: u32) -> array<f32, TOK> {
     let a = p.parts[3u * # + 1u];
     let wv = WeightView(a.x, a.y, a.z, a.w, p.parts[3u * # + 2u].x);
-    let x_stride = p.head.y;
     var acc = array<f32, TOK>(0.0, 0.0, 0.0, 0.0);
     var blk: array<f32, 32>;
     let nb = (wv.cols + 31u) / 32u;
     for (var b = 0u; b < nb; b++) {
         let len = min(32u, wv.cols - 32u * b);
         load_block#(wv, r * wv.cols + 32u * b, len, &blk);
-        if p.norm.x != 0u {
-            for (var j = 0u; j < len; j++) {
-                blk[j] *= g[32u * b + j];
-            }
-        }
         for (var t = 0u; t < nt; t++) {
-            let xb = (p.norm.y + t0 + t) * x_stride + 32u * b;
             var s = 0.0;
             for (var j = 0u; j < len; j++) {
-                s += blk[j] * x[xb + j];
+                s += blk[j] * x_at(t0, t, 32u * b + j);
             }
             acc[t] += s;
         }
