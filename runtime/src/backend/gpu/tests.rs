@@ -395,7 +395,11 @@ fn int8_cache_needs_heads_of_whole_blocks() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("an int8 cache of 48-element heads"),
     }
-    assert!(gpu(&GpuOptions::default()).cache(&shape, 8, KvType::F16).is_ok());
+    assert!(
+        gpu(&GpuOptions::default())
+            .cache(&shape, 8, KvType::F16)
+            .is_ok()
+    );
 }
 
 #[test]
