@@ -1,7 +1,7 @@
 //! The GPU backend over `wgpu` (Vulkan, Metal): WGSL kernels (`wgsl/`) that read the
 //! `.glint` planes as packed `u32` words from the uploaded file bytes (no f32 copy of a
-//! weight exists), an f32/f16 KV cache in GPU buffers, and the activations of a batch in
-//! one buffer per [`Act`].
+//! weight exists), an f32, f16 or int8 KV cache in GPU buffers, and the activations of
+//! a batch in one buffer per [`Act`].
 //!
 //! Every operation of [`Backend`] only records a dispatch; the forward pass's dispatches
 //! go into one compute pass and one queue submit, made when the logits (or their argmax)
@@ -28,7 +28,7 @@ use super::{
     Act, Backend, BackendError, KvStore, KvType, ModelShape, NormInput, Projection, ScratchInfo,
     ScratchSize, WeightSource,
 };
-use glint_format::{DType, Matrix, RopeStyle, TENSOR_ALIGN};
+use glint_format::{BLOCK, DType, Matrix, RopeStyle, TENSOR_ALIGN};
 use kernels::{Bind, Kernels, Recorder, grid, upload};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -445,12 +445,13 @@ impl GpuBackend {
         heads: (usize, usize),
     ) {
         let at = s.shape.attn;
-        let (dst, kv_f16) = match &cache {
+        let (dst, kv, scales) = match &cache {
             Some(c) => {
                 assert!(c.len + n <= c.capacity, "cache overflow");
-                ((layer * c.capacity + c.len) * c.kv_dim, c.kv == KvType::F16)
+                let dst = (layer * c.capacity + c.len) * c.kv_dim;
+                (dst, c.kv_code(), c.scales)
             }
-            None => (0, false),
+            None => (0, 0, 0),
         };
         let params = [
             at.q_dim as u32,
@@ -462,7 +463,8 @@ impl GpuBackend {
             u32::from(heads.0 < at.n_heads),
             u32::from(cache.is_some()),
             dst as u32,
-            u32::from(kv_f16),
+            kv,
+            scales,
         ];
         let data = s.rec.data_buffer();
         let GpuScratch {
@@ -591,15 +593,28 @@ pub struct GpuVector {
     host: Vec<f32>,
 }
 
-/// Keys and values of every layer in two GPU buffers (`u32` words: f32 bits, or two
-/// f16 each).
+/// Keys and values of every layer in two GPU buffers (`u32` words: f32 bits, two f16,
+/// or four int8 followed by their blocks' f32 scales).
 pub struct GpuCache {
     k: wgpu::Buffer,
     v: wgpu::Buffer,
     kv: KvType,
+    /// int8: the word offset of the block scales in each buffer (after the values).
+    scales: u32,
     kv_dim: usize,
     capacity: usize,
     len: usize,
+}
+
+impl GpuCache {
+    /// The cache's element type as `rope_kv.wgsl` and `attention.wgsl` name it.
+    fn kv_code(&self) -> u32 {
+        match self.kv {
+            KvType::F32 => 0,
+            KvType::F16 => 1,
+            KvType::Int8 => 2,
+        }
+    }
 }
 
 impl KvStore for GpuCache {
@@ -735,28 +750,36 @@ impl Backend for GpuBackend {
         capacity: usize,
         kv: KvType,
     ) -> Result<GpuCache, BackendError> {
-        let elem = match kv {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
-            KvType::Int8 => {
-                return Err(BackendError::Unsupported(
-                    "the GPU backend keeps an f16 or f32 KV cache, not int8".into(),
-                ));
-            }
-        };
+        let hd = shape.attn.head_dim;
+        if kv == KvType::Int8 && !hd.is_multiple_of(BLOCK) {
+            return Err(BackendError::Unsupported(format!(
+                "an int8 KV cache needs a head dimension that is a multiple of 32, not {hd}"
+            )));
+        }
         if !shape.attn.kv_dim.is_multiple_of(2) {
             return Err(BackendError::Unsupported(
                 "the GPU backend needs an even key/value width".into(),
             ));
         }
-        let bytes = (shape.n_layers as u64)
+        let elems = (shape.n_layers as u64)
             .saturating_mul(capacity as u64)
-            .saturating_mul(shape.attn.kv_dim as u64)
-            .saturating_mul(elem);
+            .saturating_mul(shape.attn.kv_dim as u64);
+        // Each buffer holds half of `KvType::cache_bytes` (saturating here: a huge
+        // capacity is refused, not wrapped): for int8 the values, then one f32 scale per
+        // 32 of them.
+        let bytes = elems.saturating_mul(kv.bits()) / 8;
+        let scales = match kv {
+            KvType::Int8 => u32::try_from(elems / 4).map_err(|_| BackendError::OutOfMemory {
+                what: "KV cache",
+                bytes,
+            })?,
+            _ => 0,
+        };
         Ok(GpuCache {
             k: self.buffer("KV cache", bytes)?,
             v: self.buffer("KV cache", bytes)?,
             kv,
+            scales,
             kv_dim: shape.attn.kv_dim,
             capacity,
             len: 0,
@@ -928,8 +951,9 @@ impl Backend for GpuBackend {
             at.n_heads as u32,
             s.size.capacity as u32,
             (layer * cache.capacity * cache.kv_dim) as u32,
-            u32::from(cache.kv == KvType::F16),
+            cache.kv_code(),
             at.scale.to_bits(),
+            cache.scales,
         ];
         let GpuScratch {
             rec, acts, scores, ..

@@ -325,12 +325,14 @@ fn norm_rope_swiglu_bias_and_add_match_cpu() {
 
 #[test]
 fn kv_cache_and_attention_match_cpu() {
-    for kv in [KvType::F32, KvType::F16] {
+    for kv in [KvType::F32, KvType::F16, KvType::Int8] {
         for c in [odd(), wide()] {
             let mut t = Twin::new(&c, &GpuOptions::default(), 9);
             let cap = c.context_len as usize;
             let mut gc = t.gpu.cache(&t.shape, cap, kv).unwrap();
             let mut cc = t.cpu.cache(&t.shape, cap, kv).unwrap();
+            let planned = kv.cache_bytes(&t.shape, cap);
+            assert_eq!((gc.bytes(), cc.bytes()), (planned, planned), "{kv:?} bytes");
             let freq = test_values(c.head_dim as usize / 2, 7);
             let (gf, cf) = (t.gpu.vector(&freq).unwrap(), t.cpu.vector(&freq).unwrap());
             // Batches of 9, 1, 5 and 1 positions into layer 1 (layer 0 stays empty),
@@ -371,6 +373,76 @@ fn kv_cache_and_attention_match_cpu() {
     }
 }
 
+/// The int8 cache's bytes are the CPU's `store_q8` of the same keys and values, bit for
+/// bit: values and f32 block scales, ties rounded to even, an all-zero block (scale 0),
+/// at two positions of layer 1 after one of layer 0.
+#[test]
+fn int8_cache_holds_the_cpus_quantization_bit_for_bit() {
+    use crate::backend::cpu::kernels::attn::store_q8;
+    let c = wide();
+    let mut t = Twin::new(&c, &GpuOptions::default(), 2);
+    let (cap, kv_dim) = (c.context_len as usize, t.shape.attn.kv_dim);
+    let mut gc = t.gpu.cache(&t.shape, cap, KvType::Int8).unwrap();
+    let mut k = test_values(2 * kv_dim, 31);
+    // Block 0: halves, with |x| / d exactly k + 0.5 (d = 1); block 1: zeros; block 2:
+    // one huge value, the rest rounding to 0 or 1.
+    for (j, x) in k[..32].iter_mut().enumerate() {
+        *x = if j == 0 { 127.0 } else { j as f32 - 15.5 };
+    }
+    k[32..64].fill(0.0);
+    k[64] = -3e4;
+    let v = test_values(2 * kv_dim, 32);
+    t.gpu.write_act(&mut t.gs, Act::K, &k).unwrap();
+    t.gpu.write_act(&mut t.gs, Act::V, &v).unwrap();
+    t.gpu.append_kv(&mut gc, 0, &mut t.gs, 1);
+    gc.commit(1);
+    t.gpu.append_kv(&mut gc, 1, &mut t.gs, 2);
+    let n = t.shape.n_layers * cap * kv_dim;
+    for (buf, x, what) in [(&gc.k, &k, "keys"), (&gc.v, &v, "values")] {
+        let raw = t.gpu.read_back(&mut t.gs.rec, buf, buf.size());
+        let (mut q, mut d) = (vec![0i8; x.len()], vec![0f32; x.len() / 32]);
+        store_q8(&mut q, &mut d, x);
+        // Layer 0 holds the first row at position 0; layer 1 both rows from position 1.
+        for (layer, pos, rows) in [(0, 0, 0..1), (1, 1, 0..2)] {
+            let at = (layer * cap + pos) * kv_dim;
+            let len = rows.len() * kv_dim;
+            let src = rows.start * kv_dim..rows.start * kv_dim + len;
+            let got: Vec<i8> = raw[at..at + len].iter().map(|&b| b as i8).collect();
+            assert_eq!(got, q[src.clone()], "{what} layer {layer}");
+            let scales = f32s(&raw[n + at / 8..n + (at + len) / 8]);
+            let want = &d[src.start / 32..src.end / 32];
+            let bits = |s: &[f32]| s.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&scales), bits(want), "{what} layer {layer} scales");
+        }
+    }
+    // Block 0 did hold ties (-14.5 -> -14, -13.5 -> -14, ...), rounded to even.
+    let (mut q, mut d) = ([0i8; 32], [0f32; 1]);
+    store_q8(&mut q, &mut d, &k[..32]);
+    assert_eq!(d[0], 1.0);
+    assert!((1..32).all(|j| q[j] as f32 == (j as f32 - 15.5).round_ties_even()));
+    assert_eq!(t.gpu.device_error(), None);
+}
+
+/// An int8 cache needs whole 32-element blocks per head: the same typed error as the CPU.
+#[test]
+fn int8_cache_needs_heads_of_whole_blocks() {
+    // dim 96 over 2 heads: head dimension 48.
+    let c = synthetic_config(96, 2, 1, 160, 300, false);
+    let shape = ModelShape::new(&c);
+    let g = gpu(&GpuOptions::default()).cache(&shape, 8, KvType::Int8);
+    let cpu_err = cpu().cache(&shape, 8, KvType::Int8).err().unwrap();
+    match g {
+        Err(e @ BackendError::Unsupported(_)) => assert_eq!(e.to_string(), cpu_err.to_string()),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an int8 cache of 48-element heads"),
+    }
+    assert!(
+        gpu(&GpuOptions::default())
+            .cache(&shape, 8, KvType::F16)
+            .is_ok()
+    );
+}
+
 #[test]
 fn argmax_matches_cpu_with_ties() {
     let c = odd();
@@ -402,7 +474,7 @@ fn forward_matches_cpu_on_synthetic_models() {
         (wide(), DType::Q4G64),
         (odd(), DType::Q8G32),
     ] {
-        for kv in [KvType::F16, KvType::F32] {
+        for kv in [KvType::F16, KvType::F32, KvType::Int8] {
             let bytes: Arc<[u8]> = synthetic_model(c, dtype).into();
             // The norm fused into the projections, and not.
             let opts = GpuOptions {
@@ -425,6 +497,8 @@ fn forward_matches_cpu_on_synthetic_models() {
                 // f32 sums in another order differ by ~1e-6; an f16 cache rounds a key
                 // that differs in its last bit to the other neighbour now and then, which
                 // the later layers amplify (measured up to 2e-3 on lavapipe, q8 weights).
+                // int8's steps are coarse enough that no such flip happened: up to 8e-6,
+                // as f32's 1.2e-5 (lavapipe).
                 let tol = if kv == KvType::F16 { 5e-3 } else { 1e-4 };
                 let what = format!("{dtype:?} {kv:?}");
                 assert_close(&g, &cm.logits(&mut cs)[..n], tol, &what);

@@ -1,6 +1,8 @@
 // Causal grouped-query attention of query i (position pos0 + i) and head h over the
 // cached positions 0..=pos0 + i: one workgroup per (head, query). Scores go to the
-// scratch's `scores` rows; softmax in f32 with the row's maximum subtracted.
+// scratch's `scores` rows; softmax in f32 with the row's maximum subtracted. The cache
+// holds f32 bits, two f16 or four int8 per word; an int8 element is dequantized as the
+// CPU's `KvRows::at` does, times its 32-element block's f32 scale (from word `scales`).
 
 struct Params {
     pos0: u32,
@@ -12,9 +14,11 @@ struct Params {
     capacity: u32,
     // Element offset of the layer in the caches.
     layer: u32,
-    // 0: f32, 1: f16.
-    kv_f16: u32,
+    // 0: f32, 1: f16, 2: int8.
+    kv: u32,
     scale: f32,
+    // int8: word offset of the block scales in each cache buffer.
+    scales: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,7 +31,19 @@ struct Params {
 var<workgroup> part: array<f32, 64>;
 
 fn cached(c: u32, e: u32) -> f32 {
-    if p.kv_f16 == 1u {
+    if p.kv == 2u {
+        var word: u32;
+        var d: u32;
+        if c == 0u {
+            word = kc[e / 4u];
+            d = kc[p.scales + e / 32u];
+        } else {
+            word = vc[e / 4u];
+            d = vc[p.scales + e / 32u];
+        }
+        return f32(extractBits(i32(word), 8u * (e % 4u), 8u)) * bitcast<f32>(d);
+    }
+    if p.kv == 1u {
         var word: u32;
         if c == 0u {
             word = kc[e / 2u];

@@ -2,10 +2,12 @@
 // numbered Q heads, then K heads, then V heads; a dispatch covers heads h_first .. +
 // wg.x. `rotate`: Q and K heads are rotated in place by their positions' angles (`data`
 // holds per position `head_dim / 2` cosines then as many sines); `store`: K and V heads
-// go to the caches at element `dst` (f32 as its bits, f16 rounded to nearest-even,
-// bit-identical to the CPU's `half::f16::from_f32`, two per word). Backend::rope is
-// rotate only (Q and K heads), Backend::append_kv store only (K and V heads), the fused
-// Backend::rope_append_kv both.
+// go to the caches at element `dst` (f32 as its bits; f16 rounded to nearest-even,
+// bit-identical to the CPU's `half::f16::from_f32`, two per word; int8 per 32-element
+// block with an f32 scale, the CPU's `store_q8` (llama.cpp's q8_0 rule) step for step,
+// four per word, the scales from word `scales`). Backend::rope is rotate only (Q and K
+// heads), Backend::append_kv store only (K and V heads), the fused Backend::rope_append_kv
+// both.
 
 struct Params {
     q_dim: u32,
@@ -18,8 +20,10 @@ struct Params {
     rotate: u32,
     store: u32,
     dst: u32,
-    // 0: f32, 1: f16.
-    kv_f16: u32,
+    // 0: f32, 1: f16, 2: int8.
+    kv: u32,
+    // int8: word offset of the block scales in each cache buffer.
+    scales: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,8 +34,13 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> kc: array<u32>;
 @group(0) @binding(6) var<storage, read_write> vc: array<u32>;
 
+const KV_F16: u32 = 1u;
+const KV_I8: u32 = 2u;
+
 // The head being rotated (head_dim <= 256, checked when the scratch is made).
 var<workgroup> head: array<f32, 256>;
+// int8: the head's values to store, quantized a block at a time.
+var<workgroup> stored: array<f32, 256>;
 
 // IEEE binary16 bits of `x`, rounded to nearest, ties to even.
 fn f16_bits(x: f32) -> u32 {
@@ -93,7 +102,7 @@ fn rotated(j: u32, i: u32) -> f32 {
 
 // Stores elements o, o + 1 (o even) of a cache.
 fn put(is_v: bool, o: u32, v0: f32, v1: f32) {
-    if p.kv_f16 == 1u {
+    if p.kv == KV_F16 {
         let word = f16_bits(v0) | (f16_bits(v1) << 16u);
         if is_v {
             vc[o / 2u] = word;
@@ -106,6 +115,37 @@ fn put(is_v: bool, o: u32, v0: f32, v1: f32) {
     } else {
         kc[o] = bitcast<u32>(v0);
         kc[o + 1u] = bitcast<u32>(v1);
+    }
+}
+
+// int8: stores word `w` (elements 4w .. 4w + 3) of `stored` at element `o` (a multiple
+// of 4) of a cache, and the scale of its block from the block's first word. The CPU's
+// `quantize_block`: d = max |x| / 127, q = round(x / d) as round(x * (1 / d)), half to
+// even (WGSL's `round`), |x / d| <= 127.
+fn put_q8(is_v: bool, o: u32, w: u32) {
+    let b0 = w / 8u * 32u;
+    var amax = 0.0;
+    for (var j = 0u; j < 32u; j++) {
+        amax = max(amax, abs(stored[b0 + j]));
+    }
+    let d = amax / 127.0;
+    let id = select(0.0, 1.0 / d, d > 0.0);
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let qv = i32(clamp(round(stored[4u * w + j] * id), -127.0, 127.0));
+        word |= (u32(qv) & 0xffu) << (8u * j);
+    }
+    let s = p.scales + o / 32u;
+    if is_v {
+        vc[o / 4u] = word;
+        if w % 8u == 0u {
+            vc[s] = bitcast<u32>(d);
+        }
+    } else {
+        kc[o / 4u] = word;
+        if w % 8u == 0u {
+            kc[s] = bitcast<u32>(d);
+        }
     }
 }
 
@@ -136,6 +176,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             head[j] = k[base + j];
         }
         workgroupBarrier();
+    }
+    if p.store == 1u && p.kv == KV_I8 {
+        // Whole blocks are quantized together: the head's values first.
+        for (var j = lid.x; j < hd; j += 64u) {
+            var x: f32;
+            if rot {
+                x = rotated(j, i);
+                k[base + j] = x;
+            } else if is_v {
+                x = v[base + j];
+            } else {
+                x = k[base + j];
+            }
+            stored[j] = x;
+        }
+        workgroupBarrier();
+        for (var w = lid.x; w < hd / 4u; w += 64u) {
+            put_q8(is_v, p.dst + base + 4u * w, w);
+        }
+        return;
     }
     for (var e = lid.x; e < hd / 2u; e += 64u) {
         let j = 2u * e;
