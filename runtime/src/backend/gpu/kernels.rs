@@ -78,6 +78,8 @@ impl Kernel {
 /// Every kernel of the backend.
 pub(super) struct Kernels {
     pub matvec: Kernel,
+    /// `matvec.wgsl`'s twin with int8 activations.
+    pub matvec_int8: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
     pub rope_kv: Kernel,
@@ -96,7 +98,12 @@ impl Kernels {
         Self {
             matvec: kernel(
                 "matvec",
-                &matvec_source(),
+                &per_matrix_source(include_str!("wgsl/matvec.wgsl")),
+                &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            ),
+            matvec_int8: kernel(
+                "matvec_int8",
+                &per_matrix_source(include_str!("wgsl/matvec_int8.wgsl")),
                 &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             ),
             embed: kernel(
@@ -140,20 +147,20 @@ impl Kernels {
 /// The weight readers, prefixed to the kernels that read matrices.
 const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
 
-/// The line after which `weight.wgsl` and `matvec.wgsl` hold per-matrix functions.
+/// The line after which `weight.wgsl` and the matrix kernels hold per-matrix functions.
 const PER_MATRIX: &str = "// PER MATRIX";
 
-/// `matvec.wgsl` with `weight.wgsl`'s readers and its own per-matrix functions written
-/// once per bound matrix (`#` replaced by 0, 1, 2), so no word read chooses a binding.
-fn matvec_source() -> String {
-    let matvec = include_str!("wgsl/matvec.wgsl");
+/// A kernel over three bound matrices (`matvec.wgsl`, `matvec_int8.wgsl`) with
+/// `weight.wgsl`'s readers and its own per-matrix functions written once per matrix (`#`
+/// replaced by 0, 1, 2), so no word read chooses a binding.
+fn per_matrix_source(kernel: &str) -> String {
     let (weight_head, readers) = WEIGHT.split_once(PER_MATRIX).expect("marked");
-    let (matvec_head, per_matrix) = matvec.split_once(PER_MATRIX).expect("marked");
+    let (kernel_head, per_matrix) = kernel.split_once(PER_MATRIX).expect("marked");
     let template = format!("{readers}\n{per_matrix}");
     let copies: String = (0..3)
         .map(|m| template.replace('#', &m.to_string()))
         .collect();
-    format!("{weight_head}\n{matvec_head}\n{copies}")
+    format!("{weight_head}\n{kernel_head}\n{copies}")
 }
 
 /// Bytes of one dispatch's parameter slot (the largest `min_uniform_buffer_offset_alignment`

@@ -22,8 +22,10 @@ mod start;
 #[cfg(test)]
 mod tests;
 
+use super::cpu::kernels::int8_supported;
 use super::{
-    Act, Backend, BackendError, KvStore, KvType, ModelShape, ScratchInfo, ScratchSize, WeightSource,
+    Act, Backend, BackendError, KvStore, KvType, ModelShape, Precision, ScratchInfo, ScratchSize,
+    WeightSource,
 };
 use glint_format::{DType, Matrix, RopeStyle, TENSOR_ALIGN};
 use kernels::{Bind, Kernels, Recorder, grid, upload};
@@ -54,6 +56,9 @@ pub struct GpuOptions {
     /// `None`: compile every start. Kernels are compiled once per process and adapter,
     /// so only the first backend on an adapter uses it.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// Activations of the matrix products, per tensor as on the CPU
+    /// ([`Precision::int8_activations`]; float matrices always exact).
+    pub precision: Precision,
 }
 
 /// Dispatches and queue submits a backend made.
@@ -77,6 +82,7 @@ pub struct GpuBackend {
     /// Largest buffer the device binds.
     max_binding: u64,
     fault: bool,
+    precision: Precision,
     counts: Counters,
     /// The first error the device (shared by this process's backends on the adapter)
     /// reported outside an error scope.
@@ -118,6 +124,7 @@ impl GpuBackend {
             max_chunk,
             max_binding: device_max,
             fault: opts.inject_fault,
+            precision: opts.precision,
             counts: Counters::default(),
             device_error: Arc::clone(&started.device_error),
             start,
@@ -127,6 +134,11 @@ impl GpuBackend {
     /// How this backend started: device and pipeline times, the pipeline cache.
     pub fn start_report(&self) -> &StartReport {
         &self.start
+    }
+
+    /// The precision of the matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The adapter's name, driver and driver version.
@@ -258,14 +270,16 @@ impl GpuBackend {
     }
 }
 
-/// One weight chunk of a `matvec.wgsl` dispatch and the activation its rows go to.
+/// One weight chunk of a `matvec.wgsl` (or `matvec_int8.wgsl`) dispatch and the
+/// activation its rows go to.
+#[derive(Clone, Copy)]
 struct Part<'a> {
     w: &'a GpuWeight,
     chunk: &'a WeightChunk,
     out: Act,
 }
 
-/// What `matvec.wgsl` does with a result (its `mode`).
+/// What `matvec.wgsl` and `matvec_int8.wgsl` do with a result (their `mode`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum MatvecMode {
     /// `y = W x`.
@@ -277,7 +291,9 @@ enum MatvecMode {
 }
 
 impl GpuBackend {
-    /// One `matvec.wgsl` dispatch over up to three `parts` with the same columns.
+    /// One dispatch over up to three `parts` with the same columns and the same
+    /// precision: `matvec_int8.wgsl` when their products take int8 activations, else
+    /// `matvec.wgsl`.
     fn matvec(
         &self,
         s: &mut GpuScratch,
@@ -287,6 +303,15 @@ impl GpuBackend {
         mode: MatvecMode,
     ) {
         assert!((1..=3).contains(&parts.len()), "one to three parts");
+        let int8 = parts[0].w.int8;
+        assert!(
+            parts.iter().all(|p| p.w.int8 == int8),
+            "parts of one precision"
+        );
+        let kernel = match int8 {
+            true => &self.kernels.matvec_int8,
+            false => &self.kernels.matvec,
+        };
         let cols = parts[0].w.cols;
         assert!(
             parts.iter().all(|p| p.w.cols == cols) && cols <= s.shape.width(input),
@@ -324,7 +349,7 @@ impl GpuBackend {
         let GpuScratch { rec, acts, .. } = s;
         self.dispatch(
             rec,
-            &self.kernels.matvec,
+            kernel,
             &params,
             &[
                 Bind::all(&part(0).chunk.buffer),
@@ -337,6 +362,25 @@ impl GpuBackend {
             ],
             (groups, n.div_ceil(4) as u32, 1),
         );
+    }
+
+    /// `parts` in dispatches of up to three of one precision (one dispatch for Q, K and V,
+    /// or a split head's chunks, when their precision is the same).
+    fn matvecs(
+        &self,
+        s: &mut GpuScratch,
+        input: Act,
+        n: usize,
+        parts: &[Part<'_>],
+        mode: MatvecMode,
+    ) {
+        let (int8, exact): (Vec<Part<'_>>, Vec<Part<'_>>) =
+            parts.iter().copied().partition(|p| p.w.int8);
+        for same in [exact, int8] {
+            for group in same.chunks(3) {
+                self.matvec(s, input, n, group, mode);
+            }
+        }
     }
 
     /// One `rope_kv.wgsl` dispatch over heads `heads.0 .. heads.1` (Q heads, then K, then
@@ -428,6 +472,8 @@ pub struct GpuWeight {
     dtype: DType,
     rows: usize,
     cols: usize,
+    /// Its products quantize their activations to int8 (`matvec_int8.wgsl`).
+    int8: bool,
     chunks: Vec<WeightChunk>,
 }
 
@@ -444,6 +490,12 @@ impl GpuWeight {
     /// The matrix's element type.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Whether its products take int8 activations (the precision asks for them for this
+    /// tensor and it is block-quantized).
+    pub fn int8(&self) -> bool {
+        self.int8
     }
 
     /// Row chunks it is stored in.
@@ -563,12 +615,13 @@ impl Backend for GpuBackend {
 
     fn describe(&self) -> String {
         format!(
-            "gpu {} ({:?}, {:?}, driver {} {}), exact activations",
+            "gpu {} ({:?}, {:?}, driver {} {}), {} activations",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             self.info.driver,
-            self.info.driver_info
+            self.info.driver_info,
+            self.precision.name()
         )
     }
 
@@ -619,6 +672,8 @@ impl Backend for GpuBackend {
             dtype: m.dtype,
             rows: m.rows,
             cols: m.cols,
+            // The CPU's rule: the same tensors take int8 activations on both.
+            int8: self.precision.int8_activations(w.tensor()) && int8_supported(m.dtype),
             chunks,
         })
     }
@@ -801,9 +856,7 @@ impl Backend for GpuBackend {
             .iter()
             .flat_map(|&(w, out)| w.chunks.iter().map(move |chunk| Part { w, chunk, out }))
             .collect();
-        for group in parts.chunks(3) {
-            self.matvec(s, input, n, group, MatvecMode::Store);
-        }
+        self.matvecs(s, input, n, &parts, MatvecMode::Store);
     }
 
     fn add_bias(&self, s: &mut GpuScratch, a: Act, n: usize, bias: &GpuVector) {
@@ -903,7 +956,7 @@ impl Backend for GpuBackend {
     }
 
     /// Gate and up in one dispatch, each thread computing both rows and storing
-    /// `silu(gate) * up`, when each is one chunk; else [`Backend::project`] and
+    /// `silu(gate) * up`, when each is one chunk of the same precision; else [`Backend::project`] and
     /// [`Backend::swiglu`].
     fn project_swiglu(
         &self,
@@ -914,7 +967,7 @@ impl Backend for GpuBackend {
         up: &GpuWeight,
     ) {
         match (&gate.chunks[..], &up.chunks[..]) {
-            ([g], [u]) if g.rows == u.rows => {
+            ([g], [u]) if g.rows == u.rows && gate.int8 == up.int8 => {
                 let parts = [
                     Part {
                         w: gate,
@@ -947,9 +1000,7 @@ impl Backend for GpuBackend {
                 out: Act::X,
             })
             .collect();
-        for group in parts.chunks(3) {
-            self.matvec(s, input, n, group, MatvecMode::Add);
-        }
+        self.matvecs(s, input, n, &parts, MatvecMode::Add);
     }
 
     fn logits<'s>(&self, s: &'s mut GpuScratch) -> &'s [f32] {
