@@ -34,7 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use select::{AdapterReport, adapters};
-pub use selftest::{AutoChoice, AutoOptions, SelfTest, auto, cached_self_test, self_test};
+pub use selftest::{
+    Agreement, AutoChoice, AutoOptions, SelfTest, auto, cached_self_test, self_test,
+};
 pub use start::{PipelineCacheUse, StartReport};
 
 /// How the GPU backend starts.
