@@ -9,7 +9,14 @@
 //! 258 dispatches (8 a layer): Q, K and V in one dispatch, gate and up with SwiGLU in
 //! one, the output and down projections adding into the residual stream, RoPE with the
 //! KV append. Buffers are allocated once per session. Matrix products accumulate in
-//! f32 with f32 activations ([`Precision::Exact`]).
+//! f32, at the precision of [`GpuOptions::precision`], per tensor as on the CPU
+//! ([`Precision::int8_activations`]): f32 activations (`matvec.wgsl`), or int8 ones
+//! (`matvec_int8.wgsl`: each workgroup quantizes its input into workgroup memory, the
+//! CPU's rounding bit for bit, and dots it with `dot4I8Packed`, which wgpu 30 turns into
+//! Vulkan's `OpSDot` wherever the device has `shaderIntegerDotProduct` (Vulkan 1.3) and
+//! polyfills elsewhere). Quantizing in the matrix kernel keeps the dispatch count: 258 a
+//! decoded token at every precision, where a quantize dispatch per input would add up
+//! to 121.
 //!
 //! A weight larger than the device's storage-binding limit is split by rows into chunks
 //! (each its own buffer with the file's plane layout), so a large output head runs on a
