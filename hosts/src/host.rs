@@ -280,6 +280,7 @@ fn engine(
         use glint_runtime::backend::gpu::{AutoChoice, AutoOptions, GpuOptions, auto};
         let gpu = GpuOptions {
             pipeline_cache_dir: opts.gpu_cache_dir.clone(),
+            precision: opts.precision,
             ..GpuOptions::default()
         };
         let backend = match opts.backend {

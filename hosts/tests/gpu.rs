@@ -72,7 +72,7 @@ mod with_gpu {
     #[test]
     fn the_gpu_choice_streams_the_cpus_greedy_answer() {
         let dir = tempfile::tempdir().unwrap();
-        // The GPU computes with f32 activations: the CPU's exact precision.
+        // Both at the same precision: exact (f32 activations).
         let opts = |backend| LoadOptions {
             backend,
             precision: Precision::Exact,

@@ -127,6 +127,7 @@ fn gpu_options(m: &ModelArgs) -> GpuOptions {
     GpuOptions {
         adapter: m.gpu_adapter.clone(),
         pipeline_cache_dir: Some(pipeline_cache_dir()),
+        precision: m.precision,
         ..GpuOptions::default()
     }
 }
@@ -244,23 +245,11 @@ impl ModelArgs {
         if self.gpu_adapter.is_some() {
             anyhow::bail!("--gpu-adapter: this glint was built without the `gpu` feature");
         }
-        // The GPU's matrix products take f32 activations only (int8 ones are not
-        // written yet): say so rather than run another precision than asked in silence.
-        #[cfg(feature = "gpu")]
-        let exact_note = || {
-            if self.precision != Precision::Exact {
-                eprintln!(
-                    "[gpu: matrix products run exact (f32 activations); --precision {} is the CPU's]",
-                    self.precision.name()
-                );
-            }
-        };
         match self.backend {
             BackendKind::Cpu => Ok(Chosen::Cpu(self.cpu_options())),
             #[cfg(feature = "gpu")]
             BackendKind::Gpu => {
                 let backend = GpuBackend::new(&gpu_options(self))?;
-                exact_note();
                 Ok(Chosen::Gpu(Box::new(backend), t.elapsed()))
             }
             #[cfg(feature = "gpu")]
@@ -271,10 +260,7 @@ impl ModelArgs {
                     allow_software: false,
                 };
                 match glint_runtime::backend::gpu::auto(&opts) {
-                    AutoChoice::Gpu(b, _) => {
-                        exact_note();
-                        Ok(Chosen::Gpu(b, t.elapsed()))
-                    }
+                    AutoChoice::Gpu(b, _) => Ok(Chosen::Gpu(b, t.elapsed())),
                     AutoChoice::Cpu(reason) => {
                         eprintln!("[backend auto: cpu, because {reason}]");
                         Ok(Chosen::Cpu(self.cpu_options()))
@@ -1141,7 +1127,7 @@ impl BenchBackend for GpuBackend {
         serde_json::json!({
             "adapter": i.name,
             "driver": format!("{} {}", i.driver, i.driver_info),
-            "precision": "exact",
+            "precision": self.precision().name(),
             "device_ms": ms(s.device),
             "pipelines_ms": ms(s.pipelines),
             "pipeline_cache": cache_state(&s.cache),

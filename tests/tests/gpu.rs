@@ -1,6 +1,7 @@
 //! The GPU backend on the real model against the CPU backend, same precision (exact f32
 //! activations, f16 KV cache): teacher-forced logits at every position of a 256-token
-//! text, greedy ids, perplexity. Built only with the `gpu` feature (CI runs it on Mesa's
+//! text, greedy ids, perplexity; and the teacher-forced logits at the default precision
+//! (mixed: int8 activations but in the first two blocks). Built only with the `gpu` feature (CI runs it on Mesa's
 //! lavapipe: `cargo test --release -p glint-tests --features gpu --test gpu`); without a
 //! Vulkan adapter the tests fail and say so.
 
@@ -12,20 +13,31 @@ use glint_runtime::backend::{CpuOptions, KvType, Precision};
 use glint_runtime::sampler::argmax;
 use glint_runtime::{CpuBackend, Engine};
 
-fn gpu_engine() -> Engine<GpuBackend> {
-    let b = GpuBackend::new(&GpuOptions::default()).unwrap_or_else(|e| {
+fn gpu_engine_at(precision: Precision) -> Engine<GpuBackend> {
+    let opts = GpuOptions {
+        precision,
+        ..GpuOptions::default()
+    };
+    let b = GpuBackend::new(&opts).unwrap_or_else(|e| {
         panic!("these tests need a Vulkan adapter (lavapipe: mesa-vulkan-drivers libvulkan1): {e}")
     });
     Engine::with_backend(model_path(), b).unwrap()
 }
 
-fn cpu_engine() -> Engine<CpuBackend> {
-    // The GPU's precision: f32 activations.
+fn cpu_engine_at(precision: Precision) -> Engine<CpuBackend> {
     let opts = CpuOptions {
-        precision: Precision::Exact,
+        precision,
         ..CpuOptions::default()
     };
     Engine::load(model_path(), opts).unwrap()
+}
+
+fn gpu_engine() -> Engine<GpuBackend> {
+    gpu_engine_at(Precision::Exact)
+}
+
+fn cpu_engine() -> Engine<CpuBackend> {
+    cpu_engine_at(Precision::Exact)
 }
 
 fn text() -> String {
@@ -56,9 +68,28 @@ fn all_logits<B: glint_runtime::Backend>(e: &Engine<B>, tokens: &[u32]) -> Vec<f
 /// position's largest CPU logit magnitude (measured on lavapipe: see the test's output).
 const LOGIT_TOLERANCE: f32 = 2e-3;
 
+/// [`LOGIT_TOLERANCE`] with int8 activations: an activation that differs from the CPU's
+/// in its last bit becomes a different int8 value now and then, a step of its block's
+/// scale, and 28 int8 blocks compound those steps (measured on lavapipe: 9.6e-2 at
+/// position 56; the kernels alone agree with the CPU's to 5e-7 on equal inputs, the unit
+/// tests in `runtime/src/backend/gpu/tests.rs`). A loose bound: it catches a broken
+/// kernel or driver, not a last-bit difference.
+const MIXED_LOGIT_TOLERANCE: f32 = 0.2;
+
 #[test]
 fn teacher_forced_logits_match_the_cpu_at_every_position_of_256_tokens() {
-    let (g, c) = (gpu_engine(), cpu_engine());
+    teacher_forced_logits_match(Precision::Exact, LOGIT_TOLERANCE);
+}
+
+#[test]
+fn teacher_forced_mixed_precision_logits_match_the_cpu_at_every_position_of_256_tokens() {
+    teacher_forced_logits_match(Precision::Mixed, MIXED_LOGIT_TOLERANCE);
+}
+
+/// GPU and CPU at `precision`: the logits of every position of 256 tokens of the text,
+/// within `tolerance` of each position's largest CPU logit.
+fn teacher_forced_logits_match(precision: Precision, tolerance: f32) {
+    let (g, c) = (gpu_engine_at(precision), cpu_engine_at(precision));
     let tokens: Vec<u32> = c.tokenizer().encode(&text(), false)[..256].to_vec();
     let (gl, cl) = (all_logits(&g, &tokens), all_logits(&c, &tokens));
     let vocab = c.model().config().vocab_size as usize;
@@ -80,11 +111,13 @@ fn teacher_forced_logits_match_the_cpu_at_every_position_of_256_tokens() {
         }
     }
     eprintln!(
-        "largest relative logit error {:.2e} at position {}",
-        worst.0, worst.1
+        "{}: largest relative logit error {:.2e} at position {}",
+        precision.name(),
+        worst.0,
+        worst.1
     );
     assert!(
-        worst.0 <= LOGIT_TOLERANCE,
+        worst.0 <= tolerance,
         "position {}: logits differ by {} of the largest",
         worst.1,
         worst.0

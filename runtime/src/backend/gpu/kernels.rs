@@ -80,6 +80,8 @@ pub(super) struct Kernels {
     pub matvec: Kernel,
     /// `matvec` reading the RMSNorm of its input rows (`matvec_xnorm.wgsl`).
     pub matvec_norm: Kernel,
+    /// `matvec.wgsl`'s twin with int8 activations.
+    pub matvec_int8: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
     pub rope_kv: Kernel,
@@ -101,12 +103,17 @@ impl Kernels {
         Self {
             matvec: kernel(
                 "matvec",
-                &matvec_source(include_str!("wgsl/matvec_x.wgsl")),
+                &per_matrix_source(MATVEC, include_str!("wgsl/matvec_x.wgsl")),
                 &matvec_slots,
             ),
             matvec_norm: kernel(
                 "matvec_norm",
-                &matvec_source(include_str!("wgsl/matvec_xnorm.wgsl")),
+                &per_matrix_source(MATVEC, include_str!("wgsl/matvec_xnorm.wgsl")),
+                &matvec_slots,
+            ),
+            matvec_int8: kernel(
+                "matvec_int8",
+                &per_matrix_source(include_str!("wgsl/matvec_int8.wgsl"), ""),
                 &matvec_slots,
             ),
             embed: kernel(
@@ -147,24 +154,27 @@ impl Kernels {
     }
 }
 
+/// The f32-activation matrix kernel, before its input reader.
+const MATVEC: &str = include_str!("wgsl/matvec.wgsl");
+
 /// The weight readers, prefixed to the kernels that read matrices.
 const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
 
-/// The line after which `weight.wgsl` and `matvec.wgsl` hold per-matrix functions.
+/// The line after which `weight.wgsl` and the matrix kernels hold per-matrix functions.
 const PER_MATRIX: &str = "// PER MATRIX";
 
-/// `matvec.wgsl` with `weight.wgsl`'s readers, its `input` reader (`matvec_x.wgsl` or
-/// `matvec_xnorm.wgsl`) and its own per-matrix functions written once per bound matrix
-/// (`#` replaced by 0, 1, 2), so no word read chooses a binding.
-fn matvec_source(input: &str) -> String {
-    let matvec = include_str!("wgsl/matvec.wgsl");
+/// A kernel over three bound matrices (`matvec.wgsl`, `matvec_int8.wgsl`) with
+/// `weight.wgsl`'s readers, its `input` reader (for `matvec.wgsl`: `matvec_x.wgsl` or
+/// `matvec_xnorm.wgsl`) and its own per-matrix functions written once per matrix (`#`
+/// replaced by 0, 1, 2), so no word read chooses a binding.
+fn per_matrix_source(kernel: &str, input: &str) -> String {
     let (weight_head, readers) = WEIGHT.split_once(PER_MATRIX).expect("marked");
-    let (matvec_head, per_matrix) = matvec.split_once(PER_MATRIX).expect("marked");
+    let (kernel_head, per_matrix) = kernel.split_once(PER_MATRIX).expect("marked");
     let template = format!("{readers}\n{per_matrix}");
     let copies: String = (0..3)
         .map(|m| template.replace('#', &m.to_string()))
         .collect();
-    format!("{weight_head}\n{matvec_head}\n{input}\n{copies}")
+    format!("{weight_head}\n{kernel_head}\n{input}\n{copies}")
 }
 
 /// Bytes of one dispatch's parameter slot (the largest `min_uniform_buffer_offset_alignment`

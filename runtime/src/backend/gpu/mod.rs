@@ -8,10 +8,16 @@
 //! are read back. The fused operations cut a decoded token of SmolLM2-135M from 481 to
 //! 258 dispatches (8 a layer): Q, K and V in one dispatch, gate and up with SwiGLU in
 //! one, the output and down projections adding into the residual stream, RoPE with the
-//! KV append; and to 194 (6 a layer) where the projections also compute the RMSNorm of
-//! their input ([`GpuOptions::fuse_norm`]: hardware GPUs). Buffers are allocated once per
-//! session. Matrix products accumulate in
-//! f32 with f32 activations ([`Precision::Exact`]).
+//! KV append. Buffers are allocated once per session. Matrix products accumulate in
+//! f32, at the precision of [`GpuOptions::precision`], per tensor as on the CPU
+//! ([`Precision::int8_activations`]): f32 activations (`matvec.wgsl`), or int8 ones
+//! (`matvec_int8.wgsl`: each workgroup quantizes its input into workgroup memory, the
+//! CPU's rounding bit for bit, and dots it with `dot4I8Packed`, which wgpu 30 turns into
+//! Vulkan's `OpSDot` wherever the device has `shaderIntegerDotProduct` (Vulkan 1.3) and
+//! polyfills elsewhere). Quantizing in the matrix kernel keeps the dispatch count: 258 a
+//! decoded token at every precision, where a quantize dispatch per input would add up
+//! to 121. Where the projections with f32 activations also compute the RMSNorm of their
+//! input ([`GpuOptions::fuse_norm`]: hardware GPUs), 194 at exact precision (6 a layer).
 //!
 //! A weight larger than the device's storage-binding limit is split by rows into chunks
 //! (each its own buffer with the file's plane layout), so a large output head runs on a
@@ -24,9 +30,10 @@ mod start;
 #[cfg(test)]
 mod tests;
 
+use super::cpu::kernels::int8_supported;
 use super::{
-    Act, Backend, BackendError, KvStore, KvType, ModelShape, NormInput, Projection, ScratchInfo,
-    ScratchSize, WeightSource,
+    Act, Backend, BackendError, KvStore, KvType, ModelShape, NormInput, Precision, Projection,
+    ScratchInfo, ScratchSize, WeightSource,
 };
 use glint_format::{BLOCK, DType, Matrix, RopeStyle, TENSOR_ALIGN};
 use kernels::{Bind, Kernels, Recorder, grid, upload};
@@ -35,7 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use select::{AdapterReport, adapters};
-pub use selftest::{AutoChoice, AutoOptions, SelfTest, auto, cached_self_test, self_test};
+pub use selftest::{
+    Agreement, AutoChoice, AutoOptions, SelfTest, auto, cached_self_test, self_test,
+};
 pub use start::{PipelineCacheUse, StartReport};
 
 /// How the GPU backend starts.
@@ -63,6 +72,9 @@ pub struct GpuOptions {
     /// on lavapipe, which is bound by its compute and runs barriers as coroutines, it
     /// measured 0.93x decode and 0.89x prefill (`benches/README.md`).
     pub fuse_norm: Option<bool>,
+    /// Activations of the matrix products, per tensor as on the CPU
+    /// ([`Precision::int8_activations`]; float matrices always exact).
+    pub precision: Precision,
 }
 
 /// Dispatches and queue submits a backend made.
@@ -88,6 +100,7 @@ pub struct GpuBackend {
     fault: bool,
     /// [`GpuOptions::fuse_norm`], decided.
     fuse_norm: bool,
+    precision: Precision,
     counts: Counters,
     /// The first error the device (shared by this process's backends on the adapter)
     /// reported outside an error scope.
@@ -132,6 +145,7 @@ impl GpuBackend {
             fuse_norm: opts
                 .fuse_norm
                 .unwrap_or(started.info.device_type != wgpu::DeviceType::Cpu),
+            precision: opts.precision,
             counts: Counters::default(),
             device_error: Arc::clone(&started.device_error),
             start,
@@ -141,6 +155,11 @@ impl GpuBackend {
     /// How this backend started: device and pipeline times, the pipeline cache.
     pub fn start_report(&self) -> &StartReport {
         &self.start
+    }
+
+    /// The precision of the matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The adapter's name, driver and driver version.
@@ -272,14 +291,16 @@ impl GpuBackend {
     }
 }
 
-/// One weight chunk of a `matvec.wgsl` dispatch and the activation its rows go to.
+/// One weight chunk of a `matvec.wgsl` (or `matvec_int8.wgsl`) dispatch and the
+/// activation its rows go to.
+#[derive(Clone, Copy)]
 struct Part<'a> {
     w: &'a GpuWeight,
     chunk: &'a WeightChunk,
     out: Act,
 }
 
-/// What `matvec.wgsl` does with a result (its `mode`).
+/// What `matvec.wgsl` and `matvec_int8.wgsl` do with a result (their `mode`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum MatvecMode {
     /// `y = W x`.
@@ -314,7 +335,9 @@ impl MatvecInput<'_> {
 }
 
 impl GpuBackend {
-    /// One `matvec.wgsl` dispatch over up to three `parts` with the same columns.
+    /// One dispatch over up to three `parts` with the same columns and the same
+    /// precision: `matvec_int8.wgsl` when their products take int8 activations, else
+    /// `matvec.wgsl`.
     fn matvec(
         &self,
         s: &mut GpuScratch,
@@ -324,6 +347,17 @@ impl GpuBackend {
     ) {
         let (input, n) = (x.act, x.n);
         assert!((1..=3).contains(&parts.len()), "one to three parts");
+        let int8 = parts[0].w.int8;
+        assert!(
+            parts.iter().all(|p| p.w.int8 == int8),
+            "parts of one precision"
+        );
+        let kernel = match (int8, x.norm) {
+            (true, None) => &self.kernels.matvec_int8,
+            (false, None) => &self.kernels.matvec,
+            (false, Some(_)) => &self.kernels.matvec_norm,
+            (true, Some(_)) => unreachable!("int8 activations read a separate RMSNorm"),
+        };
         let cols = parts[0].w.cols;
         assert!(
             parts.iter().all(|p| p.w.cols == cols) && cols <= s.shape.width(input),
@@ -357,10 +391,7 @@ impl GpuBackend {
             params.extend([0; 3]);
         }
         params.extend([x.row0 as u32, s.shape.norm_eps.to_bits(), 0, 0]);
-        let kernel = match x.norm {
-            Some(_) => &self.kernels.matvec_norm,
-            None => &self.kernels.matvec,
-        };
+
         // Absent parts: the first part's buffers, never read or written.
         let part = |m: usize| parts.get(m).unwrap_or(&parts[0]);
         let GpuScratch { rec, acts, .. } = s;
@@ -382,6 +413,24 @@ impl GpuBackend {
         );
     }
 
+    /// `parts` in dispatches of up to three of one precision (one dispatch for Q, K and V,
+    /// or a split head's chunks, when their precision is the same).
+    fn matvecs(
+        &self,
+        s: &mut GpuScratch,
+        x: &MatvecInput<'_>,
+        parts: &[Part<'_>],
+        mode: MatvecMode,
+    ) {
+        let (int8, exact): (Vec<Part<'_>>, Vec<Part<'_>>) =
+            parts.iter().copied().partition(|p| p.w.int8);
+        for same in [exact, int8] {
+            for group in same.chunks(3) {
+                self.matvec(s, x, group, mode);
+            }
+        }
+    }
+
     /// [`Backend::project`] of `x`: each output's chunks, three to a dispatch.
     fn project_from(&self, s: &mut GpuScratch, x: &MatvecInput<'_>, outs: &[(&GpuWeight, Act)]) {
         if outs.iter().any(|(_, a)| *a == Act::Logits) {
@@ -397,9 +446,7 @@ impl GpuBackend {
             .iter()
             .flat_map(|&(w, out)| w.chunks.iter().map(move |chunk| Part { w, chunk, out }))
             .collect();
-        for group in parts.chunks(3) {
-            self.matvec(s, x, group, MatvecMode::Store);
-        }
+        self.matvecs(s, x, &parts, MatvecMode::Store);
     }
 
     /// [`Backend::project_swiglu`] of `x`: one dispatch when gate and up are one chunk
@@ -412,7 +459,7 @@ impl GpuBackend {
         up: &GpuWeight,
     ) {
         match (&gate.chunks[..], &up.chunks[..]) {
-            ([g], [u]) if g.rows == u.rows => {
+            ([g], [u]) if g.rows == u.rows && gate.int8 == up.int8 => {
                 let parts = [
                     Part {
                         w: gate,
@@ -525,6 +572,8 @@ pub struct GpuWeight {
     dtype: DType,
     rows: usize,
     cols: usize,
+    /// Its products quantize their activations to int8 (`matvec_int8.wgsl`).
+    int8: bool,
     chunks: Vec<WeightChunk>,
 }
 
@@ -541,6 +590,12 @@ impl GpuWeight {
     /// The matrix's element type.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Whether its products take int8 activations (the precision asks for them for this
+    /// tensor and it is block-quantized).
+    pub fn int8(&self) -> bool {
+        self.int8
     }
 
     /// Row chunks it is stored in.
@@ -673,12 +728,13 @@ impl Backend for GpuBackend {
 
     fn describe(&self) -> String {
         format!(
-            "gpu {} ({:?}, {:?}, driver {} {}), exact activations",
+            "gpu {} ({:?}, {:?}, driver {} {}), {} activations",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             self.info.driver,
-            self.info.driver_info
+            self.info.driver_info,
+            self.precision.name()
         )
     }
 
@@ -729,6 +785,8 @@ impl Backend for GpuBackend {
             dtype: m.dtype,
             rows: m.rows,
             cols: m.cols,
+            // The CPU's rule: the same tensors take int8 activations on both.
+            int8: self.precision.int8_activations(w.tensor()) && int8_supported(m.dtype),
             chunks,
         })
     }
@@ -1007,7 +1065,7 @@ impl Backend for GpuBackend {
     }
 
     /// Gate and up in one dispatch, each thread computing both rows and storing
-    /// `silu(gate) * up`, when each is one chunk; else [`Backend::project`] and
+    /// `silu(gate) * up`, when each is one chunk of the same precision; else [`Backend::project`] and
     /// [`Backend::swiglu`].
     fn project_swiglu(
         &self,
@@ -1021,15 +1079,19 @@ impl Backend for GpuBackend {
     }
 
     /// The norm computed by the projection's own dispatches as they read `X` when
-    /// [`GpuOptions::fuse_norm`] (rows of at most [`NORM_STAGE_COLS`]; wider ones take a
-    /// separate RMSNorm).
+    /// [`GpuOptions::fuse_norm`], for matrices with f32 activations and rows of at most
+    /// [`NORM_STAGE_COLS`]; others take a separate RMSNorm.
     fn norm_project(
         &self,
         s: &mut GpuScratch,
         norm: NormInput<'_, GpuVector>,
         p: Projection<'_, GpuWeight>,
     ) {
-        if !self.fuse_norm || norm.weight.host.len() > NORM_STAGE_COLS {
+        let int8 = match p {
+            Projection::Into(outs) => outs.iter().any(|(w, _)| w.int8),
+            Projection::Swiglu { gate, up } => gate.int8 || up.int8,
+        };
+        if !self.fuse_norm || int8 || norm.weight.host.len() > NORM_STAGE_COLS {
             let n = norm.rows.len();
             self.rms_norm(s, norm.input, norm.rows, norm.weight, Act::Xn);
             p.run(self, s, Act::Xn, n);
@@ -1058,9 +1120,7 @@ impl Backend for GpuBackend {
                 out: Act::X,
             })
             .collect();
-        for group in parts.chunks(3) {
-            self.matvec(s, &MatvecInput::plain(input, n), group, MatvecMode::Add);
-        }
+        self.matvecs(s, &MatvecInput::plain(input, n), &parts, MatvecMode::Add);
     }
 
     fn logits<'s>(&self, s: &'s mut GpuScratch) -> &'s [f32] {
