@@ -526,7 +526,10 @@ fn int8_cache_needs_heads_of_whole_blocks() {
     let c = synthetic_config(96, 2, 1, 160, 300, false);
     let shape = ModelShape::new(&c);
     let g = gpu(&GpuOptions::default()).cache(&shape, 8, KvType::Int8);
-    let cpu_err = cpu(Precision::Exact).cache(&shape, 8, KvType::Int8).err().unwrap();
+    let cpu_err = cpu(Precision::Exact)
+        .cache(&shape, 8, KvType::Int8)
+        .err()
+        .unwrap();
     match g {
         Err(e @ BackendError::Unsupported(_)) => assert_eq!(e.to_string(), cpu_err.to_string()),
         Err(e) => panic!("{e}"),
