@@ -164,7 +164,7 @@ const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
 const PER_MATRIX: &str = "// PER MATRIX";
 
 /// A kernel over three bound matrices (`matvec.wgsl`, `matvec_int8.wgsl`) with
-/// `weight.wgsl`'s readers, its `input` reader (for `matvec.wgsl`: `matvec_x.wgsl` or
+/// `weight.wgsl`'s readers, their shared declarations (`matvec_common.wgsl`), its `input` reader (for `matvec.wgsl`: `matvec_x.wgsl` or
 /// `matvec_xnorm.wgsl`) and its own per-matrix functions written once per matrix (`#`
 /// replaced by 0, 1, 2), so no word read chooses a binding.
 fn per_matrix_source(kernel: &str, input: &str) -> String {
@@ -174,7 +174,8 @@ fn per_matrix_source(kernel: &str, input: &str) -> String {
     let copies: String = (0..3)
         .map(|m| template.replace('#', &m.to_string()))
         .collect();
-    format!("{weight_head}\n{kernel_head}\n{input}\n{copies}")
+    let common = include_str!("wgsl/matvec_common.wgsl");
+    format!("{weight_head}\n{common}\n{kernel_head}\n{input}\n{copies}")
 }
 
 /// Bytes of one dispatch's parameter slot (the largest `min_uniform_buffer_offset_alignment`

@@ -14,59 +14,6 @@
 // the RMSNorm of the residual stream's rows in workgroup memory first, so a norm and the
 // projection that reads it are one dispatch.
 
-struct Params {
-    // n, x_stride (the matrices' columns), mode, scale (f32 bits: 1, or a deliberate
-    // error for the self-test's tests).
-    head: vec4<u32>,
-    // Part m: [3m] rows, out_row0, out_stride, first_group (u32 max: no such part);
-    // [3m + 1] dtype, cols, group, scales; [3m + 2].x mins.
-    parts: array<vec4<u32>, 9>,
-    // With a norm: x the first input row, y eps (f32 bits).
-    norm: vec4<u32>,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w0: array<u32>;
-@group(0) @binding(2) var<storage, read> w1: array<u32>;
-@group(0) @binding(3) var<storage, read> w2: array<u32>;
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y0: array<f32>;
-@group(0) @binding(6) var<storage, read_write> y1: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y2: array<f32>;
-// The norm's weights (any buffer when not normalising).
-@group(0) @binding(8) var<storage, read> g: array<f32>;
-
-const TOK: u32 = 4u;
-const MODE_ADD: u32 = 1u;
-const MODE_SWIGLU: u32 = 2u;
-
-// y_m[i] = v, or += v.
-fn put(m: u32, i: u32, v: f32, add: bool) {
-    switch m {
-        case 0u: {
-            if add {
-                y0[i] += v;
-            } else {
-                y0[i] = v;
-            }
-        }
-        case 1u: {
-            if add {
-                y1[i] += v;
-            } else {
-                y1[i] = v;
-            }
-        }
-        default: {
-            if add {
-                y2[i] += v;
-            } else {
-                y2[i] = v;
-            }
-        }
-    }
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     var m = 0u;

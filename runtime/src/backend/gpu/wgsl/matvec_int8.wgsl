@@ -17,29 +17,8 @@
 // mantissa and every exponent used). Blocks whose largest magnitude is below 2^-118 (d would
 // be subnormal) fall back to the float division.
 
-struct Params {
-    // n, x_stride (the matrices' columns), mode, scale (f32 bits: 1, or a deliberate
-    // error for the self-test's tests).
-    head: vec4<u32>,
-    // Part m: [3m] rows, out_row0, out_stride, first_group (u32 max: no such part);
-    // [3m + 1] dtype, cols, group, scales; [3m + 2].x mins.
-    parts: array<vec4<u32>, 9>,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w0: array<u32>;
-@group(0) @binding(2) var<storage, read> w1: array<u32>;
-@group(0) @binding(3) var<storage, read> w2: array<u32>;
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y0: array<f32>;
-@group(0) @binding(6) var<storage, read_write> y1: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y2: array<f32>;
-
-const TOK: u32 = 4u;
 // Blocks of 32 columns quantized per pass: 5 KiB of workgroup memory (WebGPU guarantees 16).
 const CHUNK: u32 = 32u;
-const MODE_ADD: u32 = 1u;
-const MODE_SWIGLU: u32 = 2u;
 
 // Token t's block b of the current pass is slot t * CHUNK + b: its 32 int8 values as 8
 // packed words (natural order, element 4j + k in byte k of word j), d, and d * sum(q).
@@ -112,33 +91,6 @@ fn quantize_block(tok: u32, blk: u32, slot: u32) {
     }
     xd[slot] = di.x;
     xs[slot] = di.x * f32(sum);
-}
-
-// y_m[i] = v, or += v.
-fn put(m: u32, i: u32, v: f32, add: bool) {
-    switch m {
-        case 0u: {
-            if add {
-                y0[i] += v;
-            } else {
-                y0[i] = v;
-            }
-        }
-        case 1u: {
-            if add {
-                y1[i] += v;
-            } else {
-                y1[i] = v;
-            }
-        }
-        default: {
-            if add {
-                y2[i] += v;
-            } else {
-                y2[i] = v;
-            }
-        }
-    }
 }
 
 @compute @workgroup_size(64)
