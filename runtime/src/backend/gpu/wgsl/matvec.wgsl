@@ -16,13 +16,7 @@
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    var m = 0u;
-    if wid.x >= p.parts[3u].w {
-        m = 1u;
-    }
-    if wid.x >= p.parts[6u].w {
-        m = 2u;
-    }
+    let m = part_index(wid.x);
     let part = p.parts[3u * m];
     let t0 = wid.y * TOK;
     let nt = min(TOK, p.head.x - t0);
@@ -32,7 +26,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         return;
     }
     let mode = p.head.z;
-    let scale = bitcast<f32>(p.head.w);
     var acc: array<f32, TOK>;
     switch m {
         case 0u: {
@@ -49,15 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if mode == MODE_SWIGLU {
         up = row_dot1(r, t0, nt);
     }
-    for (var t = 0u; t < nt; t++) {
-        let i = (t0 + t) * part.z + part.y + r;
-        let v = acc[t] * scale;
-        if mode == MODE_SWIGLU {
-            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * scale), false);
-        } else {
-            put(m, i, v, mode == MODE_ADD);
-        }
-    }
+    store(m, part, r, t0, nt, acc, up);
 }
 
 // PER MATRIX

@@ -27,6 +27,18 @@ const TOK: u32 = 4u;
 const MODE_ADD: u32 = 1u;
 const MODE_SWIGLU: u32 = 2u;
 
+// The part workgroup `wgx` computes rows of: parts' workgroups start at their first_group.
+fn part_index(wgx: u32) -> u32 {
+    var m = 0u;
+    if wgx >= p.parts[3u].w {
+        m = 1u;
+    }
+    if wgx >= p.parts[6u].w {
+        m = 2u;
+    }
+    return m;
+}
+
 // y_m[i] = v, or += v.
 fn put(m: u32, i: u32, v: f32, add: bool) {
     switch m {
@@ -50,6 +62,22 @@ fn put(m: u32, i: u32, v: f32, add: bool) {
             } else {
                 y2[i] = v;
             }
+        }
+    }
+}
+
+// Row r of part m (`part`: p.parts[3m]) for tokens t0 .. t0 + nt: `acc` (and, for SwiGLU,
+// the up rows `up`) as the mode says.
+fn store(m: u32, part: vec4<u32>, r: u32, t0: u32, nt: u32, acc: array<f32, TOK>, up: array<f32, TOK>) {
+    let mode = p.head.z;
+    let scale = bitcast<f32>(p.head.w);
+    for (var t = 0u; t < nt; t++) {
+        let i = (t0 + t) * part.z + part.y + r;
+        let v = acc[t] * scale;
+        if mode == MODE_SWIGLU {
+            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * scale), false);
+        } else {
+            put(m, i, v, mode == MODE_ADD);
         }
     }
 }

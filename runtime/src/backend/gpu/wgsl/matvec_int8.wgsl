@@ -95,20 +95,13 @@ fn quantize_block(tok: u32, blk: u32, slot: u32) {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    var m = 0u;
-    if wid.x >= p.parts[3u].w {
-        m = 1u;
-    }
-    if wid.x >= p.parts[6u].w {
-        m = 2u;
-    }
+    let m = part_index(wid.x);
     let part = p.parts[3u * m];
     let r = (wid.x - part.w) * 64u + lid.x;
     // Threads past the last row quantize with the others (every thread reaches the
     // barriers), compute the last row again and store nothing.
     let row = min(r, part.x - 1u);
     let mode = p.head.z;
-    let scale = bitcast<f32>(p.head.w);
     let t0 = wid.y * TOK;
     let nt = min(TOK, p.head.x - t0);
     let nb = p.head.y / 32u;
@@ -142,15 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if r >= part.x {
         return;
     }
-    for (var t = 0u; t < nt; t++) {
-        let i = (t0 + t) * part.z + part.y + r;
-        let v = acc[t] * scale;
-        if mode == MODE_SWIGLU {
-            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * scale), false);
-        } else {
-            put(m, i, v, mode == MODE_ADD);
-        }
-    }
+    store(m, part, r, t0, nt, acc, up);
 }
 
 // PER MATRIX
