@@ -80,6 +80,8 @@ pub(super) struct Kernels {
     pub matvec: Kernel,
     /// `matvec` reading the RMSNorm of its input rows (`matvec_xnorm.wgsl`).
     pub matvec_norm: Kernel,
+    /// `matvec.wgsl`'s tiled twin for batches (`matmul.wgsl`).
+    pub matmul: Kernel,
     /// `matvec.wgsl`'s twin with int8 activations.
     pub matvec_int8: Kernel,
     pub embed: Kernel,
@@ -109,6 +111,11 @@ impl Kernels {
             matvec_norm: kernel(
                 "matvec_norm",
                 &per_matrix_source(MATVEC, include_str!("wgsl/matvec_xnorm.wgsl")),
+                &matvec_slots,
+            ),
+            matmul: kernel(
+                "matmul",
+                &per_matrix_source(include_str!("wgsl/matmul.wgsl"), ""),
                 &matvec_slots,
             ),
             matvec_int8: kernel(
@@ -163,7 +170,7 @@ const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
 /// The line after which `weight.wgsl` and the matrix kernels hold per-matrix functions.
 const PER_MATRIX: &str = "// PER MATRIX";
 
-/// A kernel over three bound matrices (`matvec.wgsl`, `matvec_int8.wgsl`) with
+/// A kernel over three bound matrices (`matvec.wgsl`, `matvec_int8.wgsl`, `matmul.wgsl`) with
 /// `weight.wgsl`'s readers, their shared declarations (`matvec_common.wgsl`), its `input` reader (for `matvec.wgsl`: `matvec_x.wgsl` or
 /// `matvec_xnorm.wgsl`) and its own per-matrix functions written once per matrix (`#`
 /// replaced by 0, 1, 2), so no word read chooses a binding.

@@ -72,6 +72,12 @@ pub struct GpuOptions {
     /// on lavapipe, which is bound by its compute and runs barriers as coroutines, it
     /// measured 0.93x decode and 0.89x prefill (`benches/README.md`).
     pub fuse_norm: Option<bool>,
+    /// Whether batches of [`MATMUL_MIN_TOKENS`] or more tokens (prefill) with f32
+    /// activations run the tiled `matmul.wgsl` (tiles of 32 rows x 32 tokens staged in
+    /// workgroup memory) instead of `matvec.wgsl` (64 rows x 4 tokens, no staging).
+    /// `None`: on hardware GPUs, not on software ones: on lavapipe it measured 0.62x
+    /// prefill (`benches/README.md`).
+    pub tiled_prefill: Option<bool>,
     /// Activations of the matrix products, per tensor as on the CPU
     /// ([`Precision::int8_activations`]; float matrices always exact).
     pub precision: Precision,
@@ -100,6 +106,8 @@ pub struct GpuBackend {
     fault: bool,
     /// [`GpuOptions::fuse_norm`], decided.
     fuse_norm: bool,
+    /// [`GpuOptions::tiled_prefill`], decided.
+    tiled_prefill: bool,
     precision: Precision,
     counts: Counters,
     /// The first error the device (shared by this process's backends on the adapter)
@@ -134,6 +142,7 @@ impl GpuBackend {
             0 => device_max,
             m => m.min(device_max),
         };
+        let hardware = started.info.device_type != wgpu::DeviceType::Cpu;
         Self {
             device: started.device.clone(),
             queue: started.queue.clone(),
@@ -142,9 +151,8 @@ impl GpuBackend {
             max_chunk,
             max_binding: device_max,
             fault: opts.inject_fault,
-            fuse_norm: opts
-                .fuse_norm
-                .unwrap_or(started.info.device_type != wgpu::DeviceType::Cpu),
+            fuse_norm: opts.fuse_norm.unwrap_or(hardware),
+            tiled_prefill: opts.tiled_prefill.unwrap_or(hardware),
             precision: opts.precision,
             counts: Counters::default(),
             device_error: Arc::clone(&started.device_error),
@@ -291,8 +299,13 @@ impl GpuBackend {
     }
 }
 
-/// One weight chunk of a `matvec.wgsl` (or `matvec_int8.wgsl`) dispatch and the
-/// activation its rows go to.
+/// Batches of at least this many tokens run `matmul.wgsl` (tiles of 32 rows x 32
+/// tokens) where [`GpuOptions::tiled_prefill`], smaller ones `matvec.wgsl` (64 rows x 4
+/// tokens).
+pub const MATMUL_MIN_TOKENS: usize = 8;
+
+/// One weight chunk of a matrix kernel's dispatch (`matvec.wgsl`, `matvec_int8.wgsl`,
+/// `matmul.wgsl`) and the activation its rows go to.
 #[derive(Clone, Copy)]
 struct Part<'a> {
     w: &'a GpuWeight,
@@ -300,7 +313,7 @@ struct Part<'a> {
     out: Act,
 }
 
-/// What `matvec.wgsl` and `matvec_int8.wgsl` do with a result (their `mode`).
+/// What the matrix kernels do with a result (their `mode`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum MatvecMode {
     /// `y = W x`.
@@ -337,7 +350,8 @@ impl MatvecInput<'_> {
 impl GpuBackend {
     /// One dispatch over up to three `parts` with the same columns and the same
     /// precision: `matvec_int8.wgsl` when their products take int8 activations, else
-    /// `matvec.wgsl`.
+    /// `matvec.wgsl` (`matvec_xnorm.wgsl`'s input with a norm; `matmul.wgsl` for a
+    /// batch, where [`GpuOptions::tiled_prefill`]).
     fn matvec(
         &self,
         s: &mut GpuScratch,
@@ -352,11 +366,14 @@ impl GpuBackend {
             parts.iter().all(|p| p.w.int8 == int8),
             "parts of one precision"
         );
-        let kernel = match (int8, x.norm) {
-            (true, None) => &self.kernels.matvec_int8,
-            (false, None) => &self.kernels.matvec,
-            (false, Some(_)) => &self.kernels.matvec_norm,
-            (true, Some(_)) => unreachable!("int8 activations read a separate RMSNorm"),
+        let tiled = self.tiled_prefill && n >= MATMUL_MIN_TOKENS;
+        // The kernel, and the rows and tokens of its workgroups.
+        let (kernel, tile_rows, tile_tokens) = match (int8, x.norm, tiled) {
+            (true, None, _) => (&self.kernels.matvec_int8, 64, 4),
+            (false, None, true) => (&self.kernels.matmul, 32, 32),
+            (false, None, false) => (&self.kernels.matvec, 64, 4),
+            (false, Some(_), _) => (&self.kernels.matvec_norm, 64, 4),
+            (true, Some(_), _) => unreachable!("int8 activations read a separate RMSNorm"),
         };
         let cols = parts[0].w.cols;
         assert!(
@@ -379,7 +396,7 @@ impl GpuBackend {
             };
             let first = if m < own { groups } else { u32::MAX };
             if m < own {
-                groups += p.chunk.rows.div_ceil(64) as u32;
+                groups += p.chunk.rows.div_ceil(tile_rows) as u32;
             }
             params.extend([
                 p.chunk.rows as u32,
@@ -409,7 +426,7 @@ impl GpuBackend {
                 Bind::all(&acts[part(2).out as usize]),
                 Bind::all(x.norm.map_or(&acts[input as usize], |v| &v.buffer)),
             ],
-            (groups, n.div_ceil(4) as u32, 1),
+            (groups, n.div_ceil(tile_tokens) as u32, 1),
         );
     }
 
@@ -1079,8 +1096,9 @@ impl Backend for GpuBackend {
     }
 
     /// The norm computed by the projection's own dispatches as they read `X` when
-    /// [`GpuOptions::fuse_norm`], for matrices with f32 activations and rows of at most
-    /// [`NORM_STAGE_COLS`]; others take a separate RMSNorm.
+    /// [`GpuOptions::fuse_norm`], for matrices with f32 activations, rows of at most
+    /// [`NORM_STAGE_COLS`] and batches `matmul.wgsl` does not take; others take a
+    /// separate RMSNorm.
     fn norm_project(
         &self,
         s: &mut GpuScratch,
@@ -1091,7 +1109,8 @@ impl Backend for GpuBackend {
             Projection::Into(outs) => outs.iter().any(|(w, _)| w.int8),
             Projection::Swiglu { gate, up } => gate.int8 || up.int8,
         };
-        if !self.fuse_norm || int8 || norm.weight.host.len() > NORM_STAGE_COLS {
+        let tiled = self.tiled_prefill && norm.rows.len() >= MATMUL_MIN_TOKENS;
+        if !self.fuse_norm || int8 || tiled || norm.weight.host.len() > NORM_STAGE_COLS {
             let n = norm.rows.len();
             self.rms_norm(s, norm.input, norm.rows, norm.weight, Act::Xn);
             p.run(self, s, Act::Xn, n);

@@ -138,6 +138,16 @@ fn assert_close(g: &[f32], c: &[f32], tol: f32, what: &str) -> f32 {
 
 const ALL_DTYPES: [DType; 7] = DType::ALL;
 
+/// Rows of 100 and 70 columns, not whole 32-element blocks (f32 and f16 only).
+fn ragged() -> ModelConfig {
+    synthetic_config(100, 2, 1, 70, 300, false)
+}
+
+/// Batch sizes the projections are tested at: one token, a tile of `matvec.wgsl`,
+/// `matmul.wgsl`'s smallest (MATMUL_MIN_TOKENS, a short tile), one past a tile of 32
+/// tokens, and the synthetic models' whole context (two tiles).
+const BATCHES: [usize; 5] = [1, 4, MATMUL_MIN_TOKENS, 33, 64];
+
 /// Rows longer than `matvec_int8.wgsl` quantizes in one pass (36 blocks of 32: a pass of
 /// 32 and one of 4), group-128 friendly (dim 128, ffn 1152, vocab 100).
 fn long() -> ModelConfig {
@@ -155,12 +165,13 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
     for precision in [Precision::Exact, Precision::Int8] {
         let mut worst = 0f32;
         for dtype in ALL_DTYPES {
-            let short = if dtype.group().unwrap_or(32) > 32 {
-                wide()
-            } else {
-                odd()
+            let short = match dtype {
+                DType::F32 | DType::F16 => vec![odd(), ragged()],
+                _ if dtype.group().unwrap_or(32) > 32 => vec![wide()],
+                _ => vec![odd()],
             };
-            for (c, splits) in [(short, &[0, 1024][..]), (long(), &[0][..])] {
+            let configs = short.into_iter().map(|c| (c, &[0, 1024][..]));
+            for (c, splits) in configs.chain([(long(), &[0][..])]) {
                 let file = synthetic(c, dtype);
                 // Whole matrices, then chunks of at most 1 KiB (a few rows per buffer, the
                 // last chunk short; every matrix here is larger).
@@ -169,6 +180,7 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
                         max_chunk_bytes,
                         precision,
                         fuse_norm: Some(true),
+                        tiled_prefill: Some(true),
                         ..GpuOptions::default()
                     };
                     let what = format!(
@@ -176,7 +188,7 @@ fn project_matches_cpu_in_every_dtype_whole_and_split() {
                         precision.name(),
                         c.dim
                     );
-                    let e = project_every_matrix(&mut Twin::new(&c, &opts, 9), &file, &what);
+                    let e = project_every_matrix(&mut Twin::new(&c, &opts, 64), &file, &what);
                     worst = worst.max(e);
                 }
             }
@@ -209,7 +221,7 @@ fn project_every_matrix(t: &mut Twin, file: &Arc<LoadedGlint>, what: &str) -> f3
             .into_iter()
             .find(|&a| t.shape.width(a) == m.rows)
             .unwrap();
-        for n in [1, 4, 9] {
+        for n in BATCHES {
             t.fill(input, n, n as u32 + 3);
             t.gpu.project(&mut t.gs, input, n, &[(&gw, out)]);
             t.cpu.project(&mut t.cs, input, n, &[(&cw, out)]);
@@ -272,7 +284,7 @@ fn fused_projections_match_cpu(t: &mut Twin, file: &Arc<LoadedGlint>, what: &str
         [AttnQ, AttnK, AttnV, AttnOutput, FfnGate, FfnUp, FfnDown].map(|b| weight(t, b));
     let tol = PROJECT_TOLERANCE;
     let mut worst = 0f32;
-    for n in [1, 4, 9] {
+    for n in BATCHES {
         let what = format!("{what} n={n}");
         t.fill(Act::Xn, n, n as u32 + 20);
         let qkv = [(&q, Act::Q), (&k, Act::K), (&v, Act::V)];
@@ -606,10 +618,12 @@ fn forward_error(
     kv: KvType,
     what: &str,
 ) -> f32 {
-    // The norm fused into the projections (with f32 activations), and not.
+    // With an f32 cache, the norm fused into the projections (with f32 activations);
+    // with the others, prefill's batches in the tiled `matmul.wgsl`.
     let opts = GpuOptions {
         precision,
         fuse_norm: Some(kv == KvType::F32),
+        tiled_prefill: Some(kv != KvType::F32),
         ..GpuOptions::default()
     };
     let mut worst = 0f32;

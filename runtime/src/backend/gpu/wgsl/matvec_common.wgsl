@@ -1,5 +1,6 @@
-// What matvec.wgsl (f32 activations) and matvec_int8.wgsl (int8 activations) share:
-// their parameters, bindings and how a result reaches y. Prefixed to both (kernels.rs).
+// What matvec.wgsl (f32 activations), matvec_int8.wgsl (int8 activations) and matmul.wgsl
+// (f32, tiled for batches) share: their parameters, bindings, which part a workgroup
+// computes and how a result reaches y. Prefixed to each (kernels.rs).
 
 struct Params {
     // n, x_stride (the matrices' columns), mode, scale (f32 bits: 1, or a deliberate
@@ -66,18 +67,22 @@ fn put(m: u32, i: u32, v: f32, add: bool) {
     }
 }
 
+// Output element i of part m: `v` (and, for SwiGLU, the up row's `u`) as the mode says.
+fn put_result(m: u32, i: u32, v: f32, u: f32) {
+    let mode = p.head.z;
+    let scale = bitcast<f32>(p.head.w);
+    if mode == MODE_SWIGLU {
+        let g = v * scale;
+        put(0u, i, g / (1.0 + exp(-g)) * (u * scale), false);
+    } else {
+        put(m, i, v * scale, mode == MODE_ADD);
+    }
+}
+
 // Row r of part m (`part`: p.parts[3m]) for tokens t0 .. t0 + nt: `acc` (and, for SwiGLU,
 // the up rows `up`) as the mode says.
 fn store(m: u32, part: vec4<u32>, r: u32, t0: u32, nt: u32, acc: array<f32, TOK>, up: array<f32, TOK>) {
-    let mode = p.head.z;
-    let scale = bitcast<f32>(p.head.w);
     for (var t = 0u; t < nt; t++) {
-        let i = (t0 + t) * part.z + part.y + r;
-        let v = acc[t] * scale;
-        if mode == MODE_SWIGLU {
-            put(0u, i, v / (1.0 + exp(-v)) * (up[t] * scale), false);
-        } else {
-            put(m, i, v, mode == MODE_ADD);
-        }
+        put_result(m, (t0 + t) * part.z + part.y + r, acc[t], up[t]);
     }
 }
