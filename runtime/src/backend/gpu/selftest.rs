@@ -332,8 +332,10 @@ pub fn cached_self_test(
         && !opts.inject_fault
     {
         all.insert(t.key.clone(), t.to_json());
-        // A verdict that cannot be stored is run again next time: not an error.
-        let _ = std::fs::write(p, serde_json::Value::Object(all).to_string());
+        // A verdict that cannot be stored is run again next time: not an error. Written
+        // whole or not at all, so two processes testing at once never leave half a file.
+        let json = serde_json::Value::Object(all).to_string();
+        let _ = super::start::write_atomically(p, json.as_bytes());
     }
     Ok(t)
 }

@@ -224,7 +224,7 @@ fn pipeline_cache(device: &wgpu::Device, data: &[u8]) -> wgpu::PipelineCache {
 
 /// Writes `bytes` to `path` whole or not at all: into a temporary file beside it, then
 /// renamed over it (a crash or a second process mid-write never leaves half a cache).
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
