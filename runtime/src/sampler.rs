@@ -153,23 +153,12 @@ impl Sampler {
             0.0
         };
         let c = &self.config;
-        let penalised = |id: u32, l: f32| {
-            if c.repeat_penalty == 1.0 {
-                return l;
-            }
-            let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
-            match recent.contains(&id) {
-                true if l > 0.0 => l / c.repeat_penalty,
-                true => l * c.repeat_penalty,
-                false => l,
-            }
-        };
         if c.temperature <= 0.0 {
             return argmax(
                 logits
                     .iter()
                     .enumerate()
-                    .map(|(i, &l)| penalised(i as u32, l)),
+                    .map(|(i, &l)| penalised(c, history, i as u32, l)),
             );
         }
         self.candidates.clear();
@@ -177,8 +166,50 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &l)| (penalised(i as u32, l), i as u32)),
+                .map(|(i, &l)| (penalised(c, history, i as u32, l), i as u32)),
         );
+        self.pick(draw)
+    }
+
+    /// How many of the largest logits [`Sampler::sample_among`] needs to pick as
+    /// [`Sampler::sample`] would from all of them: the top-k plus one per distinct
+    /// penalised recent token (a penalty only lowers a logit, so it can push a token out
+    /// of the top k, never in). `None` when sampling needs every logit (greedy, or no
+    /// top-k).
+    pub fn candidates_needed(&self, history: &[u32]) -> Option<usize> {
+        let c = &self.config;
+        if c.temperature <= 0.0 || c.top_k == 0 {
+            return None;
+        }
+        let penalised = match c.repeat_penalty == 1.0 {
+            true => 0,
+            false => {
+                let mut recent = history[history.len().saturating_sub(c.repeat_last_n)..].to_vec();
+                recent.sort_unstable();
+                recent.dedup();
+                recent.len()
+            }
+        };
+        Some(c.top_k + penalised)
+    }
+
+    /// [`Sampler::sample`] from `top`, (logit, id) pairs in any order holding every logit
+    /// at least the [`Sampler::candidates_needed`]-th largest (ties included): the same
+    /// token as from all logits, for the same state. A GPU sends back only these.
+    pub fn sample_among(&mut self, top: &[(f32, u32)], history: &[u32]) -> u32 {
+        let draw = self.next_f32();
+        let c = &self.config;
+        self.candidates.clear();
+        self.candidates.extend(
+            top.iter()
+                .map(|&(l, id)| (penalised(c, history, id, l), id)),
+        );
+        self.pick(draw)
+    }
+
+    /// Top-k, top-p, min-p and temperature over `self.candidates`, then the draw.
+    fn pick(&mut self, draw: f32) -> u32 {
+        let c = &self.config;
         let cands = &mut self.candidates;
         let k = if c.top_k == 0 {
             cands.len()
@@ -223,6 +254,19 @@ impl Sampler {
             r -= w;
         }
         cands[cands.len() - 1].1
+    }
+}
+
+/// `l`, the logit of `id`, after the repetition penalty over `history`'s recent tokens.
+fn penalised(c: &SamplerConfig, history: &[u32], id: u32, l: f32) -> f32 {
+    if c.repeat_penalty == 1.0 {
+        return l;
+    }
+    let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
+    match recent.contains(&id) {
+        true if l > 0.0 => l / c.repeat_penalty,
+        true => l * c.repeat_penalty,
+        false => l,
     }
 }
 
@@ -277,6 +321,54 @@ mod tests {
             ..cfg
         };
         assert!(draw(&strict).iter().all(|&t| t == top1));
+    }
+
+    /// Every (logit, id) at least the `k`-th largest logit, ties included, reversed.
+    fn top_superset(logits: &[f32], k: usize) -> Vec<(f32, u32)> {
+        let mut sorted = logits.to_vec();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        let t = sorted[k.min(logits.len()) - 1];
+        let mut top: Vec<(f32, u32)> = (0..logits.len() as u32)
+            .map(|i| (logits[i as usize], i))
+            .filter(|&(l, _)| l >= t)
+            .collect();
+        top.reverse();
+        top
+    }
+
+    #[test]
+    fn sampling_among_the_needed_top_logits_picks_as_from_all() {
+        // Logits with ties (rounded to 0.25); the recent tokens are the 30 largest, each
+        // penalised out of the top k.
+        let logits: Vec<f32> = (0..500)
+            .map(|i| ((i as f32 * 0.731).sin() * 12.0).round() / 4.0)
+            .collect();
+        let mut by_logit: Vec<u32> = (0..500).collect();
+        by_logit.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        let history: Vec<u32> = by_logit[..30].iter().rev().copied().collect();
+        for (top_k, repeat_penalty, top_p) in [(40, 1.0, 0.95), (5, 4.0, 1.0), (1, 9.0, 0.5)] {
+            let cfg = SamplerConfig {
+                top_k,
+                repeat_penalty,
+                top_p,
+                temperature: 1.5,
+                min_p: 0.0,
+                ..SamplerConfig::default()
+            };
+            let (mut all, mut among) = (Sampler::new(cfg.clone()), Sampler::new(cfg));
+            let need = among.candidates_needed(&history).unwrap();
+            let want = top_k + if repeat_penalty == 1.0 { 0 } else { 30 };
+            assert_eq!(need, want);
+            let top = top_superset(&logits, need);
+            for _ in 0..200 {
+                assert_eq!(
+                    all.sample(&logits, &history),
+                    among.sample_among(&top, &history)
+                );
+            }
+        }
+        let greedy = Sampler::new(SamplerConfig::greedy());
+        assert_eq!(greedy.candidates_needed(&history), None);
     }
 
     #[test]
