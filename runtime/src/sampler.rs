@@ -338,10 +338,10 @@ mod tests {
 
     #[test]
     fn sampling_among_the_needed_top_logits_picks_as_from_all() {
-        // Logits with ties (rounded to 0.25); the recent tokens are the 30 largest, each
+        // Logits with a few ties (rounded to 1/64); the recent tokens are the 30 largest, each
         // penalised out of the top k.
         let logits: Vec<f32> = (0..500)
-            .map(|i| ((i as f32 * 0.731).sin() * 12.0).round() / 4.0)
+            .map(|i| ((i as f32 * 0.731).sin() * 192.0).round() / 64.0)
             .collect();
         let mut by_logit: Vec<u32> = (0..500).collect();
         by_logit.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
