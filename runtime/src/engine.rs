@@ -602,6 +602,7 @@ impl<B: Backend> Session<B> {
         }
         let prefill = start.elapsed();
         let mut sampler = Sampler::new(params.sampler.clone());
+        let mut top = Vec::new();
         let mut decoder = StreamDecoder::new(false);
         let mut held = StopHold::new(&params.stop);
         let mut generated = 0usize;
@@ -614,10 +615,19 @@ impl<B: Backend> Session<B> {
                 if cancel.is_cancelled() {
                     break StopReason::Cancelled;
                 }
-                // Greedy: the backend's argmax (on a GPU only 4 bytes come back). Either
-                // way one pass over the vocabulary's logits checks they are finite.
+                // Greedy: the backend's argmax (on a GPU only 4 bytes come back). Sampling
+                // with a top-k: the logits that can be picked, where the backend narrows
+                // them (a GPU). Either way one pass over the vocabulary's logits checks
+                // they are finite.
+                let narrowed = match params.sampler.is_argmax() {
+                    true => false,
+                    false => sampler
+                        .candidates_needed(&self.tokens)
+                        .is_some_and(|k| model.top_logits(&mut self.scratch, k, &mut top)),
+                };
                 let id = match params.sampler.is_argmax() {
                     true => model.argmax(&mut self.scratch),
+                    false if narrowed => Some(sampler.sample_among(&top, &self.tokens)),
                     false => {
                         let logits = model.logits(&mut self.scratch);
                         logits

@@ -534,6 +534,11 @@ impl<B: Backend> Model<B> {
         self.backend.argmax(s)
     }
 
+    /// [`Backend::top_logits`] of the last token of the last [`Model::forward`] into `s`.
+    pub fn top_logits(&self, s: &mut B::Scratch, k: usize, out: &mut Vec<(f32, u32)>) -> bool {
+        self.backend.top_logits(s, k, out)
+    }
+
     /// The one prefill loop: runs `tokens` through the model in batches of `s`'s size;
     /// after each, calls `after(range, logits)` with the batch's range of `tokens` and
     /// its logits, and stops early if it breaks. Refuses (running nothing) tokens that

@@ -509,6 +509,18 @@ pub trait Backend: Send + Sync + Sized {
             .then(|| crate::sampler::argmax(logits.iter().copied()))
     }
 
+    /// Every `(logit, id)` of the last forward pass's last row whose logit is at least
+    /// the `k`-th largest (ties included), in any order, into `out`, on a scratch that
+    /// keeps the last token's logits only: what a sampler keeping the top k needs
+    /// ([`crate::sampler::Sampler::sample_among`]). A GPU finds them where the logits are,
+    /// so a few KB come back instead of the vocabulary. `false` when the backend does not
+    /// narrow (this default) or cannot here (a logit not finite, too many ties): read
+    /// [`Backend::logits`] instead.
+    fn top_logits(&self, s: &mut Self::Scratch, k: usize, out: &mut Vec<(f32, u32)>) -> bool {
+        let _ = (s, k, out);
+        false
+    }
+
     /// Copies the first `len` elements of activation `a` (rows of the width the
     /// operation that wrote them used) into `out`: how a [`crate::model::Probe`] sees
     /// the forward pass (calibration, per-layer error). A backend that cannot hand its

@@ -90,6 +90,8 @@ pub(super) struct Kernels {
     pub attention: Kernel,
     pub elementwise: Kernel,
     pub argmax: Kernel,
+    /// The largest logits for a sampler (`top.wgsl`).
+    pub top: Kernel,
 }
 
 impl Kernels {
@@ -157,6 +159,7 @@ impl Kernels {
                 include_str!("wgsl/argmax.wgsl"),
                 &[Read, ReadWrite],
             ),
+            top: kernel("top", include_str!("wgsl/top.wgsl"), &[Read, ReadWrite]),
         }
     }
 }

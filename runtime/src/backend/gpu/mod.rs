@@ -324,6 +324,11 @@ enum MatvecMode {
     Swiglu,
 }
 
+/// Most (logit, id) pairs [`Backend::top_logits`] sends back from the GPU: a sampler's
+/// top-k (llama.cpp's default 40) plus its penalised recent tokens (64 by default), with
+/// room for ties.
+const TOP_CAP: usize = 1024;
+
 /// Widest rows `matvec_xnorm.wgsl` stages: its workgroup memory holds 4 tokens of 1024.
 const NORM_STAGE_COLS: usize = 1024;
 
@@ -721,6 +726,8 @@ pub struct GpuScratch {
     /// Attention scores: `[batch][n_heads][capacity]`.
     scores: wgpu::Buffer,
     argmax: wgpu::Buffer,
+    /// `top.wgsl`'s result: a count, then up to [`TOP_CAP`] (logit, id) pairs.
+    top: wgpu::Buffer,
     rec: Recorder,
     /// Word offset of this batch's RoPE angles in the recorder's data buffer.
     angles: u32,
@@ -888,6 +895,7 @@ impl Backend for GpuBackend {
                 .map_err(|_| BackendError::Unsupported("activation buffers".into()))?,
             scores: self.buffer("attention scores", scores)?,
             argmax: self.buffer("argmax", 4)?,
+            top: self.buffer("top logits", 8 + 8 * TOP_CAP as u64)?,
             rec: self.allocating("command rings", slots as u64 * kernels::SLOT, || {
                 Recorder::new(&self.device, slots, data)
             })?,
@@ -1175,6 +1183,47 @@ impl Backend for GpuBackend {
         );
         let raw = self.read_back(rec, argmax, 4);
         Some(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])).filter(|&i| i != u32::MAX)
+    }
+
+    /// On the GPU (`top.wgsl`), over the last row the last forward pass wrote: at most
+    /// [`TOP_CAP`] pairs come back (8 KiB); more ties than that, or a logit not finite,
+    /// and the caller reads the logits.
+    fn top_logits(&self, s: &mut GpuScratch, k: usize, out: &mut Vec<(f32, u32)>) -> bool {
+        let vocab = s.shape.vocab;
+        if k == 0 || k > TOP_CAP {
+            return false;
+        }
+        let GpuScratch {
+            rec,
+            acts,
+            top,
+            logit_rows,
+            ..
+        } = s;
+        let off = (logit_rows.saturating_sub(1) * vocab) as u32;
+        self.dispatch(
+            rec,
+            &self.kernels.top,
+            &[vocab as u32, off, k as u32, TOP_CAP as u32],
+            &[Bind::all(&acts[Act::Logits as usize]), Bind::all(top)],
+            (1, 1, 1),
+        );
+        let words: Vec<u32> = self
+            .read_back(rec, top, top.size())
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let n = words[0] as usize;
+        if n > TOP_CAP {
+            return false;
+        }
+        out.clear();
+        out.extend(
+            words[2..2 + 2 * n]
+                .chunks_exact(2)
+                .map(|p| (f32::from_bits(p[0]), p[1])),
+        );
+        true
     }
 
     /// Finishes the recorded work, then reads `len` elements back.

@@ -826,3 +826,44 @@ fn an_unwritable_pipeline_cache_is_not_an_error() {
     }
     assert!(started.device_error.lock().unwrap().is_none());
 }
+
+/// `top.wgsl`: every logit at least the k-th largest (by `total_cmp`, as the sampler
+/// orders them), ties and signed zeros included; a logit not finite refuses.
+#[test]
+fn top_logits_are_every_logit_at_least_the_kth_largest() {
+    let c = odd();
+    let mut t = Twin::new(&c, &GpuOptions::default(), 1);
+    let vocab = c.vocab_size as usize;
+    // 50 values, each ~6 times, and both zeros.
+    let mut logits: Vec<f32> = (0..vocab)
+        .map(|i| ((i * 7919) % 50) as f32 * 0.37 - 9.0)
+        .collect();
+    logits[17] = 0.0;
+    logits[18] = -0.0;
+    t.gpu.write_act(&mut t.gs, Act::Logits, &logits).unwrap();
+    let mut top = Vec::new();
+    for k in [1, 2, 7, 40, 104, vocab - 1, vocab, vocab + 5] {
+        assert!(t.gpu.top_logits(&mut t.gs, k, &mut top), "k={k}");
+        let mut sorted = logits.clone();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        let kth = sorted[k.min(vocab) - 1];
+        let mut want: Vec<(u32, u32)> = (0..vocab as u32)
+            .filter(|&i| logits[i as usize].total_cmp(&kth).is_ge())
+            .map(|i| (logits[i as usize].to_bits(), i))
+            .collect();
+        let mut got: Vec<(u32, u32)> = top.iter().map(|&(l, i)| (l.to_bits(), i)).collect();
+        got.sort_unstable_by_key(|p| p.1);
+        want.sort_unstable_by_key(|p| p.1);
+        assert_eq!(got, want, "k={k}");
+        assert!(got.len() >= k.min(vocab));
+    }
+    // Both zeros in one set: the 0.0 is above the -0.0.
+    let zeros = logits.iter().filter(|l| l.total_cmp(&0.0).is_ge()).count();
+    assert!(t.gpu.top_logits(&mut t.gs, zeros, &mut top));
+    assert!(top.iter().any(|&(_, i)| i == 17) && top.iter().all(|&(_, i)| i != 18));
+    logits[40] = f32::NAN;
+    t.gpu.write_act(&mut t.gs, Act::Logits, &logits).unwrap();
+    assert!(!t.gpu.top_logits(&mut t.gs, 5, &mut top));
+    assert!(!t.gpu.top_logits(&mut t.gs, TOP_CAP + 1, &mut top));
+    assert_eq!(t.gpu.device_error(), None);
+}
