@@ -4,8 +4,8 @@
 //! a batch in one buffer per [`Act`].
 //!
 //! Every operation of [`Backend`] only records a dispatch; the forward pass's dispatches
-//! go into one compute pass and one queue submit, made when the logits (or their argmax)
-//! are read back. The fused operations cut a decoded token of SmolLM2-135M from 481 to
+//! go into one compute pass and one queue submit, made when the logits (or their argmax,
+//! or the few largest a sampler needs: `top.wgsl`) are read back. The fused operations cut a decoded token of SmolLM2-135M from 481 to
 //! 258 dispatches (8 a layer): Q, K and V in one dispatch, gate and up with SwiGLU in
 //! one, the output and down projections adding into the residual stream, RoPE with the
 //! KV append. Buffers are allocated once per session. Matrix products accumulate in
